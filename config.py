@@ -1,0 +1,325 @@
+"""Every hyperparameter of the project, in one frozen dataclass, with presets.
+
+The numbers of `atari100k()` are the full EfficientZero V2 settings for the Atari 100K benchmark
+(Wang et al. 2024, Table 7 and the official `ez/config/exp/atari.yaml`; DESIGN.md §3-7). Units are
+stated per field: *env steps* are agent steps (one action, = 4 frames on Atari), *frames* are raw
+emulator frames, *updates* are gradient steps of the online network, *transitions* are stored env steps.
+
+Presets are functions: `atari100k()`, `smoke()` (a one-minute end-to-end Breakout run on CPU) and
+`classic()` (MLP networks for vector-observation gymnasium tasks such as CartPole-v1). Presets change only
+sizes and budgets, never the algorithm. `apply_overrides(config, ["key=value", ...])` type-checks command
+line overrides; every constructed `Config` is validated, so a bad value fails with one clear `ValueError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import typing
+from dataclasses import dataclass, field
+from typing import Callable
+
+
+_POSITIVE = (lambda v: v > 0, "> 0")
+_NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
+_FRACTION = (lambda v: 0.0 <= v <= 1.0, "in [0, 1]")
+_DISCOUNT = (lambda v: 0.0 < v <= 1.0, "in (0, 1]")
+_ALL_POSITIVE = (lambda v: len(v) > 0 and all(x > 0 for x in v), "a non-empty list of values > 0")
+_ANY_POSITIVE = (lambda v: all(x > 0 for x in v), "a list of values > 0 (may be empty)")
+
+
+def _f(text: str, default, rule=None):
+    """A dataclass field with its one-line doc (and unit) and an optional (check, allowed) rule."""
+    check, allowed = rule if rule else (None, "")
+    return field(default=default, metadata={"doc": text, "check": check, "allowed": allowed})
+
+
+@dataclass(frozen=True)
+class Config:
+    # --- run -------------------------------------------------------------------------------------
+    preset: str = _f("name of the preset this config started from (informational)", "atari100k")
+    env_id: str = _f("environment: an Atari game ('Breakout' or 'ALE/Breakout-v5') or a gymnasium "
+                     "vector task id ('CartPole-v1')", "Breakout")
+    seed: int = _f("random seed for envs, noise, sampling and weight init", 0, _NON_NEGATIVE)
+
+    # --- environment (Atari 100K protocol, DESIGN.md §3) ----------------------------------------
+    frame_skip: int = _f("frames per agent step, max-pooled over the last two (frames)", 4, _POSITIVE)
+    noop_max: int = _f("maximum random no-op actions at episode start (env steps)", 30, _NON_NEGATIVE)
+    frame_size: int = _f("side of the square resized Atari frame (pixels)", 96, _POSITIVE)
+    grayscale: bool = _f("grayscale Atari frames instead of RGB (the blog's simplification)", False)
+    frame_stack: int = _f("number of consecutive frames stacked into one observation", 4, _POSITIVE)
+    terminal_on_life_loss: bool = _f("a lost life ends the episode in training (never in evaluation)",
+                                     True)
+    clip_rewards: bool = _f("train on sign-clipped rewards (raw rewards are always logged)", True)
+    max_episode_steps: int = _f("episode cap in training (env steps; 3,000 = 12,000 frames)", 3000,
+                                _POSITIVE)
+    eval_max_episode_steps: int = _f("episode cap in evaluation (env steps; 27,000 = 108K frames)",
+                                     27000, _POSITIVE)
+
+    # --- budget ----------------------------------------------------------------------------------
+    env_steps: int = _f("total env steps collected by self-play, summed over envs (env steps)",
+                        100_000, _POSITIVE)
+    num_envs: int = _f("self-play envs stepped in lockstep, one batched search for all", 4, _POSITIVE)
+    start_transitions: int = _f("stored transitions before the first update (transitions)", 2000,
+                                _POSITIVE)
+    updates_per_env_step: float = _f("updates per env step after start_transitions (replay ratio)",
+                                     1.0, _POSITIVE)
+    offline_updates: int = _f("updates run on the fixed buffer after the env-step budget (updates)",
+                              20_000, _NON_NEGATIVE)
+    replay_capacity: int = _f("replay buffer capacity; oldest data go first (transitions)", 100_000,
+                              _POSITIVE)
+
+    # --- networks (DESIGN.md §4) -----------------------------------------------------------------
+    network: str = _f("'conv' (Atari residual stack) or 'mlp' (vector observations)", "conv")
+    num_channels: int = _f("channels of the latent state (conv); the first conv has half", 64,
+                           _POSITIVE)
+    num_blocks: int = _f("residual blocks after downsampling (conv representation)", 1, _POSITIVE)
+    reduced_channels: int = _f("channels of the 1x1 convs in the reward/value/policy heads", 16,
+                               _POSITIVE)
+    head_hidden_sizes: tuple = _f("hidden layer sizes of the reward/value/policy MLPs", (32,),
+                                  _ANY_POSITIVE)
+    mlp_hidden_sizes: tuple = _f("hidden sizes of the MLP representation/dynamics (mlp)", (128, 128),
+                                 _ALL_POSITIVE)
+    mlp_state_size: int = _f("size of the flat latent state (mlp)", 64, _POSITIVE)
+    normalization: str = _f("'batch' (BatchNorm, the paper) or 'group' (GroupNorm, the blog)",
+                            "batch")
+    group_norm_groups: int = _f("groups of GroupNorm when normalization='group'", 8, _POSITIVE)
+    value_prefix: bool = _f("predict value prefixes with an LSTM (EZ) instead of per-step rewards",
+                            True)
+    lstm_hidden_size: int = _f("hidden size of the value-prefix LSTM", 512, _POSITIVE)
+    lstm_horizon_len: int = _f("the value prefix and LSTM reset every this many steps (env steps)", 5,
+                               _POSITIVE)
+    support_size: int = _f("categorical support is the integers [-support_size, support_size]", 300,
+                           _POSITIVE)
+    projection_hidden_size: int = _f("SimSiam projection hidden width", 1024, _POSITIVE)
+    projection_output_size: int = _f("SimSiam projection output width", 1024, _POSITIVE)
+    prediction_head_hidden_size: int = _f("SimSiam prediction head hidden width", 256, _POSITIVE)
+
+    # --- search (DESIGN.md §5, blog topic 1) ----------------------------------------------------
+    num_simulations: int = _f("simulations per search (self-play, evaluation and reanalysis)", 16,
+                              _POSITIVE)
+    max_num_considered_actions: int = _f("root actions sampled by Gumbel top-k (m)", 4, _POSITIVE)
+    c_visit: float = _f("sigma(q) = (c_visit + max N) * c_scale * q", 50.0, _POSITIVE)
+    c_scale: float = _f("sigma(q) = (c_visit + max N) * c_scale * q", 0.1, _POSITIVE)
+    gumbel_scale: float = _f("scale of the root Gumbel noise in self-play (0 = greedy)", 1.0,
+                             _NON_NEGATIVE)
+    discount: float = _f("per env step discount gamma", 0.997, _DISCOUNT)
+
+    # --- targets (DESIGN.md §7) ------------------------------------------------------------------
+    unroll_steps: int = _f("K: dynamics unroll length in training (env steps)", 5, _POSITIVE)
+    td_steps: int = _f("n of the n-step TD value target (env steps)", 5, _POSITIVE)
+    reanalyze_ratio: float = _f("fraction of policy targets recomputed by a fresh target-model "
+                                "search (the rest use the stored acting policy)", 1.0, _FRACTION)
+    use_search_value: bool = _f("mixed value targets: SVE after the thresholds below, else TD only",
+                                True)
+    sve_start_updates: int = _f("T1: TD value targets only while the update count is below this "
+                                "(updates)", 30_000, _NON_NEGATIVE)
+    td_newest_transitions: int = _f("T2: samples among the newest T2 transitions keep TD targets "
+                                    "(transitions)", 5_000, _NON_NEGATIVE)
+
+    # --- losses ----------------------------------------------------------------------------------
+    reward_loss_coeff: float = _f("weight of the value-prefix (reward) cross-entropy", 1.0,
+                                  _NON_NEGATIVE)
+    policy_loss_coeff: float = _f("weight of the policy cross-entropy", 1.0, _NON_NEGATIVE)
+    value_loss_coeff: float = _f("weight of the value cross-entropy", 0.25, _NON_NEGATIVE)
+    consistency_loss_coeff: float = _f("weight of the SimSiam consistency loss (paper: 2.0)", 2.0,
+                                       _NON_NEGATIVE)
+
+    # --- optimisation ----------------------------------------------------------------------------
+    batch_size: int = _f("samples per update", 256, _POSITIVE)
+    learning_rate: float = _f("SGD learning rate after warm-up", 0.2, _POSITIVE)
+    momentum: float = _f("SGD momentum", 0.9, _FRACTION)
+    weight_decay: float = _f("L2 weight decay added to the loss", 1e-4, _NON_NEGATIVE)
+    max_grad_norm: float = _f("global gradient-norm clip", 5.0, _POSITIVE)
+    warmup_fraction: float = _f("linear lr warm-up over this fraction of all updates", 0.01,
+                                _FRACTION)
+    lr_decay_updates: int = _f("lr is multiplied by lr_decay_factor after this many updates", 100_000,
+                               _POSITIVE)
+    lr_decay_factor: float = _f("lr step-decay factor", 0.1, _POSITIVE)
+    mixed_precision: bool = _f("float16 compute with float32 weights (GPU only)", False)
+
+    # --- prioritized replay ----------------------------------------------------------------------
+    use_priority: bool = _f("prioritized replay (else uniform sampling)", True)
+    priority_alpha: float = _f("priority exponent alpha", 1.0, _NON_NEGATIVE)
+    priority_beta: float = _f("importance-weight exponent beta", 1.0, _FRACTION)
+    priority_epsilon: float = _f("added to |v - z| so no priority is zero", 1e-6, _POSITIVE)
+
+    # --- augmentation ----------------------------------------------------------------------------
+    augmentation: bool = _f("random shift and intensity jitter on image observations", True)
+    shift_pad: int = _f("random shift: replicate-pad by this many pixels, then crop", 4,
+                        _NON_NEGATIVE)
+    intensity_sigma: float = _f("intensity jitter: scale by 1 + sigma * clip(N(0,1), -2, 2)", 0.05,
+                                _NON_NEGATIVE)
+
+    # --- model copies, evaluation, checkpoints, logging -----------------------------------------
+    selfplay_update_interval: int = _f("self-play model <- online weights every this many updates",
+                                       100, _POSITIVE)
+    target_update_interval: int = _f("target (reanalysis) model <- online weights every this many "
+                                     "updates", 200, _POSITIVE)
+    eval_interval: int = _f("evaluate every this many updates (and at the end)", 10_000, _POSITIVE)
+    eval_episodes: int = _f("greedy evaluation episodes per evaluation", 10, _POSITIVE)
+    checkpoint_interval: int = _f("checkpoint every this many updates (and at the end)", 10_000,
+                                  _POSITIVE)
+    keep_checkpoints: int = _f("number of newest checkpoints kept on disk", 3, _POSITIVE)
+    log_interval: int = _f("write loss scalars every this many updates", 100, _POSITIVE)
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            _check_type(f.name, value, _field_type(f))
+            check = f.metadata.get("check")
+            if check is not None and not check(value):
+                raise ValueError(f"config key '{f.name}' must be {f.metadata['allowed']}, got {value!r}")
+        _require(self.network in ("conv", "mlp"), "network", "'conv' or 'mlp'", self.network)
+        _require(self.normalization in ("batch", "group"), "normalization", "'batch' or 'group'",
+                 self.normalization)
+        if self.normalization == "group":
+            _require(self.num_channels % self.group_norm_groups == 0 and
+                     (self.num_channels // 2) % self.group_norm_groups == 0, "group_norm_groups",
+                     "a divisor of num_channels and num_channels / 2", self.group_norm_groups)
+        _require(self.num_channels % 2 == 0, "num_channels", "even", self.num_channels)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Config":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"config JSON is not valid JSON: {error}") from None
+        if not isinstance(data, dict):
+            raise ValueError("config JSON must be an object of key: value pairs")
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ValueError(f"unknown config key '{unknown[0]}'")
+        values = {k: tuple(v) if _field_type(known[k]) is tuple and isinstance(v, list) else v
+                  for k, v in data.items()}
+        return cls(**values)
+
+    @property
+    def total_updates(self) -> int:
+        """Online updates (one per env step past start_transitions) plus the offline updates."""
+        online = max(0, self.env_steps - self.start_transitions)
+        return int(math.ceil(online * self.updates_per_env_step)) + self.offline_updates
+
+
+def _field_type(f: dataclasses.Field) -> type:
+    hints = typing.get_type_hints(Config)
+    return hints[f.name]
+
+
+def _require(condition: bool, key: str, allowed: str, value) -> None:
+    if not condition:
+        raise ValueError(f"config key '{key}' must be {allowed}, got {value!r}")
+
+
+def _check_type(key: str, value, expected: type) -> None:
+    if expected is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    elif expected is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif expected is tuple:
+        ok = isinstance(value, tuple) and all(isinstance(x, int) and not isinstance(x, bool)
+                                              for x in value)
+    else:
+        ok = isinstance(value, expected)
+    if not ok:
+        raise ValueError(f"config key '{key}' must be of type {expected.__name__}, got {value!r}")
+
+
+# --- presets ---------------------------------------------------------------------------------------
+
+def atari100k() -> Config:
+    """The full EfficientZero V2 Atari 100K settings (DESIGN.md §3-7), no simplifications."""
+    return Config()
+
+
+def smoke() -> Config:
+    """Breakout with a tiny network and budget: a complete run of every part in about a minute."""
+    return Config(
+        preset="smoke", env_steps=240, num_envs=2, start_transitions=64, offline_updates=8,
+        replay_capacity=1000, max_episode_steps=200, eval_max_episode_steps=100, eval_episodes=2,
+        num_channels=16, reduced_channels=4, head_hidden_sizes=(16,), lstm_hidden_size=32,
+        projection_hidden_size=64, projection_output_size=64, prediction_head_hidden_size=32,
+        num_simulations=4, batch_size=8, sve_start_updates=40, td_newest_transitions=100,
+        lr_decay_updates=150, selfplay_update_interval=10, target_update_interval=20,
+        eval_interval=100, checkpoint_interval=100, keep_checkpoints=2, log_interval=10)
+
+
+def classic() -> Config:
+    """Vector-observation gymnasium tasks (CartPole-v1, Acrobot-v1) with MLP networks."""
+    return Config(
+        preset="classic", env_id="CartPole-v1", network="mlp", frame_stack=1, clip_rewards=False,
+        terminal_on_life_loss=False, augmentation=False, max_episode_steps=500,
+        eval_max_episode_steps=500, env_steps=20_000, num_envs=4, start_transitions=500,
+        updates_per_env_step=0.5, offline_updates=0, replay_capacity=20_000, lstm_hidden_size=64,
+        head_hidden_sizes=(64,), mlp_hidden_sizes=(128, 128), mlp_state_size=64,
+        projection_hidden_size=128, projection_output_size=128, prediction_head_hidden_size=64,
+        num_simulations=16, batch_size=128, learning_rate=0.1, sve_start_updates=3_000,
+        td_newest_transitions=1_000, lr_decay_updates=8_000, eval_interval=1_000, eval_episodes=10,
+        checkpoint_interval=2_000, log_interval=50)
+
+
+PRESETS: dict[str, Callable[[], Config]] = {"atari100k": atari100k, "smoke": smoke,
+                                              "classic": classic}
+
+
+def get_config(name: str) -> Config:
+    if name not in PRESETS:
+        raise ValueError(f"unknown config preset '{name}' (choose from {', '.join(PRESETS)})")
+    return PRESETS[name]()
+
+
+def _parse(key: str, text: str, expected: type):
+    text = text.strip()
+    if expected is bool:
+        lowered = text.lower()
+        if lowered in ("true", "1", "yes"):
+            return True
+        if lowered in ("false", "0", "no"):
+            return False
+        raise ValueError(f"config key '{key}' must be true or false, got '{text}'")
+    if expected is int:
+        try:
+            return int(text.replace("_", ""))
+        except ValueError:
+            raise ValueError(f"config key '{key}' must be an integer, got '{text}'") from None
+    if expected is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"config key '{key}' must be a number, got '{text}'") from None
+    if expected is tuple:
+        parts = [p for p in text.strip("()[] ").split(",") if p.strip()]
+        try:
+            return tuple(int(p) for p in parts)
+        except ValueError:
+            raise ValueError(f"config key '{key}' must be comma-separated integers, got '{text}'") \
+                from None
+    return text
+
+
+def apply_overrides(config: Config, overrides: list[str]) -> Config:
+    """Return `config` with each "key=value" applied, parsed by the field's type and validated."""
+    known = {f.name: f for f in dataclasses.fields(Config)}
+    changes = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override '{item}' must look like key=value")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        if key not in known:
+            raise ValueError(f"unknown config key '{key}'")
+        changes[key] = _parse(key, text, _field_type(known[key]))
+    return dataclasses.replace(config, **changes)
+
+
+def describe(config: Config) -> str:
+    """One line per field: name, value and doc, for printing the settings at the start of a run."""
+    lines = []
+    for f in dataclasses.fields(config):
+        lines.append(f"{f.name:<28} {getattr(config, f.name)!s:<18} # {f.metadata['doc']}")
+    return "\n".join(lines)
