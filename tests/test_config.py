@@ -1,0 +1,66 @@
+"""Config presets, JSON round trip, and one clear ValueError for each kind of bad input."""
+
+import dataclasses
+
+import pytest
+
+import config as cfg
+
+
+@pytest.mark.parametrize("name", ["atari100k", "smoke", "classic"])
+def test_presets_round_trip_through_json(name):
+    config = cfg.get_config(name)
+    assert cfg.Config.from_json(config.to_json()) == config
+
+
+def test_atari100k_is_the_full_design():
+    config = cfg.atari100k()
+    assert (config.batch_size, config.num_simulations, config.unroll_steps, config.td_steps) == \
+        (256, 16, 5, 5)
+    assert config.value_prefix and config.use_priority and config.use_search_value
+    assert not config.grayscale and config.normalization == "batch"
+    assert config.total_updates == 98_000 + 20_000
+
+
+def test_every_field_has_a_doc():
+    for field in dataclasses.fields(cfg.Config):
+        assert field.metadata["doc"], field.name
+
+
+def test_overrides_are_parsed_by_type():
+    config = cfg.apply_overrides(cfg.smoke(), ["batch_size=32", "discount=0.99", "value_prefix=false",
+                                               "head_hidden_sizes=16,8", "env_id=Pong"])
+    assert (config.batch_size, config.discount, config.value_prefix, config.head_hidden_sizes,
+            config.env_id) == (32, 0.99, False, (16, 8), "Pong")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("num_simulations=0", "'num_simulations' must be > 0"),
+    ("learning_rate=-0.1", "'learning_rate' must be > 0"),
+    ("discount=0", "'discount' must be in (0, 1]"),
+    ("discount=1.01", "'discount' must be in (0, 1]"),
+    ("batch_size=2.5", "'batch_size' must be an integer"),
+    ("value_prefix=maybe", "'value_prefix' must be true or false"),
+    ("learning_rate=fast", "'learning_rate' must be a number"),
+    ("learning_rate=nan", "'learning_rate' must be of type float"),
+    ("no_such_key=1", "unknown config key 'no_such_key'"),
+    ("network=transformer", "'network' must be 'conv' or 'mlp'"),
+    ("batch_size", "must look like key=value"),
+])
+def test_bad_overrides_raise_one_line_value_errors(override, message):
+    with pytest.raises(ValueError) as error:
+        cfg.apply_overrides(cfg.atari100k(), [override])
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_unknown_preset_names_the_choices():
+    with pytest.raises(ValueError, match="unknown config preset 'tiny'.*atari100k, smoke, classic"):
+        cfg.get_config("tiny")
+
+
+def test_json_with_unknown_key_or_wrong_type_is_refused():
+    with pytest.raises(ValueError, match="unknown config key 'bogus'"):
+        cfg.Config.from_json('{"bogus": 1}')
+    with pytest.raises(ValueError, match="'seed' must be of type int"):
+        cfg.Config.from_json('{"seed": "zero"}')
