@@ -1,0 +1,188 @@
+"""Evaluation of a trained agent: greedy Gumbel search, raw scores, human-normalised score, video.
+
+Protocol (DESIGN.md §8): evaluation envs never end an episode on a life loss, rewards are raw, the cap is
+`eval_max_episode_steps` (27,000 env steps = 108K frames on Atari), and the search runs without Gumbel
+noise, so the action is the argmax of logits + sigma(q) among the most-visited root actions.
+
+    python evaluate.py --checkpoint runs/<run>                 # newest checkpoint of a run
+    python evaluate.py --checkpoint runs/<run>/checkpoints/ckpt-00100000 --episodes 10 --video
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import NamedTuple
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+import checkpoints  # noqa: E402
+from config import Config  # noqa: E402
+
+EXIT_USAGE = 2
+VIDEO_SCALE = 4           # the 96x96 observation frames are upscaled for viewing
+VIDEO_FPS = 15            # one video frame per agent step (4 emulator frames at 60 Hz)
+
+
+def search_actions(model, observations: np.ndarray, config: Config, rng: np.random.Generator | None,
+                   gumbel_scale: float):
+    """One batched Gumbel search (mcts.py) from the model's root outputs for [B, ...] observations."""
+    from mcts import gumbel_search, sample_gumbel
+
+    root = model.initial_inference(observations)
+    batch, num_actions = root.policy_logits.shape
+    if rng is None or gumbel_scale == 0.0:
+        gumbel = np.zeros((batch, num_actions), np.float32)
+    else:
+        gumbel = sample_gumbel(rng, (batch, num_actions), gumbel_scale)
+
+    def recurrent_fn(state, actions):
+        output = model.recurrent_inference(state, actions)
+        return output.state, output.reward, output.value, output.policy_logits
+
+    return gumbel_search(root.policy_logits, root.value, root.state, recurrent_fn,
+                         num_simulations=config.num_simulations,
+                         max_num_considered_actions=config.max_num_considered_actions,
+                         gumbel=gumbel, discount=config.discount, c_visit=config.c_visit,
+                         c_scale=config.c_scale)
+
+
+class EpisodeResults(NamedTuple):
+    returns: list[float]      # raw (unclipped) game returns
+    lengths: list[int]        # env steps per game
+
+
+def play_episodes(model, config: Config, env_id: str, num_episodes: int, seed: int,
+                  video_path: str | None = None) -> EpisodeResults:
+    """Play `num_episodes` evaluation games in lockstep with greedy search; optionally film game 0."""
+    import envs
+
+    spec = envs.env_spec(env_id, config)
+    games = [envs.make_env(env_id, seed + i, False, config) for i in range(num_episodes)]
+    stacker = envs.FrameStacker(num_episodes, spec.frame_shape, config.frame_stack, spec.frame_dtype)
+    for i, env in enumerate(games):
+        frame, _ = env.reset(seed=seed + i)
+        stacker.reset(i, frame)
+    video = _open_video(video_path, frame) if video_path else None
+    returns: list[float | None] = [None] * num_episodes
+    lengths = [0] * num_episodes
+    running = list(range(num_episodes))
+    while running:
+        observations = stacker.observations()[running]
+        actions = search_actions(model, observations, config, None, 0.0).action
+        still_running = []
+        for row, i in enumerate(running):
+            frame, _, terminated, truncated, info = games[i].step(int(actions[row]))
+            if i == 0 and video is not None:
+                _write_video_frame(video, frame)
+            if "game_return" in info:
+                returns[i], lengths[i] = float(info["game_return"]), int(info["game_length"])
+            elif terminated or truncated:
+                raise RuntimeError("an evaluation episode ended without its game return")
+            else:
+                stacker.push(i, frame)
+                still_running.append(i)
+        running = still_running
+    if video is not None:
+        video.release()
+    return EpisodeResults([float(r) for r in returns], lengths)
+
+
+def _open_video(path: str, frame: np.ndarray):
+    import cv2
+
+    if frame.ndim != 3:
+        raise ValueError("--video needs an image-observation (Atari) environment")
+    height, width = frame.shape[0] * VIDEO_SCALE, frame.shape[1] * VIDEO_SCALE
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), VIDEO_FPS, (width, height))
+    if not writer.isOpened():
+        raise ValueError(f"cannot write video '{path}'")
+    _write_video_frame(writer, frame)
+    return writer
+
+
+def _write_video_frame(writer, frame: np.ndarray) -> None:
+    import cv2
+
+    rgb = frame if frame.shape[-1] == 3 else np.repeat(frame, 3, axis=-1)
+    large = cv2.resize(rgb, None, fx=VIDEO_SCALE, fy=VIDEO_SCALE, interpolation=cv2.INTER_NEAREST)
+    writer.write(cv2.cvtColor(large, cv2.COLOR_RGB2BGR))
+
+
+def summarize(env_id: str, returns: list[float]) -> dict:
+    """Mean, std, median, min, max and the human-normalised mean (Atari only) of raw returns."""
+    import envs
+
+    scores = np.asarray(returns, np.float64)
+    summary = {"episodes": len(returns), "mean": float(scores.mean()), "std": float(scores.std()),
+               "median": float(np.median(scores)), "min": float(scores.min()),
+               "max": float(scores.max())}
+    normalized = envs.human_normalized_score(env_id, summary["mean"])
+    if normalized is not None:
+        summary["human_normalized"] = float(normalized)
+    return summary
+
+
+def load_model(checkpoint: checkpoints.Checkpoint, env_id: str, config: Config):
+    """The online network of a checkpoint, checked against the env's observation and action shapes."""
+    import envs
+    from networks import EfficientZeroNet
+
+    spec = envs.env_spec(env_id, config)
+    model = EfficientZeroNet(config, spec.observation_shape, spec.num_actions)
+    checkpoints.check_weights_match(model.get_weights(), checkpoint.arrays.get("online", []),
+                                    "online weights")
+    model.set_weights(checkpoint.arrays["online"])
+    return model
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Evaluate an EfficientZero V2 checkpoint.")
+    parser.add_argument("--checkpoint", required=True,
+                        help="a checkpoint folder, or a run folder (its newest checkpoint)")
+    parser.add_argument("--episodes", type=int, default=10, help="evaluation games (default 10)")
+    parser.add_argument("--env", default=None, help="environment (default: the checkpoint's)")
+    parser.add_argument("--seed", type=int, default=12345, help="seed of the evaluation envs")
+    parser.add_argument("--video", nargs="?", const="", default=None, metavar="PATH",
+                        help="write an mp4 of the first episode (default PATH: beside the checkpoint)")
+    parser.add_argument("--json", default=None, metavar="PATH", help="write the scores as JSON")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.episodes < 1:
+            raise ValueError(f"--episodes must be at least 1, got {args.episodes}")
+        checkpoint = checkpoints.load_checkpoint(args.checkpoint)
+        config = checkpoint.config
+        env_id = args.env or config.env_id
+        model = load_model(checkpoint, env_id, config)
+        video_path = None
+        if args.video is not None:
+            video_path = args.video or os.path.join(checkpoint.path, "evaluation.mp4")
+        result = play_episodes(model, config, env_id, args.episodes, args.seed, video_path)
+    except (ValueError, checkpoints.CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    summary = summarize(env_id, result.returns)
+    line = (f"{env_id}: {summary['mean']:.2f} ± {summary['std']:.2f} over {args.episodes} episodes; "
+            f"median {summary['median']:.2f}, min {summary['min']:.2f}, max {summary['max']:.2f}")
+    if "human_normalized" in summary:
+        line += f"; human-normalised {summary['human_normalized']:.3f}"
+    print(line)
+    if video_path:
+        print(f"video: {video_path}")
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump({"checkpoint": checkpoint.path, "env_id": env_id, **summary,
+                       "returns": result.returns, "lengths": result.lengths}, file, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
