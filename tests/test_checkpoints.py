@@ -86,3 +86,30 @@ def test_weights_for_another_shape_are_refused():
         checkpoints.check_weights_match([np.zeros((3, 4))], [np.zeros((3, 5))], "online weights")
     with pytest.raises(checkpoints.CheckpointError, match="another network configuration"):
         checkpoints.check_weights_match([np.zeros(1)], [], "online weights")
+
+
+def test_killing_the_process_while_a_checkpoint_is_written_keeps_the_previous(tmp_path):
+    """A real SIGKILL in the middle of writing the buffer of the second checkpoint."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    _save(str(tmp_path), 1)
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r})
+        import numpy as np, checkpoints, config
+        def save_buffer(path):
+            os.makedirs(path)
+            open(os.path.join(path, "half.bin"), "wb").write(b"0" * 1000)
+            os.kill(os.getpid(), signal.SIGKILL)
+        checkpoints.save_checkpoint({str(tmp_path)!r}, 2, {{"online": [np.ones(3)]}}, {{}},
+                                    config.smoke(), save_buffer, 2)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True)
+    assert result.returncode == -signal.SIGKILL
+    loaded = checkpoints.load_checkpoint(str(tmp_path))
+    assert loaded.state == {"updates": 1} and loaded.buffer_path is not None
+    _save(str(tmp_path), 3)                  # the next save cleans the leftover temporary folder
+    assert sorted(os.listdir(tmp_path)) == ["ckpt-00000001", "ckpt-00000003"]
