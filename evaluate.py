@@ -178,9 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     if video_path:
         print(f"video: {video_path}")
     if args.json:
-        with open(args.json, "w") as file:
-            json.dump({"checkpoint": checkpoint.path, "env_id": env_id, **summary,
-                       "returns": result.returns, "lengths": result.lengths}, file, indent=1)
+        try:
+            with open(args.json, "w") as file:
+                json.dump({"checkpoint": checkpoint.path, "env_id": env_id, **summary,
+                           "returns": result.returns, "lengths": result.lengths}, file, indent=1)
+        except OSError as error:
+            print(f"error: cannot write '{args.json}': {error.strerror or error}", file=sys.stderr)
+            return EXIT_USAGE
     return 0
 
 

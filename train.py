@@ -158,6 +158,7 @@ class Learner:
         self.loss_scale = tf.Variable(2.0 ** 15 if config.mixed_precision else 1.0,
                                       trainable=False, dtype=tf.float32)
         self._finite_in_a_row = 0
+        self.trace_count = 0                 # Python side effect: runs only when tf traces
         K, A = config.unroll_steps, num_actions
         obs_dtype = tf.uint8 if self.is_image else tf.float32
         signature = [
@@ -198,6 +199,7 @@ class Learner:
     def _compute_gradients(self, observations, actions, reward_targets, value_targets,
                            policy_targets, masks, weights):
         tf, config, net = self._tf, self.config, self.net
+        self.trace_count += 1
         K = config.unroll_steps
         batch = config.batch_size
         inputs = net.preprocess(observations)                            # [B, K+1, ...] float32
@@ -370,6 +372,8 @@ class Trainer:
         self.best_eval, self.last_eval = state["best_eval"], state["last_eval"]
         self.rng.bit_generator.state = state["numpy_rng"]
         self.buffer = ReplayBuffer.load(checkpoint.buffer_path, self.config)
+        print(f"resumed at {self.env_steps} env steps, {self.updates} updates, "
+              f"{len(self.buffer)} transitions")
 
     def save_checkpoint(self) -> str:
         arrays = {"online": self.online.get_weights(), "selfplay": self.selfplay_model.get_weights(),

@@ -1,0 +1,257 @@
+"""train.py and evaluate.py from the command a user types, plus the update step in-process."""
+
+import csv
+import dataclasses
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import checkpoints
+import config as cfg
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_script(*args, timeout=300):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+
+
+def assert_one_line_usage_error(result):
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr[-2000:]
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    run_dir = str(tmp_path_factory.mktemp("smoke") / "run")
+    start = time.time()
+    result = run_script("train.py", "--config", "smoke", "--run-dir", run_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir, time.time() - start, result
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_everything_a_user_relies_on(smoke_run):
+    run_dir, seconds, result = smoke_run
+    assert seconds < 90, f"the smoke run took {seconds:.0f} s"
+    assert cfg.Config.from_json(open(os.path.join(run_dir, "config.json")).read()) == cfg.smoke()
+    assert glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))
+    with open(os.path.join(run_dir, "metrics.csv")) as file:
+        keys = {row["key"] for row in csv.DictReader(file)}
+    for key in ("losses/total", "losses/consistency", "losses/reward", "losses/policy",
+                "losses/value", "losses/grad_norm", "losses/lr", "targets/sve_fraction",
+                "eval/mean", "eval/human_normalized", "perf/env_steps_per_second",
+                "perf/update_ms", "charts/episode_return"):
+        assert key in keys, key
+    newest = checkpoints.resolve_checkpoint(run_dir)
+    loaded = checkpoints.load_checkpoint(newest)
+    assert loaded.state["updates"] == cfg.smoke().total_updates
+    assert loaded.buffer_path is not None
+    assert "done:" in result.stdout
+
+
+@pytest.mark.slow
+def test_evaluate_plays_a_checkpoint_and_writes_json(smoke_run, tmp_path):
+    run_dir, _, _ = smoke_run
+    out = str(tmp_path / "scores.json")
+    video = str(tmp_path / "game.mp4")
+    result = run_script("evaluate.py", "--checkpoint", run_dir, "--episodes", "2", "--json", out,
+                        "--video", video)
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores = json.load(open(out))
+    assert scores["episodes"] == 2 and len(scores["returns"]) == 2
+    assert scores["mean"] == pytest.approx(np.mean(scores["returns"]))
+    assert "human_normalized" in scores and "±" in result.stdout
+    assert os.path.getsize(video) > 1000
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_with_counters_and_buffer(tmp_path):
+    run_dir = str(tmp_path / "run")
+    process = subprocess.Popen([sys.executable, "train.py", "--config", "smoke", "--run-dir", run_dir],
+                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not checkpoints.list_checkpoints(os.path.join(run_dir, "checkpoints")):
+        assert process.poll() is None and time.time() < deadline, "no checkpoint was written"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    first = checkpoints.load_checkpoint(run_dir)
+    saved_updates, saved_env_steps = first.state["updates"], first.state["env_steps"]
+    assert 0 < saved_updates < cfg.smoke().total_updates
+    from buffer import ReplayBuffer
+    saved_buffer_size = len(ReplayBuffer.load(first.buffer_path, first.config))
+
+    result = run_script("train.py", "--resume", run_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resumed at {saved_env_steps} env steps, {saved_updates} updates, " \
+           f"{saved_buffer_size} transitions" in result.stdout
+    final = checkpoints.load_checkpoint(run_dir)
+    assert final.state["updates"] == cfg.smoke().total_updates
+    with open(os.path.join(run_dir, "metrics.csv")) as file:
+        updates = [int(row["updates"]) for row in csv.DictReader(file) if row["key"] == "losses/total"]
+    assert updates == sorted(updates) and updates[-1] == cfg.smoke().total_updates
+
+
+# --- bad input: one line on stderr, exit status 2 -------------------------------------------------
+
+def test_unknown_env_is_a_usage_error(tmp_path):
+    line = assert_one_line_usage_error(run_script("train.py", "--config", "smoke", "--env",
+                                                  "NoSuchGame-v9", "--run-dir", str(tmp_path)))
+    assert "NoSuchGame-v9" in line
+
+
+def test_unknown_config_key_is_a_usage_error(tmp_path):
+    line = assert_one_line_usage_error(run_script("train.py", "--config", "smoke", "--set",
+                                                  "bogus=1", "--run-dir", str(tmp_path)))
+    assert "unknown config key 'bogus'" in line
+
+
+def test_bad_value_is_a_usage_error(tmp_path):
+    line = assert_one_line_usage_error(run_script("train.py", "--config", "smoke", "--set",
+                                                  "num_simulations=0", "--run-dir", str(tmp_path)))
+    assert "num_simulations" in line
+
+
+def test_unwritable_run_dir_is_a_usage_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    line = assert_one_line_usage_error(run_script("train.py", "--config", "smoke", "--run-dir",
+                                                  str(blocker / "run")))
+    assert "cannot write run folder" in line
+
+
+def test_missing_checkpoint_is_a_usage_error(tmp_path):
+    assert "does not exist" in assert_one_line_usage_error(
+        run_script("evaluate.py", "--checkpoint", str(tmp_path / "nothing")))
+    assert "does not exist" in assert_one_line_usage_error(
+        run_script("train.py", "--resume", str(tmp_path / "nothing")))
+
+
+def _smoke_checkpoint(folder, num_actions=4):
+    """A real checkpoint of the smoke network, written without running a training job."""
+    from networks import EfficientZeroNet
+
+    config = cfg.smoke()
+    net = EfficientZeroNet(config, (96, 96, 12), num_actions)
+    weights = net.get_weights()
+    return checkpoints.save_checkpoint(str(folder), 1, {"online": weights}, {}, config, None, 1)
+
+
+def test_partial_and_corrupt_checkpoints_are_usage_errors(tmp_path):
+    path = _smoke_checkpoint(tmp_path / "partial")
+    os.remove(os.path.join(path, checkpoints.COMPLETE_MARKER))
+    assert "incomplete" in assert_one_line_usage_error(
+        run_script("evaluate.py", "--checkpoint", path))
+    path = _smoke_checkpoint(tmp_path / "corrupt")
+    with open(os.path.join(path, "weights.npz"), "r+b") as file:
+        file.seek(100)
+        file.write(b"\x00" * 64)
+    assert "corrupt" in assert_one_line_usage_error(run_script("evaluate.py", "--checkpoint", path))
+
+
+def test_checkpoint_for_another_env_is_a_usage_error(tmp_path):
+    path = _smoke_checkpoint(tmp_path / "other")
+    line = assert_one_line_usage_error(run_script("evaluate.py", "--checkpoint", path, "--env",
+                                                  "Pong"))
+    assert "another env or network shape" in line
+
+
+def test_resuming_a_checkpoint_without_buffer_is_a_usage_error(tmp_path):
+    run_dir = tmp_path / "run"
+    _smoke_checkpoint(run_dir / "checkpoints")
+    line = assert_one_line_usage_error(run_script("train.py", "--resume", str(run_dir)))
+    assert "holds no replay buffer" in line
+
+
+# --- the update step, in-process -----------------------------------------------------------------
+
+def _tiny_learner(seed=0, **changes):
+    import keras
+
+    import train
+    from networks import EfficientZeroNet
+
+    config = dataclasses.replace(cfg.classic(), batch_size=16, seed=seed, **changes)
+    keras.utils.set_random_seed(seed)
+    net = EfficientZeroNet(config, (4,), 2)
+    return config, net, train.Learner(config, net, (4,), 2)
+
+
+def _fixed_batch(config, seed=0):
+    from buffer import Batch, Targets
+
+    rng = np.random.default_rng(seed)
+    B, K, A = config.batch_size, config.unroll_steps, 2
+    fields = {name: None for name in Batch._fields}
+    fields.update(observations=rng.normal(size=(B, K + 1, 4)).astype(np.float32),
+                  actions=rng.integers(0, A, size=(B, K)).astype(np.int32),
+                  reward_targets=np.cumsum(np.ones((B, K), np.float32), axis=1),
+                  masks=np.ones((B, K + 1), np.float32),
+                  importance_weights=np.ones(B, np.float32), indices=np.arange(B))
+    policies = rng.dirichlet(np.ones(A), size=(B, K + 1)).astype(np.float32)
+    target_fields = {name: 0.0 for name in Targets._fields}
+    target_fields.update(values=rng.uniform(0, 5, size=(B, K + 1)).astype(np.float32),
+                         policies=policies)
+    return Batch(**fields), Targets(**target_fields)
+
+
+def test_the_update_lowers_the_loss_on_a_fixed_batch():
+    config, net, learner = _tiny_learner(learning_rate=0.05, warmup_fraction=0.0)
+    batch, targets = _fixed_batch(config)
+    losses = [learner.update(batch, targets, 100).scalars["losses/total"] for _ in range(8)]
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_a_non_finite_loss_leaves_every_weight_untouched():
+    config, net, learner = _tiny_learner()
+    batch, targets = _fixed_batch(config)
+    before = net.get_weights()
+    values = targets.values.copy()
+    values[3, 2] = np.nan
+    result = learner.update(batch, targets._replace(values=values), 0)
+    assert not result.finite
+    for old, new in zip(before, net.get_weights()):
+        np.testing.assert_array_equal(old, new)
+
+
+def test_the_update_step_does_not_retrace():
+    config, net, learner = _tiny_learner()
+    batch, targets = _fixed_batch(config)
+    for seed in range(3):
+        learner.update(*_fixed_batch(config, seed), 0)
+    assert learner.trace_count == 1
+
+
+def test_same_seed_gives_the_same_first_losses(tmp_path):
+    import train
+
+    def first_losses(folder):
+        config = dataclasses.replace(cfg.classic(), env_steps=160, start_transitions=120,
+                                     batch_size=16, num_simulations=4, log_interval=5,
+                                     eval_interval=10_000, checkpoint_interval=10_000)
+        trainer = train.Trainer(config, str(folder), None)
+        trainer._start_games(list(range(config.num_envs)))
+        while len(trainer.buffer) < config.start_transitions:
+            trainer.selfplay_step()
+        return [trainer.learner.update(*_sample(trainer), trainer.updates).scalars["losses/total"]
+                for _ in range(3)]
+
+    def _sample(trainer):
+        from buffer import reanalyze
+        batch = trainer.buffer.sample(trainer.config.batch_size, trainer.rng)
+        return batch, reanalyze(batch, trainer.target_model, config=trainer.config,
+                                train_step=trainer.updates, rng=trainer.rng)
+
+    assert first_losses(tmp_path / "a") == first_losses(tmp_path / "b")
