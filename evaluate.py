@@ -30,8 +30,11 @@ VIDEO_FPS = 15            # one video frame per agent step (4 emulator frames at
 
 def search_actions(model, observations: np.ndarray, config: Config, rng: np.random.Generator | None,
                    gumbel_scale: float):
-    """One batched Gumbel search (mcts.py) from the model's root outputs for [B, ...] observations."""
-    from mcts import gumbel_search, sample_gumbel
+    """One batched Gumbel search (mcts.py) from the model's root outputs for [B, ...] observations.
+
+    With `rng=None` or `gumbel_scale=0` the Gumbel noise is zero: the greedy evaluation search.
+    """
+    from mcts import sample_gumbel, search_with_model
 
     root = model.initial_inference(observations)
     batch, num_actions = root.policy_logits.shape
@@ -39,16 +42,10 @@ def search_actions(model, observations: np.ndarray, config: Config, rng: np.rand
         gumbel = np.zeros((batch, num_actions), np.float32)
     else:
         gumbel = sample_gumbel(rng, (batch, num_actions), gumbel_scale)
-
-    def recurrent_fn(state, actions):
-        output = model.recurrent_inference(state, actions)
-        return output.state, output.reward, output.value, output.policy_logits
-
-    return gumbel_search(root.policy_logits, root.value, root.state, recurrent_fn,
-                         num_simulations=config.num_simulations,
-                         max_num_considered_actions=config.max_num_considered_actions,
-                         gumbel=gumbel, discount=config.discount, c_visit=config.c_visit,
-                         c_scale=config.c_scale)
+    return search_with_model(model, root, gumbel, num_simulations=config.num_simulations,
+                             max_num_considered_actions=config.max_num_considered_actions,
+                             discount=config.discount, c_visit=config.c_visit,
+                             c_scale=config.c_scale)
 
 
 class EpisodeResults(NamedTuple):

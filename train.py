@@ -327,7 +327,10 @@ class Trainer:
         if config.mixed_precision:
             keras.mixed_precision.set_global_policy("mixed_float16")
         keras.utils.set_random_seed(config.seed)
-        tf.config.experimental.enable_op_determinism()
+        if not tf.config.list_physical_devices("GPU"):
+            # Same seed, same run on CPU; GPUs lack deterministic kernels for some ops, so there
+            # the run is reproducible only in distribution.
+            tf.config.experimental.enable_op_determinism()
         self.config, self.run_dir = config, run_dir
         self.spec = envs.env_spec(config.env_id, config)
         shape, actions = self.spec.observation_shape, self.spec.num_actions
