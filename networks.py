@@ -1,0 +1,538 @@
+"""The EfficientZero V2 networks in Keras: representation h, dynamics g, prediction f, SimSiam heads.
+
+Implements DESIGN.md §4 (EfficientZero V2, Wang et al. 2024, Appendix "Network Architecture"; the layer
+layout follows the official `ez/agents/models/base_model.py` and `ez/config/exp/atari.yaml`):
+
+- h (representation): observation [B, 96, 96, 12] -> latent state [B, 6, 6, C], a residual stack with two
+  stride-2 stages and two average pools. Vector observations [B, D] -> flat latent [B, mlp_state_size].
+- g (dynamics): (latent, action) -> next latent, plus the value-prefix head: an LSTM carried along the
+  unroll that predicts the sum of rewards since its last reset (EfficientZero's "value prefix"), or a
+  plain per-step reward head when `value_prefix` is off.
+- f (prediction): latent -> value logits [B, 2S+1] and policy logits [B, A].
+- SimSiam projection P1 and prediction head P2 for the temporal consistency loss (blog topic ②).
+
+Shapes: `B` batch, `A` actions, `C` channels, `S` support_size; images are channels-last. Scalars
+(value, value prefix, reward) are categorical over the integers [-S, S] after the invertible transform
+h(x) = sign(x)(sqrt(|x| + 1) - 1) + εx (MuZero Appendix F); `scalar_to_two_hot` and `logits_to_scalar`
+convert between the two. The last layer of every reward/value/policy head starts at zero, so a fresh
+network predicts value 0, reward 0 and a uniform policy.
+
+The search uses `initial_inference` / `recurrent_inference` (NumPy in, NumPy out, scalars decoded, one
+`tf.function` trace each); the trainer calls the building blocks `represent`, `dynamics`, `predict`,
+`project` and `predict_projection` inside its own `tf.function`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from config import Config
+
+# ε of the scalar transform h(x) (MuZero Appendix F; official `ez/utils/format.py`).
+TRANSFORM_EPSILON = 0.001
+# Normalisation layers use PyTorch's defaults, as the official code does: moving statistics updated
+# with weight 0.1 on the new batch (Keras counts the other way: momentum 0.9), epsilon 1e-5.
+NORM_MOMENTUM = 0.9
+NORM_EPSILON = 1e-5
+
+
+class NetworkOutput(NamedTuple):
+    state: tuple               # opaque search state, NumPy arrays with a leading batch dim
+    reward: np.ndarray         # [B] float32 (zeros from initial_inference)
+    value: np.ndarray          # [B] float32
+    policy_logits: np.ndarray  # [B, A] float32
+
+
+# --- categorical scalars ------------------------------------------------------------------------------
+
+def scalar_transform(x):
+    """h(x) = sign(x)(sqrt(|x| + 1) - 1) + εx, any shape, float32."""
+    x = tf.convert_to_tensor(x, tf.float32)
+    magnitude = tf.abs(x)
+    # sqrt(a + 1) - 1 written as a / (sqrt(a + 1) + 1): no cancellation for small |x| in float32.
+    return tf.sign(x) * (magnitude / (tf.sqrt(magnitude + 1.0) + 1.0) + TRANSFORM_EPSILON * magnitude)
+
+
+def inverse_scalar_transform(y):
+    """The exact inverse of `scalar_transform`, any shape, float32.
+
+    With d = sqrt(|x| + 1) - 1, |y| = d + ε d (d + 2), a quadratic in d whose positive root is
+    d = 2|y| / ((1 + 2ε) + sqrt((1 + 2ε)^2 + 4ε|y|)) (the cancellation-free form); then |x| = d (d + 2).
+    """
+    y = tf.convert_to_tensor(y, tf.float32)
+    magnitude = tf.abs(y)
+    linear = 1.0 + 2.0 * TRANSFORM_EPSILON
+    d = 2.0 * magnitude / (linear + tf.sqrt(linear * linear + 4.0 * TRANSFORM_EPSILON * magnitude))
+    return tf.sign(y) * d * (d + 2.0)
+
+
+def scalar_to_two_hot(x, support_size: int):
+    """Transform x, clip to [-S, S], split between the two nearest integers: [...] -> [..., 2S+1]."""
+    y = tf.clip_by_value(scalar_transform(x), -float(support_size), float(support_size))
+    low = tf.floor(y)
+    upper_weight = (y - low)[..., None]
+    index = tf.cast(low, tf.int32) + support_size
+    depth = 2 * support_size + 1
+    # At y = S the upper index is out of range; tf.one_hot gives zeros there, and its weight is 0.
+    return (tf.one_hot(index, depth) * (1.0 - upper_weight)
+            + tf.one_hot(index + 1, depth) * upper_weight)
+
+
+def logits_to_scalar(logits, support_size: int):
+    """Softmax expectation over the support [-S, S], then the inverse transform: [..., 2S+1] -> [...]."""
+    probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+    support = tf.range(-support_size, support_size + 1, dtype=tf.float32)
+    return inverse_scalar_transform(tf.reduce_sum(probabilities * support, axis=-1))
+
+
+# --- layers ---------------------------------------------------------------------------------------
+
+def _normalization(config: Config, width: int):
+    """BatchNorm (the paper) or GroupNorm (the blog) over the last axis of width `width`.
+
+    GroupNorm uses gcd(group_norm_groups, width) groups, so narrow head layers stay valid.
+    """
+    if config.normalization == "batch":
+        return keras.layers.BatchNormalization(momentum=NORM_MOMENTUM, epsilon=NORM_EPSILON)
+    return keras.layers.GroupNormalization(groups=math.gcd(config.group_norm_groups, width),
+                                           epsilon=NORM_EPSILON)
+
+
+def _pad_same(x, kernel_size: int):
+    """Symmetric zero padding of kernel_size // 2 (PyTorch's padding=1 for a 3x3 conv or pool)."""
+    pad = kernel_size // 2
+    return tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+
+
+class _Block(keras.layers.Layer):
+    """A layer made of sub-layers, built by its first call (no weights of its own)."""
+
+    def build(self, *args, **kwargs):
+        self.built = True
+
+
+class ResidualBlock(_Block):
+    """conv3x3-norm-ReLU-conv3x3-norm, add the shortcut, ReLU: [B, H, W, C_in] -> [B, H/s, W/s, C].
+
+    With stride 2 the shortcut is a stride-2 conv3x3 without normalisation (official DownSample).
+    """
+
+    KERNEL = 3
+
+    def __init__(self, config: Config, channels: int, stride: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.stride = stride
+        padding = "same" if stride == 1 else "valid"
+        self.conv1 = keras.layers.Conv2D(channels, self.KERNEL, strides=stride, padding=padding,
+                                         use_bias=False)
+        self.norm1 = _normalization(config, channels)
+        self.conv2 = keras.layers.Conv2D(channels, self.KERNEL, padding="same", use_bias=False)
+        self.norm2 = _normalization(config, channels)
+        self.shortcut = (keras.layers.Conv2D(channels, self.KERNEL, strides=stride, padding="valid",
+                                             use_bias=False) if stride > 1 else None)
+
+    def call(self, x, training=False):
+        if self.shortcut is not None:
+            x = _pad_same(x, self.KERNEL)
+        out = tf.nn.relu(self.norm1(self.conv1(x), training=training))
+        out = self.norm2(self.conv2(out), training=training)
+        identity = x if self.shortcut is None else self.shortcut(x)
+        return tf.nn.relu(out + identity)
+
+
+class MLPHead(_Block):
+    """Dense-norm-ELU per hidden size, then a zero-initialised float32 Dense: [B, D] -> [B, out].
+
+    ELU is the official `mlp()` activation; the zero init makes the head output 0 at the start.
+    """
+
+    def __init__(self, config: Config, output_size: int, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden = [keras.layers.Dense(size) for size in config.head_hidden_sizes]
+        self.norms = [_normalization(config, size) for size in config.head_hidden_sizes]
+        self.out = keras.layers.Dense(output_size, kernel_initializer="zeros", dtype="float32")
+
+    def call(self, x, training=False):
+        for dense, norm in zip(self.hidden, self.norms):
+            x = tf.nn.elu(norm(dense(x), training=training))
+        return self.out(x)
+
+
+class Reduce(_Block):
+    """Head input: conv1x1 -> reduced_channels, norm, ReLU, flatten ([B, H, W, C] -> [B, H*W*r]) for
+    the conv network; the identity on the flat latent of the MLP network."""
+
+    def __init__(self, config: Config, **kwargs):
+        super().__init__(**kwargs)
+        self.is_conv = config.network == "conv"
+        if self.is_conv:
+            self.conv = keras.layers.Conv2D(config.reduced_channels, 1)
+            self.norm = _normalization(config, config.reduced_channels)
+            self.flatten = keras.layers.Flatten()
+
+    def call(self, x, training=False):
+        if not self.is_conv:
+            return x
+        return self.flatten(tf.nn.relu(self.norm(self.conv(x), training=training)))
+
+
+class ConvRepresentation(_Block):
+    """h: [B, 96, 96, 12] -> [B, 6, 6, C] (official RepresentationNetwork with DownSample):
+    conv3x3 s2 -> C/2, norm, ReLU; residual block (C/2); residual block s2 -> C; residual block;
+    avg-pool 3 s2; residual block; avg-pool 3 s2; num_blocks residual blocks."""
+
+    KERNEL = 3
+    STRIDE = 2
+
+    def __init__(self, config: Config, **kwargs):
+        super().__init__(**kwargs)
+        channels = config.num_channels
+        self.stem = keras.layers.Conv2D(channels // 2, self.KERNEL, strides=self.STRIDE,
+                                        padding="valid", use_bias=False)
+        self.stem_norm = _normalization(config, channels // 2)
+        self.half_block = ResidualBlock(config, channels // 2)
+        self.downsample_block = ResidualBlock(config, channels, stride=self.STRIDE)
+        self.full_block = ResidualBlock(config, channels)
+        # PyTorch AvgPool2d(3, 2, padding=1) counts the zero padding in the mean: pad, then pool.
+        self.pool = keras.layers.AveragePooling2D(self.KERNEL, strides=self.STRIDE, padding="valid")
+        self.pooled_block = ResidualBlock(config, channels)
+        self.tower = [ResidualBlock(config, channels) for _ in range(config.num_blocks)]
+
+    def call(self, x, training=False):
+        x = tf.nn.relu(self.stem_norm(self.stem(_pad_same(x, self.KERNEL)), training=training))
+        x = self.half_block(x, training=training)
+        x = self.downsample_block(x, training=training)
+        x = self.full_block(x, training=training)
+        x = self.pool(_pad_same(x, self.KERNEL))
+        x = self.pooled_block(x, training=training)
+        x = self.pool(_pad_same(x, self.KERNEL))
+        for block in self.tower:
+            x = block(x, training=training)
+        return x
+
+
+class ConvDynamics(_Block):
+    """g's state transition: ([B, 6, 6, C], actions [B]) -> [B, 6, 6, C] (official DynamicsNetwork with
+    action_embedding): the action as a plane of value a/A -> conv1x1 -> reduced_channels, LayerNorm,
+    ReLU; concatenated with the state; conv3x3 -> C, norm, plus the state, ReLU; num_blocks residual
+    blocks."""
+
+    def __init__(self, config: Config, num_actions: int, **kwargs):
+        super().__init__(**kwargs)
+        self.num_actions = num_actions
+        self.action_conv = keras.layers.Conv2D(config.reduced_channels, 1)
+        self.action_norm = keras.layers.LayerNormalization(axis=[-3, -2, -1], epsilon=NORM_EPSILON)
+        self.conv = keras.layers.Conv2D(config.num_channels, ResidualBlock.KERNEL, padding="same",
+                                        use_bias=False)
+        self.norm = _normalization(config, config.num_channels)
+        self.tower = [ResidualBlock(config, config.num_channels) for _ in range(config.num_blocks)]
+
+    def call(self, state, actions, training=False):
+        scaled = tf.cast(actions, state.dtype) / self.num_actions
+        plane = tf.ones_like(state[..., :1]) * scaled[:, None, None, None]        # [B, 6, 6, 1]
+        embedding = tf.nn.relu(self.action_norm(self.action_conv(plane)))
+        x = self.norm(self.conv(tf.concat([state, embedding], axis=-1)), training=training)
+        x = tf.nn.relu(x + state)
+        for block in self.tower:
+            x = block(x, training=training)
+        return x
+
+
+class MLPRepresentation(_Block):
+    """h for vector observations: [B, D] -> [B, mlp_state_size]. Dense-LayerNorm-ReLU per hidden size,
+    then Dense, LayerNorm and tanh (the official state-MLP's bounded latent)."""
+
+    def __init__(self, config: Config, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden = [keras.layers.Dense(size) for size in config.mlp_hidden_sizes]
+        self.norms = [keras.layers.LayerNormalization(epsilon=NORM_EPSILON)
+                      for _ in config.mlp_hidden_sizes]
+        self.out = keras.layers.Dense(config.mlp_state_size)
+        self.out_norm = keras.layers.LayerNormalization(epsilon=NORM_EPSILON)
+
+    def call(self, x, training=False):
+        for dense, norm in zip(self.hidden, self.norms):
+            x = tf.nn.relu(norm(dense(x)))
+        return tf.tanh(self.out_norm(self.out(x)))
+
+
+class MLPDynamics(_Block):
+    """g's state transition for the flat latent: concat(state, one-hot action) -> Dense-LayerNorm-ReLU
+    per hidden size -> Dense(mlp_state_size), added to the state (residual), LayerNorm, tanh."""
+
+    def __init__(self, config: Config, num_actions: int, **kwargs):
+        super().__init__(**kwargs)
+        self.num_actions = num_actions
+        self.hidden = [keras.layers.Dense(size) for size in config.mlp_hidden_sizes]
+        self.norms = [keras.layers.LayerNormalization(epsilon=NORM_EPSILON)
+                      for _ in config.mlp_hidden_sizes]
+        self.out = keras.layers.Dense(config.mlp_state_size)
+        self.out_norm = keras.layers.LayerNormalization(epsilon=NORM_EPSILON)
+
+    def call(self, state, actions, training=False):
+        x = tf.concat([state, tf.one_hot(actions, self.num_actions, dtype=state.dtype)], axis=-1)
+        for dense, norm in zip(self.hidden, self.norms):
+            x = tf.nn.relu(norm(dense(x)))
+        return tf.tanh(self.out_norm(state + self.out(x)))
+
+
+class RewardHead(_Block):
+    """Value-prefix head (official SupportLSTMNetwork): reduce, LSTM step, norm, ReLU, MLP -> 2S+1
+    logits, with the LSTM state (h, c) [B, lstm_hidden_size] carried by the caller. With
+    value_prefix=False a plain reward head (official SupportNetwork): reduce, MLP -> 2S+1 logits."""
+
+    def __init__(self, config: Config, **kwargs):
+        super().__init__(**kwargs)
+        self.value_prefix = config.value_prefix
+        self.reduce = Reduce(config)
+        if self.value_prefix:
+            self.lstm = keras.layers.LSTMCell(config.lstm_hidden_size)
+            self.norm = _normalization(config, config.lstm_hidden_size)
+        self.mlp = MLPHead(config, 2 * config.support_size + 1)
+
+    def call(self, state, lstm_state, training=False):
+        x = self.reduce(state, training=training)
+        if not self.value_prefix:
+            return self.mlp(x, training=training), ()
+        hidden, cell = (tf.cast(s, x.dtype) for s in lstm_state)
+        x, (hidden, cell) = self.lstm(x, [hidden, cell], training=training)
+        x = tf.nn.relu(self.norm(x, training=training))
+        return self.mlp(x, training=training), (hidden, cell)
+
+
+class Prediction(_Block):
+    """f: latent -> (value logits [B, 2S+1], policy logits [B, A]) (official ValuePolicyNetwork,
+    v_num=1): num_blocks residual blocks (conv only), then a value and a policy head, each reduce + MLP."""
+
+    def __init__(self, config: Config, num_actions: int, **kwargs):
+        super().__init__(**kwargs)
+        self.tower = ([ResidualBlock(config, config.num_channels) for _ in range(config.num_blocks)]
+                      if config.network == "conv" else [])
+        self.value_reduce = Reduce(config)
+        self.value_mlp = MLPHead(config, 2 * config.support_size + 1)
+        self.policy_reduce = Reduce(config)
+        self.policy_mlp = MLPHead(config, num_actions)
+
+    def call(self, x, training=False):
+        for block in self.tower:
+            x = block(x, training=training)
+        value = self.value_mlp(self.value_reduce(x, training=training), training=training)
+        policy = self.policy_mlp(self.policy_reduce(x, training=training), training=training)
+        return value, policy
+
+
+class Projection(_Block):
+    """SimSiam P1 (official ProjectionNetwork): flatten -> Dense(hidden) norm ReLU -> Dense(hidden)
+    norm ReLU -> Dense(out) norm: [B, ...] -> [B, projection_output_size]."""
+
+    def __init__(self, config: Config, **kwargs):
+        super().__init__(**kwargs)
+        hidden, out = config.projection_hidden_size, config.projection_output_size
+        self.flatten = keras.layers.Flatten()
+        self.dense = [keras.layers.Dense(hidden), keras.layers.Dense(hidden), keras.layers.Dense(out)]
+        self.norms = [_normalization(config, hidden), _normalization(config, hidden),
+                      _normalization(config, out)]
+
+    def call(self, x, training=False):
+        x = self.flatten(x)
+        for i, (dense, norm) in enumerate(zip(self.dense, self.norms)):
+            x = norm(dense(x), training=training)
+            if i < len(self.dense) - 1:
+                x = tf.nn.relu(x)
+        return x
+
+
+class ProjectionHead(_Block):
+    """SimSiam P2 (official ProjectionHeadNetwork): Dense(prediction_head_hidden) norm ReLU ->
+    Dense(out): [B, projection_output_size] -> [B, projection_output_size]."""
+
+    def __init__(self, config: Config, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden = keras.layers.Dense(config.prediction_head_hidden_size)
+        self.norm = _normalization(config, config.prediction_head_hidden_size)
+        self.out = keras.layers.Dense(config.projection_output_size)
+
+    def call(self, x, training=False):
+        return self.out(tf.nn.relu(self.norm(self.hidden(x), training=training)))
+
+
+# --- the network ------------------------------------------------------------------------------------
+
+class EfficientZeroNet:
+    """h, g (with the value-prefix head), f and the SimSiam heads, plus the search-side adapter.
+
+    `observation_shape` is (H, W, frame_stack * channels) uint8 for Atari or (D,) float32 for vector
+    tasks. The search state (an opaque tuple of NumPy arrays, batch first) is `(latent,)`, or with
+    `value_prefix` `(latent, lstm_h, lstm_c, parent_prefix [B], steps_since_reset [B] int32)`.
+    """
+
+    def __init__(self, config: Config, observation_shape: tuple, num_actions: int):
+        self.config = config
+        self.observation_shape = tuple(observation_shape)
+        self.num_actions = num_actions
+        self.is_image = len(self.observation_shape) == 3
+        conv = config.network == "conv"
+        self.representation = ConvRepresentation(config) if conv else MLPRepresentation(config)
+        self.transition = (ConvDynamics(config, num_actions) if conv
+                           else MLPDynamics(config, num_actions))
+        self.reward_head = RewardHead(config)
+        self.prediction = Prediction(config, num_actions)
+        self.projection = Projection(config)
+        self.projection_head = ProjectionHead(config)
+        self._parts = {
+            "representation": [self.representation],
+            "dynamics": [self.transition, self.reward_head],
+            "prediction": [self.prediction],
+            "projection": [self.projection, self.projection_head],
+        }
+        self._build()
+        self.trace_counts = {"initial_inference": 0, "recurrent_inference": 0}
+        obs_dtype = tf.uint8 if self.is_image else tf.float32
+        self._initial = tf.function(
+            self._initial_graph,
+            input_signature=[tf.TensorSpec([None, *self.observation_shape], obs_dtype)])
+        state_spec = (tf.TensorSpec([None, *self.latent_shape], tf.float32),)
+        if config.value_prefix:
+            lstm_spec = tf.TensorSpec([None, config.lstm_hidden_size], tf.float32)
+            state_spec += (lstm_spec, lstm_spec, tf.TensorSpec([None], tf.float32),
+                           tf.TensorSpec([None], tf.int32))
+        self._recurrent = tf.function(
+            self._recurrent_graph, input_signature=[state_spec, tf.TensorSpec([None], tf.int32)])
+
+    def _build(self):
+        """Create every weight with one batch of zeros (inference mode) and record the latent shape."""
+        batch = 2
+        observations = np.zeros((batch, *self.observation_shape),
+                                np.uint8 if self.is_image else np.float32)
+        latent = self.represent(self.preprocess(observations), training=False)
+        self.latent_shape = tuple(latent.shape[1:])
+        self.dynamics(latent, tf.zeros([batch], tf.int32), self.initial_lstm_state(batch),
+                      training=False)
+        self.predict(latent, training=False)
+        self.predict_projection(self.project(latent, training=False), training=False)
+
+    # --- training-side building blocks (TF tensors in and out) ---------------------------------------
+
+    def preprocess(self, observations):
+        """uint8 pixels -> float32 in [0, 1] (any leading dims); float observations pass through."""
+        observations = tf.convert_to_tensor(observations)
+        if observations.dtype == tf.uint8:
+            return tf.cast(observations, tf.float32) / 255.0
+        return tf.cast(observations, tf.float32)
+
+    def represent(self, inputs, training):
+        """h: preprocessed observations [B, *obs] -> latent [B, 6, 6, C] or [B, mlp_state_size]."""
+        return self.representation(inputs, training=training)
+
+    def initial_lstm_state(self, batch):
+        """Zero LSTM state (h, c), each [B, lstm_hidden_size]; () without value_prefix."""
+        if not self.config.value_prefix:
+            return ()
+        zeros = tf.zeros([batch, self.config.lstm_hidden_size], tf.float32)
+        return (zeros, zeros)
+
+    def dynamics(self, latent, actions, lstm_state, training):
+        """g: (latent [B, ...], actions [B] int32, lstm_state) -> (next latent, reward logits
+        [B, 2S+1] float32 (the value prefix since the last LSTM reset, or the reward), lstm_state)."""
+        next_latent = self.transition(latent, actions, training=training)
+        reward_logits, lstm_state = self.reward_head(next_latent, lstm_state, training=training)
+        return next_latent, tf.cast(reward_logits, tf.float32), lstm_state
+
+    def predict(self, latent, training):
+        """f: latent -> (value logits [B, 2S+1], policy logits [B, A]), both float32."""
+        value_logits, policy_logits = self.prediction(latent, training=training)
+        return tf.cast(value_logits, tf.float32), tf.cast(policy_logits, tf.float32)
+
+    def project(self, latent, training):
+        """SimSiam P1: latent -> [B, projection_output_size] float32."""
+        return tf.cast(self.projection(latent, training=training), tf.float32)
+
+    def predict_projection(self, projection, training):
+        """SimSiam P2: [B, projection_output_size] -> [B, projection_output_size] float32."""
+        return tf.cast(self.projection_head(projection, training=training), tf.float32)
+
+    # --- the search-side adapter (NumPy in and out) -----------------------------------------------------
+
+    def _initial_graph(self, observations):
+        self.trace_counts["initial_inference"] += 1      # Python side effect: runs only when tracing
+        latent = self.represent(self.preprocess(observations), training=False)
+        value_logits, policy_logits = self.predict(latent, training=False)
+        batch = tf.shape(latent)[0]
+        state = (tf.cast(latent, tf.float32),)
+        if self.config.value_prefix:
+            state += self.initial_lstm_state(batch) + (tf.zeros([batch], tf.float32),
+                                                        tf.zeros([batch], tf.int32))
+        value = logits_to_scalar(value_logits, self.config.support_size)
+        return state, tf.zeros_like(value), value, policy_logits
+
+    def _recurrent_graph(self, state, actions):
+        self.trace_counts["recurrent_inference"] += 1
+        support_size = self.config.support_size
+        if self.config.value_prefix:
+            latent, hidden, cell, parent_prefix, steps = state
+            latent, logits, (hidden, cell) = self.dynamics(latent, actions, (hidden, cell),
+                                                           training=False)
+            prefix = logits_to_scalar(logits, support_size)
+            reward = prefix - parent_prefix
+            steps = steps + 1
+            # The LSTM and the prefix restart every lstm_horizon_len steps, as in training.
+            reset = steps >= self.config.lstm_horizon_len
+            keep = tf.cast(tf.logical_not(reset), tf.float32)
+            next_state = (tf.cast(latent, tf.float32), tf.cast(hidden, tf.float32) * keep[:, None],
+                          tf.cast(cell, tf.float32) * keep[:, None], prefix * keep,
+                          tf.where(reset, tf.zeros_like(steps), steps))
+        else:
+            latent, logits, _ = self.dynamics(state[0], actions, (), training=False)
+            reward = logits_to_scalar(logits, support_size)
+            next_state = (tf.cast(latent, tf.float32),)
+        value_logits, policy_logits = self.predict(latent, training=False)
+        return next_state, reward, logits_to_scalar(value_logits, support_size), policy_logits
+
+    @staticmethod
+    def _to_numpy(state, reward, value, policy_logits) -> NetworkOutput:
+        return NetworkOutput(tuple(s.numpy() for s in state), reward.numpy(), value.numpy(),
+                             policy_logits.numpy())
+
+    def initial_inference(self, observations: np.ndarray) -> NetworkOutput:
+        """Observations [B, *obs] -> root state, reward 0, value [B], policy logits [B, A]."""
+        dtype = np.uint8 if self.is_image else np.float32
+        return self._to_numpy(*self._initial(np.asarray(observations, dtype)))
+
+    def recurrent_inference(self, state: tuple, actions: np.ndarray) -> NetworkOutput:
+        """(state, actions [B] int) -> next state, reward [B], value [B], policy logits [B, A]."""
+        return self._to_numpy(*self._recurrent(tuple(state), np.asarray(actions, np.int32)))
+
+    # --- weights ----------------------------------------------------------------------------------
+
+    @property
+    def trainable_variables(self) -> list:
+        return [v for layers in self._parts.values() for layer in layers
+                for v in layer.trainable_weights]
+
+    @property
+    def variables(self) -> list:
+        """Every variable, BatchNorm moving statistics included, in a fixed order."""
+        return [v for layers in self._parts.values() for layer in layers for v in layer.weights]
+
+    def get_weights(self) -> list:
+        return [np.array(v.numpy()) for v in self.variables]
+
+    def set_weights(self, weights: list) -> None:
+        variables = self.variables
+        if len(weights) != len(variables):
+            raise ValueError(f"expected {len(variables)} weight arrays, got {len(weights)}")
+        for variable, value in zip(variables, weights):
+            variable.assign(value)
+
+    def parameter_counts(self) -> dict:
+        """Trainable parameters per part (as PyTorch's parameters(): moving statistics excluded)."""
+        counts = {name: int(sum(np.prod(v.shape) for layer in layers
+                                for v in layer.trainable_weights))
+                  for name, layers in self._parts.items()}
+        counts["total"] = sum(counts.values())
+        return counts
