@@ -1,0 +1,277 @@
+"""networks.py: the scalar transform and two-hot support, shapes of h/g/f and the SimSiam heads, the
+value-prefix adapter against direct dynamics calls, zero-initialised heads, weight round trips and
+no retracing. Tiny networks (the `smoke` preset) except one shape and parameter-count check of the
+full Atari network."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import config as cfg
+from networks import (EfficientZeroNet, inverse_scalar_transform, logits_to_scalar,
+                      scalar_to_two_hot, scalar_transform)
+
+ATARI_SHAPE = (96, 96, 12)
+S = 300
+
+
+def smoke_config(**changes):
+    return dataclasses.replace(cfg.smoke(), **changes)
+
+
+def random_observations(rng, batch, shape=ATARI_SHAPE):
+    return rng.integers(0, 256, size=(batch, *shape), dtype=np.uint8)
+
+
+def randomize(net, seed):
+    """Random weights everywhere (heads included), positive moving variances."""
+    rng = np.random.default_rng(seed)
+    weights = []
+    for variable, value in zip(net.variables, net.get_weights()):
+        if "variance" in variable.path:
+            weights.append(rng.uniform(0.5, 1.5, value.shape).astype(value.dtype))
+        else:
+            weights.append((0.1 * rng.standard_normal(value.shape)).astype(value.dtype))
+    net.set_weights(weights)
+
+
+@pytest.fixture(scope="module")
+def smoke_net():
+    return EfficientZeroNet(cfg.smoke(), ATARI_SHAPE, 4)
+
+
+@pytest.fixture(scope="module")
+def random_smoke_net():
+    net = EfficientZeroNet(cfg.smoke(), ATARI_SHAPE, 4)
+    randomize(net, seed=1)
+    return net
+
+
+# --- support -------------------------------------------------------------------------------------
+
+MAGNITUDES = [0.0, 1e-3, -1e-3, 0.5, -0.5, 1.0, -1.0, 12.3, -12.3, 300.0, -300.0, 1e4, -1e4]
+
+
+def test_transform_matches_formula_and_inverse_round_trips():
+    x = np.array(MAGNITUDES, np.float32)
+    expected = np.sign(x) * (np.sqrt(np.abs(x).astype(np.float64) + 1) - 1) + 0.001 * x
+    np.testing.assert_allclose(scalar_transform(x).numpy(), expected, rtol=1e-6)
+    np.testing.assert_allclose(inverse_scalar_transform(scalar_transform(x)).numpy(), x, rtol=1e-5,
+                               atol=0)
+    assert inverse_scalar_transform(0.0).numpy() == 0.0
+
+
+def test_two_hot_of_an_integer_after_transform_hits_one_bin():
+    for k in [0, 1, -1, 7, -42, 299]:
+        x = inverse_scalar_transform(float(k))
+        two_hot = scalar_to_two_hot(x, S).numpy()
+        assert two_hot.shape == (2 * S + 1,)
+        assert np.argmax(two_hot) == k + S
+        assert two_hot[k + S] > 1 - 1e-4
+        assert two_hot.sum() == pytest.approx(1.0, abs=1e-6)
+    np.testing.assert_array_equal(scalar_to_two_hot(0.0, S).numpy(), np.eye(2 * S + 1)[S])
+
+
+def test_two_hot_expectation_is_the_transformed_scalar_and_clips():
+    x = np.array([[0.3, -2.7, 55.0], [1234.5, -0.01, 4.0]], np.float32)
+    two_hot = scalar_to_two_hot(x, S).numpy()
+    assert two_hot.shape == (2, 3, 2 * S + 1)
+    assert (two_hot >= 0).all() and (np.count_nonzero(two_hot, axis=-1) <= 2).all()
+    support = np.arange(-S, S + 1, dtype=np.float32)
+    np.testing.assert_allclose((two_hot * support).sum(-1), scalar_transform(x).numpy(), rtol=1e-5,
+                               atol=1e-6)
+    beyond = scalar_to_two_hot(np.array([1e6, -1e6], np.float32), S).numpy()   # h(1e6) > 300
+    np.testing.assert_array_equal(beyond, np.eye(2 * S + 1)[[2 * S, 0]])
+
+
+def test_logits_of_a_two_hot_decode_to_the_scalar():
+    x = np.array([0.0, 1e-3, -0.7, 3.0, -250.0, 1e4], np.float32)
+    logits = tf.math.log(scalar_to_two_hot(x, S))
+    np.testing.assert_allclose(logits_to_scalar(logits, S).numpy(), x, rtol=1e-4, atol=1e-6)
+
+
+# --- shapes ----------------------------------------------------------------------------------------
+
+def test_atari_network_shapes_and_parameter_counts():
+    net = EfficientZeroNet(cfg.atari100k(), ATARI_SHAPE, 4)
+    assert net.latent_shape == (6, 6, 64)
+    # Official PyTorch model (Breakout, counted from ez/agents/models/base_model.py): the same
+    # numbers except dynamics 2,392,105 - torch's LSTM has two bias vectors (2 x 4 x 512), Keras one.
+    assert net.parameter_counts() == {"representation": 318_016, "dynamics": 2_390_057,
+                                      "prediction": 133_149, "projection": 4_991_744,
+                                      "total": 7_832_966}
+    out = net.initial_inference(np.zeros((1, *ATARI_SHAPE), np.uint8))
+    assert [s.shape for s in out.state] == [(1, 6, 6, 64), (1, 512), (1, 512), (1,), (1,)]
+
+
+def test_conv_search_outputs_and_training_blocks(smoke_net):
+    rng = np.random.default_rng(0)
+    out = smoke_net.initial_inference(random_observations(rng, 3))
+    assert [s.shape for s in out.state] == [(3, 6, 6, 16), (3, 32), (3, 32), (3,), (3,)]
+    assert out.state[4].dtype == np.int32
+    assert out.reward.shape == out.value.shape == (3,) and out.policy_logits.shape == (3, 4)
+    step = smoke_net.recurrent_inference(out.state, np.array([0, 1, 3]))
+    assert [s.shape for s in step.state] == [s.shape for s in out.state]
+    assert step.reward.dtype == step.value.dtype == step.policy_logits.dtype == np.float32
+
+    observations = random_observations(rng, 2 * 6).reshape(2, 6, *ATARI_SHAPE)   # [B, K+1, ...]
+    inputs = smoke_net.preprocess(observations)
+    assert inputs.dtype == tf.float32 and inputs.shape == (2, 6, *ATARI_SHAPE)
+    np.testing.assert_allclose(inputs.numpy(), observations / 255.0, rtol=1e-6)
+    latent = smoke_net.represent(inputs[:, 0], training=True)
+    value_logits, policy_logits = smoke_net.predict(latent, training=True)
+    assert value_logits.shape == (2, 2 * S + 1) and policy_logits.shape == (2, 4)
+    latent, reward_logits, lstm_state = smoke_net.dynamics(
+        latent, tf.constant([1, 2], tf.int32), smoke_net.initial_lstm_state(2), training=True)
+    assert latent.shape == (2, 6, 6, 16) and reward_logits.shape == (2, 2 * S + 1)
+    assert [s.shape for s in lstm_state] == [(2, 32), (2, 32)]
+    projection = smoke_net.project(latent, training=True)
+    assert projection.shape == (2, 64)
+    assert smoke_net.predict_projection(projection, training=True).shape == (2, 64)
+
+
+def test_every_trainable_variable_gets_a_gradient_from_an_unroll(smoke_net):
+    rng = np.random.default_rng(2)
+    inputs = smoke_net.preprocess(random_observations(rng, 2))
+    with tf.GradientTape() as tape:
+        latent = smoke_net.represent(inputs, training=True)
+        lstm_state = smoke_net.initial_lstm_state(2)
+        loss = 0.0
+        for action in (0, 3):
+            latent, reward_logits, lstm_state = smoke_net.dynamics(
+                latent, tf.fill([2], action), lstm_state, training=True)
+            value_logits, policy_logits = smoke_net.predict(latent, training=True)
+            projection = smoke_net.predict_projection(smoke_net.project(latent, training=True),
+                                                      training=True)
+            loss += tf.reduce_sum(reward_logits) + tf.reduce_sum(value_logits) \
+                + tf.reduce_sum(policy_logits) + tf.reduce_sum(projection)
+    gradients = tape.gradient(loss, smoke_net.trainable_variables)
+    missing = [v.path for v, g in zip(smoke_net.trainable_variables, gradients) if g is None]
+    assert not missing
+
+
+def test_mlp_network_for_vector_observations():
+    config = cfg.classic()
+    net = EfficientZeroNet(config, (4,), 2)
+    assert net.latent_shape == (config.mlp_state_size,)
+    observations = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    out = net.initial_inference(observations)
+    assert [s.shape for s in out.state] == [(5, 64), (5, 64), (5, 64), (5,), (5,)]
+    assert np.abs(out.state[0]).max() <= 1.0                      # tanh-bounded latent
+    step = net.recurrent_inference(out.state, np.array([0, 1, 1, 0, 1]))
+    assert step.reward.shape == step.value.shape == (5,) and step.policy_logits.shape == (5, 2)
+    counts = net.parameter_counts()
+    assert counts["total"] == sum(v for k, v in counts.items() if k != "total")
+
+
+def test_group_norm_variant_builds_and_runs():
+    net = EfficientZeroNet(smoke_config(normalization="group"), ATARI_SHAPE, 4)
+    randomize(net, seed=3)
+    rng = np.random.default_rng(0)
+    out = net.initial_inference(random_observations(rng, 2))
+    step = net.recurrent_inference(out.state, np.array([2, 3]))
+    assert np.isfinite(step.value).all() and np.isfinite(step.reward).all()
+    assert not any("moving_mean" in v.path for v in net.variables)
+    latent = net.represent(net.preprocess(random_observations(rng, 2)), training=True)
+    assert latent.shape == (2, 6, 6, 16)
+
+
+def test_value_prefix_off_uses_a_plain_reward_head():
+    net = EfficientZeroNet(smoke_config(value_prefix=False), ATARI_SHAPE, 4)
+    randomize(net, seed=4)
+    assert net.initial_lstm_state(3) == ()
+    out = net.initial_inference(random_observations(np.random.default_rng(0), 3))
+    assert len(out.state) == 1 and out.state[0].shape == (3, 6, 6, 16)
+    step = net.recurrent_inference(out.state, np.array([0, 1, 2]))
+    latent, reward_logits, lstm_state = net.dynamics(out.state[0], tf.constant([0, 1, 2]), (),
+                                                     training=False)
+    assert lstm_state == ()
+    np.testing.assert_allclose(step.reward, logits_to_scalar(reward_logits, S).numpy(), rtol=1e-4,
+                               atol=1e-5)
+    assert np.abs(step.reward).max() > 0
+
+
+# --- behaviour -------------------------------------------------------------------------------------
+
+def test_zero_initialised_heads_predict_zero_value_and_reward_and_uniform_policy(smoke_net):
+    out = smoke_net.initial_inference(random_observations(np.random.default_rng(5), 2))
+    step = smoke_net.recurrent_inference(out.state, np.array([1, 2]))
+    for output in (out, step):
+        np.testing.assert_allclose(output.value, 0.0, atol=1e-5)
+        np.testing.assert_allclose(output.reward, 0.0, atol=1e-5)
+        np.testing.assert_array_equal(output.policy_logits, 0.0)     # softmax is uniform
+
+
+def test_value_prefix_reward_is_the_prefix_difference_and_resets(random_smoke_net):
+    net, horizon = random_smoke_net, cfg.smoke().lstm_horizon_len
+    rng = np.random.default_rng(6)
+    out = net.initial_inference(random_observations(rng, 2))
+    actions = rng.integers(0, 4, size=(7, 2)).astype(np.int32)
+    state, latent, lstm_state, parent_prefix = out.state, out.state[0], net.initial_lstm_state(2), 0.0
+    for k in range(1, 8):
+        step = net.recurrent_inference(state, actions[k - 1])
+        latent, logits, lstm_state = net.dynamics(latent, actions[k - 1], lstm_state, training=False)
+        prefix = logits_to_scalar(logits, S).numpy()
+        np.testing.assert_allclose(step.reward, prefix - parent_prefix, rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(step.state[0], latent.numpy(), rtol=1e-4, atol=1e-5)
+        if k % horizon == 0:                          # the trainer's reset rule
+            lstm_state, parent_prefix = net.initial_lstm_state(2), 0.0
+            np.testing.assert_array_equal(step.state[1], 0.0)
+            np.testing.assert_array_equal(step.state[2], 0.0)
+            np.testing.assert_array_equal(step.state[3], 0.0)
+        else:
+            parent_prefix = prefix
+            np.testing.assert_allclose(step.state[3], prefix, rtol=1e-4, atol=1e-5)
+        np.testing.assert_array_equal(step.state[4], k % horizon)
+        assert np.abs(step.reward).max() > 0
+        state = step.state
+
+
+def test_weights_round_trip_including_moving_statistics(random_smoke_net):
+    net = random_smoke_net
+    assert any("moving_variance" in v.path for v in net.variables)
+    assert len(net.get_weights()) > len(net.trainable_variables)
+    copy = EfficientZeroNet(cfg.smoke(), ATARI_SHAPE, 4)
+    copy.set_weights(net.get_weights())
+    for mine, theirs in zip(net.get_weights(), copy.get_weights()):
+        np.testing.assert_array_equal(mine, theirs)
+    observations = random_observations(np.random.default_rng(7), 3)
+    a, b = net.initial_inference(observations), copy.initial_inference(observations)
+    for x, y in zip(a.state + (a.value, a.policy_logits), b.state + (b.value, b.policy_logits)):
+        np.testing.assert_array_equal(x, y)
+    actions = np.array([3, 0, 1])
+    a, b = net.recurrent_inference(a.state, actions), copy.recurrent_inference(b.state, actions)
+    np.testing.assert_array_equal(a.reward, b.reward)
+    np.testing.assert_array_equal(a.value, b.value)
+    with pytest.raises(ValueError):
+        copy.set_weights(net.get_weights()[:-1])
+
+
+def test_no_retracing_across_batch_sizes_and_calls(smoke_net):
+    rng = np.random.default_rng(8)
+    for batch in (1, 4, 2, 4):
+        out = smoke_net.initial_inference(random_observations(rng, batch))
+        for _ in range(2):
+            out = smoke_net.recurrent_inference(out.state, rng.integers(0, 4, size=batch))
+    assert smoke_net.trace_counts == {"initial_inference": 1, "recurrent_inference": 1}
+
+
+def test_mixed_precision_keeps_logits_and_search_outputs_float32():
+    import keras
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        net = EfficientZeroNet(cfg.smoke(), ATARI_SHAPE, 4)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    out = net.initial_inference(random_observations(np.random.default_rng(9), 2))
+    step = net.recurrent_inference(out.state, np.array([0, 1]))
+    assert all(s.dtype in (np.float32, np.int32) for s in step.state)
+    latent = net.represent(net.preprocess(random_observations(np.random.default_rng(9), 2)),
+                           training=True)
+    assert latent.dtype == tf.float16
+    value_logits, policy_logits = net.predict(latent, training=True)
+    assert value_logits.dtype == policy_logits.dtype == tf.float32
+    assert net.project(latent, training=True).dtype == tf.float32
+    np.testing.assert_allclose(step.value, 0.0, atol=1e-3)
