@@ -275,3 +275,19 @@ def test_mixed_precision_keeps_logits_and_search_outputs_float32():
     assert value_logits.dtype == policy_logits.dtype == tf.float32
     assert net.project(latent, training=True).dtype == tf.float32
     np.testing.assert_allclose(step.value, 0.0, atol=1e-3)
+
+
+def test_fused_batch_norm_statistics_follow_pytorch():
+    from networks import NORM_EPSILON, NORM_MOMENTUM, BatchNorm
+    x = np.random.default_rng(10).normal(3.0, 2.0, size=(4, 3, 3, 5)).astype(np.float32)
+    norm = BatchNorm()
+    y = norm(x, training=True).numpy()
+    np.testing.assert_allclose(y.mean(axis=(0, 1, 2)), 0.0, atol=1e-5)
+    np.testing.assert_allclose(y.var(axis=(0, 1, 2)), 1.0, rtol=1e-3)
+    mean, unbiased = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2), ddof=1)
+    np.testing.assert_allclose(norm.moving_mean.numpy(), (1 - NORM_MOMENTUM) * mean, rtol=1e-5)
+    np.testing.assert_allclose(norm.moving_variance.numpy(),
+                               NORM_MOMENTUM + (1 - NORM_MOMENTUM) * unbiased, rtol=1e-5)
+    flat = x.reshape(-1, 5)[:6]
+    expected = (flat - norm.moving_mean.numpy()) / np.sqrt(norm.moving_variance.numpy() + NORM_EPSILON)
+    np.testing.assert_allclose(norm(flat, training=False).numpy(), expected, rtol=1e-4, atol=1e-5)
