@@ -15,7 +15,8 @@ Shapes: `B` batch, `A` actions, `C` channels, `S` support_size; images are chann
 (value, value prefix, reward) are categorical over the integers [-S, S] after the invertible transform
 h(x) = sign(x)(sqrt(|x| + 1) - 1) + εx (MuZero Appendix F); `scalar_to_two_hot` and `logits_to_scalar`
 convert between the two. The last layer of every reward/value/policy head starts at zero, so a fresh
-network predicts value 0, reward 0 and a uniform policy.
+network predicts value 0, reward 0 and a uniform policy. Normalisation is BatchNorm (a fused-kernel
+layer with PyTorch's moving-statistics rule) or, with `normalization='group'`, GroupNorm.
 
 The search uses `initial_inference` / `recurrent_inference` (NumPy in, NumPy out, scalars decoded, one
 `tf.function` trace each); the trainer calls the building blocks `represent`, `dynamics`, `predict`,
@@ -185,7 +186,8 @@ class ResidualBlock(_Block):
 class MLPHead(_Block):
     """Dense-norm-ELU per hidden size, then a zero-initialised float32 Dense: [B, D] -> [B, out].
 
-    ELU is the official `mlp()` activation; the zero init makes the head output 0 at the start.
+    ELU is the official `mlp()` activation (DESIGN.md §4 says ReLU; we follow the code); the zero
+    init makes the head output 0 at the start.
     """
 
     def __init__(self, config: Config, output_size: int, **kwargs):
