@@ -158,6 +158,8 @@ class Learner:
         self.loss_scale = tf.Variable(2.0 ** 15 if config.mixed_precision else 1.0,
                                       trainable=False, dtype=tf.float32)
         self._finite_in_a_row = 0
+        # BatchNorm moving statistics change during the forward pass; a refused update restores them.
+        self._statistics = [v for v in net.variables if not v.trainable]
         self.trace_count = 0                 # Python side effect: runs only when tf traces
         K, A = config.unroll_steps, num_actions
         obs_dtype = tf.uint8 if self.is_image else tf.float32
@@ -271,7 +273,7 @@ class Learner:
         self.optimizer.apply_gradients(zip(decayed, variables))
 
     def update(self, batch, targets, update_index: int) -> UpdateResult:
-        tf = self._tf
+        statistics = [v.numpy() for v in self._statistics]
         gradients, priorities, scalars = self._gradients(
             batch.observations, batch.actions.astype(np.int32),
             batch.reward_targets.astype(np.float32), targets.values.astype(np.float32),
@@ -279,6 +281,9 @@ class Learner:
             batch.importance_weights.astype(np.float32))
         scalars = {key: float(value) for key, value in scalars.items()}
         finite = math.isfinite(scalars["losses/total"]) and math.isfinite(scalars["losses/grad_norm"])
+        if not finite:
+            for variable, value in zip(self._statistics, statistics):
+                variable.assign(value)
         if not finite and self.config.mixed_precision and math.isfinite(scalars["losses/total"]):
             # Overflowing float16 gradients: skip this step and lower the loss scale.
             self.loss_scale.assign(max(1.0, float(self.loss_scale) / 2))
