@@ -1,0 +1,225 @@
+"""Environments: the Atari 100K protocol (DESIGN.md §3) and plain vector-observation gymnasium tasks.
+
+Atari (`'Breakout'` or `'ALE/Breakout-v5'`): `ALE/<Game>-v5` with `frameskip=1` and
+`repeat_action_probability=0` — the Atari 100K benchmark (as in Dopamine's 100K config and the EZ papers)
+uses no sticky actions — and the minimal action set; `gymnasium.wrappers.AtariPreprocessing` gives frame
+skip 4 with a max over the last two frames, up to 30 random no-ops at a reset and 96x96 RGB frames
+(cv2 INTER_AREA, as the official code's WarpFrame). On top, `_Game` implements:
+- training: a lost life ends the episode (`terminated`), and the next `reset()` continues the same game
+  (EpisodicLife semantics), so every state stays reachable; rewards are sign-clipped;
+- evaluation: lives never end an episode, rewards are raw;
+- both: `info["raw_reward"]` is the unclipped reward of every step; when the game really ends (game over
+  or the step cap) `info["game_return"]` (raw, summed over all lives) and `info["game_length"]` (agent
+  steps) are set; the cap counts agent steps of a whole game (3,000 in training, 27,000 = 108K frames in
+  evaluation) and ends it as `truncated`.
+
+Frames are returned one at a time (uint8 [96, 96, 3], or [96, 96, 1] grayscale; float32 [D] for vector
+tasks). `FrameStacker` and the replay buffer stack `frame_stack` of them along the last axis, oldest
+first: channels s*C:(s+1)*C of an observation hold frame s (vectors are concatenated the same way).
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from typing import NamedTuple
+
+import gymnasium as gym
+import numpy as np
+
+from config import Config
+
+# Human and random-policy scores of the Atari 100K games (Ye et al. 2021, Table 3; Kaiser et al. 2020).
+ATARI_SCORES = {  # game: (random, human)
+    "Alien": (227.8, 7127.7), "Amidar": (5.8, 1719.5), "Assault": (222.4, 742.0),
+    "Asterix": (210.0, 8503.3), "BankHeist": (14.2, 753.1), "BattleZone": (2360.0, 37187.5),
+    "Boxing": (0.1, 12.1), "Breakout": (1.7, 30.5), "ChopperCommand": (811.0, 7387.8),
+    "CrazyClimber": (10780.5, 35829.4), "DemonAttack": (152.1, 1971.0), "Freeway": (0.0, 29.6),
+    "Frostbite": (65.2, 4334.7), "Gopher": (257.6, 2412.5), "Hero": (1027.0, 30826.4),
+    "Jamesbond": (29.0, 302.8), "Kangaroo": (52.0, 3035.0), "Krull": (1598.0, 2665.5),
+    "KungFuMaster": (258.5, 22736.3), "MsPacman": (307.3, 6951.6), "Pong": (-20.7, 14.6),
+    "PrivateEye": (24.9, 69571.3), "Qbert": (163.9, 13455.0), "RoadRunner": (11.5, 7845.0),
+    "Seaquest": (68.4, 42054.7), "UpNDown": (533.4, 11693.2),
+}
+
+
+class EnvSpec(NamedTuple):
+    frame_shape: tuple           # one frame: (H, W, C) uint8 for Atari, (D,) float32 for vector tasks
+    observation_shape: tuple     # frame_stack frames stacked along the last axis
+    num_actions: int
+    is_atari: bool
+    frame_dtype: type
+
+
+def _registered_ids() -> list[str]:
+    import ale_py
+
+    gym.register_envs(ale_py)
+    return list(gym.registry)
+
+
+def _atari_game(env_id: str) -> str | None:
+    """'Breakout' or 'ALE/Breakout-v5' -> 'Breakout' if it is an ALE game, else None."""
+    name = env_id[4:] if env_id.startswith("ALE/") else env_id
+    name = name.split("-v")[0]
+    return name if f"ALE/{name}-v5" in _registered_ids() else None
+
+
+def _unknown(env_id: str) -> ValueError:
+    games = sorted({i[4:].split("-v")[0] for i in _registered_ids() if i.startswith("ALE/")})
+    close = difflib.get_close_matches(env_id.replace("ALE/", "").split("-v")[0], games, n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    return ValueError(f"unknown environment '{env_id}'{hint}: name an Atari game as 'Breakout' or "
+                      "'ALE/Breakout-v5', or a gymnasium id such as 'CartPole-v1'")
+
+
+def stacked_shape(frame_shape: tuple, frame_stack: int) -> tuple:
+    """Shape of `frame_stack` frames stacked along the last axis."""
+    return (*frame_shape[:-1], frame_shape[-1] * frame_stack)
+
+
+@functools.lru_cache(maxsize=None)
+def env_spec(env_id: str, config: Config) -> EnvSpec:
+    """Frame and observation shapes and the action count, without stepping the env."""
+    game = _atari_game(env_id)
+    if game is not None:
+        frame_shape = (config.frame_size, config.frame_size, 1 if config.grayscale else 3)
+        env = _make_ale(game, config)
+        num_actions = int(env.action_space.n)
+        env.close()
+        return EnvSpec(frame_shape, stacked_shape(frame_shape, config.frame_stack), num_actions,
+                       True, np.uint8)
+    env = _make_vector(env_id)
+    frame_shape = tuple(int(d) for d in env.observation_space.shape)
+    num_actions = int(env.action_space.n)
+    env.close()
+    return EnvSpec(frame_shape, stacked_shape(frame_shape, config.frame_stack), num_actions, False,
+                   np.float32)
+
+
+def _make_ale(game: str, config: Config) -> gym.Env:
+    from gymnasium.wrappers import AtariPreprocessing
+
+    env = gym.make(f"ALE/{game}-v5", frameskip=1, repeat_action_probability=0.0,
+                   full_action_space=False)
+    return AtariPreprocessing(env, noop_max=config.noop_max, frame_skip=config.frame_skip,
+                              screen_size=config.frame_size, terminal_on_life_loss=False,
+                              grayscale_obs=config.grayscale, grayscale_newaxis=True)
+
+
+def _make_vector(env_id: str) -> gym.Env:
+    if env_id not in _registered_ids():
+        raise _unknown(env_id)
+    try:
+        env = gym.make(env_id)
+    except (gym.error.Error, ImportError) as error:
+        raise ValueError(f"cannot make environment '{env_id}': {error}") from None
+    if not isinstance(env.action_space, gym.spaces.Discrete):
+        env.close()
+        raise ValueError(f"environment '{env_id}' has a {type(env.action_space).__name__} action "
+                         "space; this project's presets support discrete actions only")
+    if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
+        env.close()
+        raise ValueError(f"environment '{env_id}' needs a flat vector observation (a 1-D Box)")
+    return env
+
+
+class _Game(gym.Wrapper):
+    """Episode bookkeeping over a whole game: life loss, reward clipping, raw return, step cap."""
+
+    def __init__(self, env: gym.Env, seed: int, training: bool, config: Config, is_atari: bool):
+        super().__init__(env)
+        self._seed = seed
+        self._life_loss_ends_episode = training and is_atari and config.terminal_on_life_loss
+        self._clip = training and config.clip_rewards
+        self._cap = config.max_episode_steps if training else config.eval_max_episode_steps
+        self._is_atari = is_atari
+        self._game_over = True
+        self._lives = 0
+        self._game_return = 0.0
+        self._game_length = 0
+
+    def _ale_lives(self) -> int:
+        return int(self.env.unwrapped.ale.lives()) if self._is_atari else 0
+
+    def reset(self, *, seed=None, options=None):
+        if not self._game_over:
+            # The previous episode ended with a lost life: continue the same game with one no-op.
+            frame, _, terminated, truncated, info = self.env.step(0)
+            self._lives = self._ale_lives()
+            if not (terminated or truncated):
+                return frame, info
+        if seed is None and self._seed is not None:
+            seed, self._seed = self._seed, None
+        frame, info = self.env.reset(seed=seed, options=options)
+        self._game_over = False
+        self._lives = self._ale_lives()
+        self._game_return, self._game_length = 0.0, 0
+        return frame, info
+
+    def step(self, action):
+        frame, reward, terminated, truncated, info = self.env.step(action)
+        raw = float(reward)
+        self._game_return += raw
+        self._game_length += 1
+        info = dict(info, raw_reward=raw)
+        if self._game_length >= self._cap and not terminated:
+            truncated = True
+        game_over = terminated or truncated
+        if not game_over and self._life_loss_ends_episode:
+            lives = self._ale_lives()
+            if 0 < lives < self._lives:
+                terminated = True            # a lost life ends the training episode, not the game
+            self._lives = lives
+        if game_over:
+            self._game_over = True
+            info["game_return"] = self._game_return
+            info["game_length"] = self._game_length
+        return frame, float(np.sign(raw)) if self._clip else raw, terminated, truncated, info
+
+
+def make_env(env_id: str, seed: int, training: bool, config: Config | None = None) -> gym.Env:
+    """An env yielding single frames under the protocol above (`training` selects the variant)."""
+    game = _atari_game(env_id)
+    if config is None:
+        import config as config_module
+
+        config = config_module.atari100k() if game is not None else config_module.classic()
+    if game is not None:
+        env = _make_ale(game, config)
+    else:
+        env = _make_vector(env_id)
+        env = gym.wrappers.TransformObservation(env, lambda o: np.asarray(o, np.float32),
+                                                env.observation_space)
+    env.action_space.seed(seed)
+    return _Game(env, seed, training, config, game is not None)
+
+
+def human_normalized_score(env_id: str, score: float) -> float | None:
+    """(score - random) / (human - random) for the Atari 100K games; None for other envs."""
+    game = _atari_game(env_id)
+    if game not in ATARI_SCORES:
+        return None
+    random_score, human_score = ATARI_SCORES[game]
+    return (score - random_score) / (human_score - random_score)
+
+
+class FrameStacker:
+    """The last `frame_stack` single frames of each of `num_envs` envs, stacked on demand."""
+
+    def __init__(self, num_envs: int, frame_shape: tuple, frame_stack: int, dtype):
+        self._frames = np.zeros((num_envs, frame_stack, *frame_shape), dtype)   # [E, S, *frame]
+        self._stack = frame_stack
+
+    def reset(self, env_index: int, first_frame: np.ndarray) -> None:
+        """An episode start: every slot holds the first frame (as EfficientZero does)."""
+        self._frames[env_index] = first_frame
+
+    def push(self, env_index: int, frame: np.ndarray) -> None:
+        self._frames[env_index, :-1] = self._frames[env_index, 1:]
+        self._frames[env_index, -1] = frame
+
+    def observations(self) -> np.ndarray:
+        """[E, *stacked_shape], frames oldest -> newest along the last axis."""
+        frames = np.moveaxis(self._frames, 1, -2)                 # [E, ..., S, C]
+        return frames.reshape(*frames.shape[:-2], -1)
