@@ -1,0 +1,342 @@
+"""Gumbel MuZero search (mcts.py) against hand-computed cases and a slow one-tree reference."""
+
+import math
+
+import numpy as np
+import pytest
+
+import mcts
+from mcts import considered_visits_sequence, gumbel_search
+
+
+# --- a slow, literal one-tree reference of mctx's gumbel_muzero_policy ------------------------------
+
+def softmax(x):
+    e = np.exp(np.asarray(x, np.float64) - np.max(x))
+    return e / e.sum()
+
+
+class RefNode:
+    def __init__(self, logits, value, state):
+        self.logits, self.raw_value, self.value, self.visits = list(logits), value, value, 1
+        self.state = state
+        self.children, self.rewards = {}, {}
+
+    def child_q(self, a, discount):
+        child = self.children[a]
+        return self.rewards[a] + discount * child.value
+
+    def sigma(self, discount, c_visit, c_scale):
+        A = len(self.logits)
+        visits = [self.children[a].visits if a in self.children else 0 for a in range(A)]
+        probs = [max(p, np.finfo(np.float32).tiny) for p in softmax(self.logits)]
+        total = sum(visits)
+        visited = [a for a in range(A) if visits[a] > 0]
+        if visited:
+            weight = sum(probs[a] for a in visited)
+            weighted_q = sum(probs[a] * self.child_q(a, discount) for a in visited) / weight
+        else:
+            weighted_q = 0.0
+        mixed = (self.raw_value + total * weighted_q) / (total + 1)
+        completed = [self.child_q(a, discount) if visits[a] > 0 else mixed for a in range(A)]
+        low, high = min(completed), max(completed)
+        scaled = [(q - low) / max(high - low, 1e-8) for q in completed]
+        return completed, [(c_visit + max(visits)) * c_scale * s for s in scaled], visits
+
+
+def reference_search(logits, value, state, step, n, m, gumbel, discount, c_visit=50.0,
+                     c_scale=0.1, invalid=None):
+    """step(state, action) -> (next_state, reward, value, logits) for ONE tree."""
+    A = len(logits)
+    logits = np.asarray(logits, np.float64)
+    if invalid is not None:
+        logits = logits - logits.max()
+        logits = np.where(invalid, np.finfo(np.float32).min, logits)
+    root = RefNode(logits, value, state)
+    num_valid = A if invalid is None else A - int(np.sum(invalid))
+    table = considered_visits_sequence(min(m, num_valid), n)
+    shifted = logits - logits.max()
+
+    def root_scores(considered):
+        _, sigma, visits = root.sigma(discount, c_visit, c_scale)
+        scores = []
+        for a in range(A):
+            s = max(-1e9, gumbel[a] + shifted[a] + sigma[a])
+            if visits[a] != considered or (invalid is not None and invalid[a]):
+                s = -np.inf
+            scores.append(s)
+        return scores
+
+    for sim in range(n):
+        node, path = root, []
+        action = int(np.argmax(root_scores(table[sim])))
+        while True:
+            path.append((node, action))
+            if action not in node.children:
+                break
+            node = node.children[action]
+            _, sigma, visits = node.sigma(discount, c_visit, c_scale)
+            improved = softmax(np.asarray(node.logits) + sigma)
+            total = sum(visits)
+            action = int(np.argmax([improved[a] - visits[a] / (1 + total) for a in range(A)]))
+        parent, action = path[-1]
+        next_state, reward, leaf_value, leaf_logits = step(parent.state, action)
+        parent.children[action] = RefNode(leaf_logits, leaf_value, next_state)
+        parent.rewards[action] = reward
+        returns = leaf_value
+        for node, action in reversed(path):
+            returns = node.rewards[action] + discount * returns
+            node.value = (node.value * node.visits + returns) / (node.visits + 1)
+            node.visits += 1
+    completed, sigma, visits = root.sigma(discount, c_visit, c_scale)
+    action = int(np.argmax(root_scores(max(visits))))
+    improved = np.asarray(logits) + sigma
+    if invalid is not None:
+        improved = np.where(invalid, np.finfo(np.float32).min, improved - improved.max())
+    return action, softmax(improved), np.asarray(visits), np.asarray(completed), root.value
+
+
+class HashModel:
+    """A deterministic random model: outputs are a hash of the (state, action) path."""
+
+    def __init__(self, num_actions, seed):
+        self.A, self.seed = num_actions, seed
+
+    def _outputs(self, key):
+        rng = np.random.default_rng(abs(hash((self.seed, key))) % (2 ** 32))
+        return (float(rng.normal()), float(rng.normal()),
+                rng.normal(size=self.A).astype(np.float32) * 2)
+
+    def step_one(self, state, action):
+        key = state + (int(action),)
+        reward, value, logits = self._outputs(key)
+        return key, np.float32(reward), np.float32(value), logits
+
+    def batched(self, state, actions):
+        """Batched recurrent_fn; the state is an int array [B, 64] encoding the path."""
+        paths, lengths = state
+        out = [self.step_one(tuple(p[:length]), a) for p, length, a in zip(paths, lengths, actions)]
+        new_paths = paths.copy()
+        new_paths[np.arange(len(actions)), lengths] = actions
+        return ((new_paths, lengths + 1), np.array([o[1] for o in out]),
+                np.array([o[2] for o in out]), np.stack([o[3] for o in out]))
+
+
+def run_batched(model, roots, n, m, gumbel, discount, invalid=None):
+    B = len(roots)
+    logits = np.stack([r[2] for r in roots])
+    values = np.array([r[1] for r in roots], np.float32)
+    state = (np.zeros((B, 64), np.int64), np.zeros(B, np.int64))
+    return gumbel_search(logits, values, state, model.batched, num_simulations=n,
+                         max_num_considered_actions=m, gumbel=gumbel, discount=discount,
+                         invalid_actions=invalid)
+
+
+# --- sequential halving ----------------------------------------------------------------------------
+
+def test_sequential_halving_sequences_by_hand():
+    assert considered_visits_sequence(8, 24) == (0,) * 8 + (1,) * 4 + (2,) * 4 + (3, 3, 4, 4, 5, 5,
+                                                                                  6, 6)
+    assert considered_visits_sequence(4, 16) == (0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5)
+    assert considered_visits_sequence(3, 7) == (0, 0, 0, 1, 1, 2, 2)
+    assert considered_visits_sequence(5, 12) == (0,) * 5 + (1, 1, 2, 2, 3, 3, 4)
+    assert considered_visits_sequence(4, 3) == (0, 0, 0)          # n < m
+    assert considered_visits_sequence(1, 4) == (0, 1, 2, 3)        # m = 1
+    assert considered_visits_sequence(2, 5) == (0, 0, 1, 1, 2)
+
+
+# --- closed-form cases ----------------------------------------------------------------------------
+
+def test_bandit_with_discount_zero():
+    """Q(a) = reward(a) exactly; with 16 simulations and m = 4 every action is visited."""
+    rewards = np.array([0.1, 0.9, 0.5, 0.3], np.float32)
+    logits = np.array([[0.0, 0.2, 0.1, -0.1]], np.float32)
+
+    def recurrent_fn(state, actions):
+        return state, rewards[actions], np.zeros(len(actions), np.float32), np.zeros((len(actions), 4),
+                                                                                      np.float32)
+
+    out = gumbel_search(logits, np.zeros(1, np.float32), np.zeros((1, 1)), recurrent_fn,
+                        num_simulations=16, max_num_considered_actions=4,
+                        gumbel=np.zeros((1, 4), np.float32), discount=0.0)
+    # Halving table 0,0,0,0,1,1,1,1 | 2,2,3,3,4,4,5,5: two visits each, then the best two by
+    # logits + σ(q̂) (actions 1 and 2, the highest rewards) take the remaining 8 visits.
+    np.testing.assert_array_equal(out.completed_q[0], rewards)
+    assert out.visit_counts[0].sum() == 16
+    np.testing.assert_array_equal(out.visit_counts[0], [2, 6, 6, 2])
+    sigma = (50 + 6) * 0.1 * (rewards - rewards.min()) / (rewards.max() - rewards.min())
+    np.testing.assert_allclose(out.improved_policy[0], softmax(logits[0] + sigma), atol=1e-6)
+    assert out.action[0] == 1
+    expected_root = (0.0 + (rewards * out.visit_counts[0]).sum()) / 17
+    np.testing.assert_allclose(out.root_value[0], expected_root, rtol=1e-6)
+
+
+def test_two_level_model_root_value_and_completed_q_by_hand():
+    """A=2, n=2, m=2: each root action visited once; q(a) = r(a) + γ v(child)."""
+    discount = 0.5
+
+    def recurrent_fn(state, actions):
+        reward = np.where(actions == 0, 1.0, 2.0).astype(np.float32)
+        value = np.where(actions == 0, 4.0, -2.0).astype(np.float32)
+        return state, reward, value, np.zeros((len(actions), 2), np.float32)
+
+    out = gumbel_search(np.zeros((1, 2), np.float32), np.array([3.0], np.float32), np.zeros((1, 1)),
+                        recurrent_fn, num_simulations=2, max_num_considered_actions=2,
+                        gumbel=np.zeros((1, 2), np.float32), discount=discount)
+    np.testing.assert_array_equal(out.visit_counts[0], [1, 1])
+    np.testing.assert_allclose(out.completed_q[0], [1 + 0.5 * 4, 2 + 0.5 * -2])
+    np.testing.assert_allclose(out.root_value[0], (3.0 + 3.0 + 1.0) / 3)
+    assert out.action[0] == 0                  # equal visits: the higher q
+    sigma = np.array([(50 + 1) * 0.1 * 1.0, 0.0])
+    np.testing.assert_allclose(out.improved_policy[0], softmax(sigma), atol=1e-6)
+
+
+def test_mixed_value_completes_unvisited_actions():
+    """n=1: only the chosen action is visited; the other is completed with the mixed value."""
+    def recurrent_fn(state, actions):
+        return state, np.ones(1, np.float32), np.zeros(1, np.float32), np.zeros((1, 3), np.float32)
+
+    logits = np.array([[2.0, 0.0, 0.0]], np.float32)
+    out = gumbel_search(logits, np.array([0.5], np.float32), np.zeros((1, 1)), recurrent_fn,
+                        num_simulations=1, max_num_considered_actions=3,
+                        gumbel=np.zeros((1, 3), np.float32), discount=0.9)
+    assert out.action[0] == 0
+    mixed = (0.5 + 1 * 1.0) / 2                # prior-weighted mean over the single visited action
+    np.testing.assert_allclose(out.completed_q[0], [1.0, mixed, mixed], rtol=1e-6)
+
+
+# --- against the slow reference ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("A, n, m", [(2, 1, 2), (3, 4, 4), (4, 16, 4), (6, 50, 16), (4, 16, 1),
+                                     (5, 24, 4), (2, 16, 2)])
+def test_equals_reference_on_random_problems(A, n, m):
+    for seed in range(3):
+        model = HashModel(A, seed)
+        rng = np.random.default_rng(seed)
+        B = 5
+        roots = [model.step_one((100 + b,), 0) for b in range(B)]
+        roots = [((100 + b,), r[2], r[3]) for b, r in enumerate(roots)]
+        gumbel = rng.gumbel(size=(B, A)).astype(np.float32)
+        invalid = rng.random((B, A)) < 0.3
+        invalid[:, 0] = False
+        discount = [0.997, 0.0, 0.5][seed]
+
+        # The batched search sees a path-encoded state; the reference sees tuples.
+        def batched(state, actions):
+            paths, lengths = state
+            out = [model.step_one((100 + int(b),) + tuple(int(x) for x in p[:k]), a)
+                   for b, p, k, a in zip(root_ids, paths, lengths, actions)]
+            new_paths = paths.copy()
+            new_paths[np.arange(len(actions)), lengths] = actions
+            return ((new_paths, lengths + 1), np.array([o[1] for o in out]),
+                    np.array([o[2] for o in out]), np.stack([o[3] for o in out]))
+
+        root_ids = np.arange(B)
+        state = (np.zeros((B, n + 1), np.int64), np.zeros(B, np.int64))
+        logits = np.stack([r[2] for r in roots])
+        values = np.array([r[1] for r in roots], np.float32)
+        out = gumbel_search(logits, values, state, batched, num_simulations=n,
+                            max_num_considered_actions=m, gumbel=gumbel, discount=discount,
+                            invalid_actions=invalid)
+        for b in range(B):
+            action, policy, visits, completed, root_value = reference_search(
+                logits[b], values[b], roots[b][0], model.step_one, n, m, gumbel[b], discount,
+                invalid=invalid[b])
+            np.testing.assert_array_equal(out.visit_counts[b], visits)
+            assert out.action[b] == action
+            np.testing.assert_allclose(out.improved_policy[b], policy, atol=1e-5)
+            np.testing.assert_allclose(out.completed_q[b], completed, atol=1e-5)
+            np.testing.assert_allclose(out.root_value[b], root_value, atol=1e-5)
+            assert not np.any(out.visit_counts[b][invalid[b]])
+            assert not invalid[b, out.action[b]]
+
+
+def test_batch_independence():
+    A, n, m, B = 4, 16, 4, 6
+    rng = np.random.default_rng(7)
+    logits = rng.normal(size=(B, A)).astype(np.float32)
+    values = rng.normal(size=B).astype(np.float32)
+    gumbel = rng.gumbel(size=(B, A)).astype(np.float32)
+    table = rng.normal(size=(1000, 2 + A)).astype(np.float32)
+
+    def recurrent_fn(state, actions):          # the state is a node id; outputs a table lookup
+        child = (state * 7 + actions + 1) % 1000
+        return child, table[child, 0], table[child, 1], table[child, 2:]
+
+    def search(rows):
+        return gumbel_search(logits[rows], values[rows], np.arange(B)[rows] * 13, recurrent_fn,
+                             num_simulations=n, max_num_considered_actions=m, gumbel=gumbel[rows],
+                             discount=0.997)
+
+    together = search(np.arange(B))
+    for b in range(B):
+        alone = search(np.array([b]))
+        for field in mcts.SearchOutput._fields:
+            np.testing.assert_array_equal(getattr(together, field)[b], getattr(alone, field)[0])
+
+
+def test_invalid_actions_never_visited_and_single_valid_action_chosen():
+    A = 5
+    invalid = np.array([[True, True, False, True, True],
+                        [False, True, False, True, False]])
+
+    def recurrent_fn(state, actions):
+        B = len(actions)
+        return state, np.ones(B, np.float32), np.ones(B, np.float32), np.zeros((B, A), np.float32)
+
+    logits = np.array([[5.0, 5.0, -5.0, 5.0, 5.0], [0.0, 9.0, 0.0, 9.0, 0.0]], np.float32)
+    out = gumbel_search(logits, np.zeros(2, np.float32), np.zeros((2, 1)), recurrent_fn,
+                        num_simulations=8, max_num_considered_actions=4,
+                        gumbel=np.full((2, A), 3.0, np.float32), discount=0.9,
+                        invalid_actions=invalid)
+    assert out.action[0] == 2 and out.visit_counts[0, 2] == 8
+    assert not out.visit_counts[invalid].any()
+    assert out.improved_policy[invalid].max() == 0.0
+    np.testing.assert_allclose(out.improved_policy.sum(-1), 1.0, rtol=1e-6)
+
+
+def test_depth_n_chain_and_tuple_states():
+    """A=1: every simulation goes one level deeper; the state counts the depth."""
+    def recurrent_fn(state, actions):
+        depth, = state
+        return (depth + 1,), np.ones(len(actions), np.float32), np.zeros(len(actions), np.float32), \
+            np.zeros((len(actions), 1), np.float32)
+
+    n = 6
+    out = gumbel_search(np.zeros((2, 1), np.float32), np.zeros(2, np.float32),
+                        (np.zeros(2, np.int64),), recurrent_fn, num_simulations=n,
+                        max_num_considered_actions=4, gumbel=np.zeros((2, 1), np.float32),
+                        discount=1.0)
+    np.testing.assert_array_equal(out.visit_counts, [[n], [n]])
+    # The leaf created at simulation i sits at depth i + 1: returns 1, 2, ..., n (reward 1 per edge).
+    np.testing.assert_allclose(out.root_value, sum(range(1, n + 1)) / (n + 1))
+
+
+def test_search_with_model_adapter():
+    class Output:
+        def __init__(self, state, reward, value, policy_logits):
+            self.state, self.reward, self.value, self.policy_logits = state, reward, value, \
+                policy_logits
+
+    class Model:
+        def recurrent_inference(self, state, actions):
+            B = len(actions)
+            return Output(state, actions.astype(np.float32), np.zeros(B, np.float32),
+                          np.zeros((B, 3), np.float32))
+
+    root = Output((np.zeros((2, 1)),), np.zeros(2), np.zeros(2, np.float32),
+                  np.zeros((2, 3), np.float32))
+    out = mcts.search_with_model(Model(), root, np.zeros((2, 3), np.float32), num_simulations=6,
+                                 max_num_considered_actions=3, discount=0.0, c_visit=50.0,
+                                 c_scale=0.1)
+    np.testing.assert_array_equal(out.action, [2, 2])
+    np.testing.assert_allclose(out.completed_q[0], [0.0, 1.0, 2.0])
+
+
+def test_sample_gumbel_is_seeded_and_scaled():
+    a = mcts.sample_gumbel(np.random.default_rng(0), (3, 4), 2.0)
+    b = mcts.sample_gumbel(np.random.default_rng(0), (3, 4), 1.0)
+    assert a.dtype == np.float32
+    np.testing.assert_allclose(a, 2 * b, rtol=1e-6)
+    assert math.isclose(float(np.mean(mcts.sample_gumbel(np.random.default_rng(1), 20000))),
+                        0.5772, abs_tol=0.03)
