@@ -1,0 +1,394 @@
+"""Prioritized replay, reanalysis and EfficientZero V2's search-based value targets (DESIGN.md §7).
+
+Storage. Self-play runs `num_envs` envs in lockstep; each env's episode is staged until it ends and is
+then written contiguously into a ring of `replay_capacity` frame slots: an episode of T transitions
+takes T + 1 slots (its observations o_0..o_T, each a single uint8 frame stored once; o_T is not a
+transition start). When the ring is full the oldest episodes leave whole. Observations are stacked on
+sampling, `frame_stack` frames along the last axis, oldest first (as envs.FrameStacker); frames before an
+episode's start repeat its first frame, positions past its end repeat its final frame.
+
+Sampling. A sum tree over slots holds priority^α (new transitions get the running maximum); importance
+weights (N·P(i))^-β are normalised by their maximum. For a sampled position t the batch carries, for
+j = t..t+K+n (K = unroll_steps, n = td_steps), the stacked observations and what the targets need:
+- masks[k] = 1 while t+k < T (a real transition with an action and a policy); past the end the policy
+  and consistency losses are masked, actions are uniform random, rewards and value targets are 0;
+- value-prefix targets: running sums of clipped rewards from t, restarting every `lstm_horizon_len`;
+- TD: z = Σ_{i<n} γ^i u_{t+k+i} + γ^n v(o_{t+k+n}); no bootstrap past a terminal; past a truncation
+  the bootstrap is v(o_T) with γ^(T-t-k).
+
+Reanalysis (`reanalyze`): one batched initial inference of the target model over the K+n+1 distinct
+positions of every sample (the roots t..t+K and the bootstraps t+n..t+K+n overlap), one batched Gumbel
+search (mcts.py, with Gumbel noise as in the official code) over the B·(K+1) roots: policy targets are
+the improved policies, SVE values the search root values. Mixed value rule of EZ V2: the TD target while
+`train_step < sve_start_updates` (T1) or the sample is among the newest `td_newest_transitions` (T2),
+the search-based value otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import NamedTuple
+
+import numpy as np
+
+from config import Config
+
+
+class Batch(NamedTuple):
+    observations: np.ndarray            # [B, K+1, *obs] stacked observations at t..t+K (a view)
+    actions: np.ndarray                 # [B, K] int32 actions at t..t+K-1
+    reward_targets: np.ndarray          # [B, K] value-prefix targets of unroll steps 1..K
+    masks: np.ndarray                   # [B, K+1] 1 where t+k is a transition of the episode
+    importance_weights: np.ndarray      # [B] float32, max 1
+    indices: np.ndarray                 # [B] int64 slots, for update_priorities
+    reanalysis_observations: np.ndarray  # [B, K+n+1, *obs] observations at t..t+K+n
+    td_rewards: np.ndarray              # [B, K+1] Σ_{i<n} γ^i u_{t+k+i} (0 past the end)
+    bootstrap_positions: np.ndarray     # [B, K+1] int index into the K+n+1 positions
+    bootstrap_discounts: np.ndarray     # [B, K+1] γ^steps, 0 where there is no bootstrap
+    collected_at: np.ndarray            # [B] env step at which position t was collected
+    newest_env_step: int                # env step of the newest stored transition
+
+
+class Targets(NamedTuple):
+    values: np.ndarray                  # [B, K+1] mixed value targets
+    policies: np.ndarray                # [B, K+1, A] improved policies (uniform past the end)
+    sve_fraction: float                 # share of value targets from the search
+    network_seconds: float              # reanalysis time in network calls
+    tree_seconds: float                 # reanalysis time in the tree search itself
+
+
+class _SumTree:
+    """Binary sum tree over `size` leaves with vectorised updates and stratified sampling."""
+
+    def __init__(self, size: int):
+        self.leaves = 1 << max(1, (size - 1).bit_length())
+        self.nodes = np.zeros(2 * self.leaves, np.float64)
+
+    def set(self, indices: np.ndarray, values: np.ndarray) -> None:
+        positions = np.asarray(indices, np.int64) + self.leaves
+        self.nodes[positions] = values
+        positions = np.unique(positions // 2)
+        while positions[0] >= 1:
+            self.nodes[positions] = self.nodes[2 * positions] + self.nodes[2 * positions + 1]
+            if positions[0] == 1:
+                break
+            positions = np.unique(positions // 2)
+
+    def get(self, indices: np.ndarray) -> np.ndarray:
+        return self.nodes[np.asarray(indices, np.int64) + self.leaves]
+
+    @property
+    def total(self) -> float:
+        return float(self.nodes[1])
+
+    def sample(self, count: int, rng: np.random.Generator) -> np.ndarray:
+        """One leaf per equal segment of the total mass (stratified), proportional to value."""
+        targets = (np.arange(count) + rng.random(count)) * (self.total / count)
+        positions = np.ones(count, np.int64)
+        while positions[0] < self.leaves:
+            left = 2 * positions
+            go_right = targets >= self.nodes[left]
+            targets = np.where(go_right, targets - self.nodes[left], targets)
+            positions = left + go_right
+        leaves = positions - self.leaves
+        # Rounding can land on an empty leaf at a segment border: step back to the nearest non-empty.
+        empty = self.nodes[positions] <= 0
+        if empty.any():
+            valid = np.flatnonzero(self.nodes[self.leaves:] > 0)
+            nearest = np.searchsorted(valid, leaves[empty]).clip(0, len(valid) - 1)
+            leaves[empty] = valid[nearest]
+        return leaves
+
+
+_ARRAY_FIELDS = ("frames", "actions", "rewards", "root_values", "policies", "collected_at",
+                 "episode_start", "episode_length", "episode_terminated")
+
+
+class ReplayBuffer:
+    """Ring of frame slots with per-slot transition data and a priority sum tree."""
+
+    def __init__(self, config: Config, frame_shape: tuple, frame_dtype, num_actions: int,
+                 num_envs: int):
+        capacity = config.replay_capacity
+        self.config, self.capacity, self.num_actions = config, capacity, num_actions
+        self.frame_shape, self.frame_dtype, self.num_envs = tuple(frame_shape), frame_dtype, num_envs
+        self.frames = np.zeros((capacity, *frame_shape), frame_dtype)        # [C, *frame]
+        self.actions = np.zeros(capacity, np.int32)
+        self.rewards = np.zeros(capacity, np.float32)
+        self.root_values = np.zeros(capacity, np.float32)
+        self.policies = np.zeros((capacity, num_actions), np.float32)
+        self.collected_at = np.zeros(capacity, np.int64)
+        self.episode_start = np.zeros(capacity, np.int64)     # absolute ordinal of o_0
+        self.episode_length = np.zeros(capacity, np.int64)    # T
+        self.episode_terminated = np.zeros(capacity, bool)
+        self.priorities = _SumTree(capacity)
+        self.head = 0                    # absolute ordinal of the next slot to write
+        self.num_added = 0               # transitions ever stored
+        self.max_priority = 1.0
+        self.newest_env_step = 0
+        self._episodes: list[tuple[int, int]] = []          # (start ordinal, T), oldest first
+        self._stored = 0                                      # transitions in stored episodes
+        self._staged: list[dict | None] = [None] * num_envs
+
+    # --- writing -------------------------------------------------------------------------------------
+
+    def begin_episodes(self, env_ids: np.ndarray, first_frames: np.ndarray) -> None:
+        """Start new episodes in `env_ids`; an episode still open there is stored as truncated."""
+        for env, frame in zip(np.asarray(env_ids).tolist(), first_frames):
+            if self._staged[env] is not None and self._staged[env]["actions"]:
+                self._commit(env, terminated=False)
+            self._staged[env] = {"frames": [np.array(frame, self.frame_dtype)], "actions": [],
+                                 "rewards": [], "root_values": [], "policies": [],
+                                 "collected_at": []}
+
+    def add_step(self, actions, rewards, next_frames, terminated, truncated, root_values, policies,
+                 env_step: int) -> None:
+        """One lockstep step of every env ([N] arrays; policies [N, A])."""
+        for env in range(self.num_envs):
+            staged = self._staged[env]
+            staged["frames"].append(np.array(next_frames[env], self.frame_dtype))
+            staged["actions"].append(int(actions[env]))
+            staged["rewards"].append(float(rewards[env]))
+            staged["root_values"].append(float(root_values[env]))
+            staged["policies"].append(np.asarray(policies[env], np.float32))
+            staged["collected_at"].append(env_step + env)
+            self.newest_env_step = max(self.newest_env_step, env_step + env)
+            if terminated[env] or truncated[env]:
+                self._commit(env, terminated=bool(terminated[env]))
+                self._staged[env] = None
+
+    def _commit(self, env: int, terminated: bool) -> None:
+        staged = self._staged[env]
+        length = len(staged["actions"])
+        if length + 1 > self.capacity:
+            raise ValueError(f"an episode of {length} steps does not fit in replay_capacity="
+                             f"{self.capacity}")
+        start = self.head
+        self._evict_before(start + length + 1 - self.capacity)
+        slots = np.arange(start, start + length + 1) % self.capacity
+        self.frames[slots] = np.stack(staged["frames"])
+        moves = slots[:-1]
+        self.actions[moves] = staged["actions"]
+        self.rewards[moves] = staged["rewards"]
+        self.root_values[moves] = staged["root_values"]
+        self.policies[moves] = np.stack(staged["policies"])
+        self.collected_at[moves] = staged["collected_at"]
+        self.episode_start[slots] = start
+        self.episode_length[slots] = length
+        self.episode_terminated[slots] = terminated
+        self.priorities.set(moves, np.full(length, self.max_priority))
+        self.priorities.set(slots[-1:], np.zeros(1))
+        self._episodes.append((start, length))
+        self._stored += length
+        self.head = start + length + 1
+        self.num_added += length
+
+    def _evict_before(self, ordinal: int) -> None:
+        """Remove whole episodes that have a slot below `ordinal` (about to be overwritten)."""
+        while self._episodes and self._episodes[0][0] < ordinal:
+            start, length = self._episodes.pop(0)
+            self._stored -= length
+            self.priorities.set(np.arange(start, start + length + 1) % self.capacity,
+                                np.zeros(length + 1))
+
+    def __len__(self) -> int:
+        return self._stored
+
+    def nbytes(self) -> int:
+        stored = sum(getattr(self, name).nbytes for name in _ARRAY_FIELDS)
+        staged = sum(sum(f.nbytes for f in s["frames"]) for s in self._staged if s is not None)
+        return stored + self.priorities.nodes.nbytes + staged
+
+    # --- sampling -------------------------------------------------------------------------------------
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:
+        config = self.config
+        K, n, S = config.unroll_steps, config.td_steps, config.frame_stack
+        positions = K + n + 1
+        if len(self) == 0:
+            raise ValueError("cannot sample from an empty replay buffer")
+        if config.use_priority:
+            slots = self.priorities.sample(batch_size, rng)
+            probabilities = self.priorities.get(slots) / self.priorities.total
+            weights = (len(self) * probabilities) ** (-config.priority_beta)
+            weights = (weights / weights.max()).astype(np.float32)
+        else:
+            valid = np.flatnonzero(self.priorities.get(np.arange(self.capacity)) > 0)
+            slots = rng.choice(valid, batch_size)
+            weights = np.ones(batch_size, np.float32)
+        start = self.episode_start[slots]
+        length = self.episode_length[slots]                                  # T
+        ordinal = self.head - 1 - ((self.head - 1 - slots) % self.capacity)  # absolute of slot
+        offset = ordinal - start                                             # t within the episode
+        steps = offset[:, None] + np.arange(positions)                      # [B, P] t+k
+        # Frames of the stacked observations: offsets t-S+1 .. t+K+n, clamped into [0, T].
+        frame_offsets = offset[:, None] + np.arange(-S + 1, positions)
+        frame_slots = (start[:, None] + np.clip(frame_offsets, 0, length[:, None])) % self.capacity
+        window = self.frames[frame_slots]                                    # [B, S+P-1, *frame]
+        stacked = np.lib.stride_tricks.sliding_window_view(window, S, axis=1)  # [B, P, *frame, S]
+        stacked = np.moveaxis(stacked, -1, -2)                              # [B, P, ..., S, C]
+        observations = stacked.reshape(batch_size, positions,
+                                       *self.frame_shape[:-1], S * self.frame_shape[-1])
+        inside = steps < length[:, None]                                     # [B, P]
+        move_slots = (start[:, None] + np.minimum(steps, length[:, None] - 1)) % self.capacity
+        rewards = np.where(inside, self.rewards[move_slots], 0.0)            # [B, P]
+        actions = np.where(inside[:, :K], self.actions[move_slots[:, :K]],
+                           rng.integers(0, self.num_actions, (batch_size, K)))
+        # Value prefix: rewards summed from the last restart (every lstm_horizon_len steps).
+        horizon = config.lstm_horizon_len
+        prefix = np.zeros((batch_size, K), np.float32)
+        running = np.zeros(batch_size, np.float32)
+        for k in range(K):
+            if k % horizon == 0:
+                running = np.zeros(batch_size, np.float32)
+            running = running + rewards[:, k]
+            prefix[:, k] = running
+        # n-step TD pieces for k = 0..K.
+        discounts = config.discount ** np.arange(n)
+        td_rewards = np.stack([rewards[:, k:k + n] @ discounts for k in range(K + 1)], axis=1)
+        bootstrap_step = np.minimum(steps[:, :K + 1] + n, length[:, None])      # [B, K+1]
+        bootstrap_positions = bootstrap_step - offset[:, None]
+        bootstrap_discounts = config.discount ** (bootstrap_step - steps[:, :K + 1])
+        no_bootstrap = ~inside[:, :K + 1] | (self.episode_terminated[slots][:, None]
+                                             & (steps[:, :K + 1] + n >= length[:, None]))
+        bootstrap_discounts = np.where(no_bootstrap, 0.0, bootstrap_discounts)
+        return Batch(observations[:, :K + 1], actions.astype(np.int32), prefix,
+                     inside[:, :K + 1].astype(np.float32), weights, slots.astype(np.int64),
+                     observations, td_rewards.astype(np.float32), bootstrap_positions,
+                     bootstrap_discounts.astype(np.float32), self.collected_at[slots],
+                     self.newest_env_step)
+
+    def update_priorities(self, indices: np.ndarray, priorities: np.ndarray) -> None:
+        if not self.config.use_priority:
+            return
+        values = np.asarray(priorities, np.float64) ** self.config.priority_alpha
+        self.priorities.set(indices, values)
+        self.max_priority = max(self.max_priority, float(values.max()))
+
+    # --- persistence (no pickle) ----------------------------------------------------------------------
+
+    def save(self, folder: str) -> None:
+        os.makedirs(folder, exist_ok=True)
+        for name in _ARRAY_FIELDS:
+            np.save(os.path.join(folder, f"{name}.npy"), getattr(self, name), allow_pickle=False)
+        np.save(os.path.join(folder, "priorities.npy"), self.priorities.nodes, allow_pickle=False)
+        staged = []
+        for env, episode in enumerate(self._staged):
+            if episode is None:
+                staged.append(None)
+                continue
+            np.save(os.path.join(folder, f"staged-{env}-frames.npy"), np.stack(episode["frames"]),
+                    allow_pickle=False)
+            np.save(os.path.join(folder, f"staged-{env}-policies.npy"),
+                    np.asarray(episode["policies"], np.float32).reshape(-1, self.num_actions),
+                    allow_pickle=False)
+            staged.append({key: episode[key] for key in ("actions", "rewards", "root_values",
+                                                         "collected_at")})
+        meta = {"capacity": self.capacity, "num_actions": self.num_actions,
+                "frame_shape": list(self.frame_shape), "frame_dtype": np.dtype(self.frame_dtype).str,
+                "num_envs": self.num_envs, "head": self.head, "num_added": self.num_added,
+                "max_priority": self.max_priority, "newest_env_step": self.newest_env_step,
+                "episodes": self._episodes, "staged": staged}
+        with open(os.path.join(folder, "buffer.json"), "w") as file:
+            json.dump(meta, file)
+
+    @classmethod
+    def load(cls, folder: str, config: Config) -> "ReplayBuffer":
+        try:
+            with open(os.path.join(folder, "buffer.json")) as file:
+                meta = json.load(file)
+            buffer = cls(config, tuple(meta["frame_shape"]), np.dtype(meta["frame_dtype"]).type,
+                         meta["num_actions"], meta["num_envs"])
+            if meta["capacity"] != buffer.capacity:
+                raise ValueError(f"the saved buffer has capacity {meta['capacity']}, the config "
+                                 f"{buffer.capacity}")
+            for name in _ARRAY_FIELDS:
+                array = np.load(os.path.join(folder, f"{name}.npy"), allow_pickle=False)
+                if array.shape != getattr(buffer, name).shape:
+                    raise ValueError(f"replay buffer file {name}.npy has shape {array.shape}")
+                setattr(buffer, name, array)
+            buffer.priorities.nodes = np.load(os.path.join(folder, "priorities.npy"),
+                                              allow_pickle=False)
+            buffer.head, buffer.num_added = meta["head"], meta["num_added"]
+            buffer.max_priority, buffer.newest_env_step = meta["max_priority"], \
+                meta["newest_env_step"]
+            buffer._episodes = [tuple(e) for e in meta["episodes"]]
+            buffer._stored = sum(length for _, length in buffer._episodes)
+            for env, episode in enumerate(meta["staged"]):
+                if episode is None:
+                    continue
+                frames = np.load(os.path.join(folder, f"staged-{env}-frames.npy"),
+                                 allow_pickle=False)
+                policies = np.load(os.path.join(folder, f"staged-{env}-policies.npy"),
+                                   allow_pickle=False)
+                buffer._staged[env] = {**episode, "frames": list(frames), "policies": list(policies)}
+        except (OSError, KeyError, ValueError, TypeError) as error:
+            raise ValueError(f"cannot load the replay buffer in '{folder}': {error}") from None
+        return buffer
+
+
+# --- reanalysis ------------------------------------------------------------------------------------
+
+class _TimedModel:
+    """Counts the seconds a model spends in its network calls."""
+
+    def __init__(self, model):
+        self.model, self.seconds = model, 0.0
+
+    def initial_inference(self, observations):
+        start = time.perf_counter()
+        output = self.model.initial_inference(observations)
+        self.seconds += time.perf_counter() - start
+        return output
+
+    def recurrent_inference(self, state, actions):
+        start = time.perf_counter()
+        output = self.model.recurrent_inference(state, actions)
+        self.seconds += time.perf_counter() - start
+        return output
+
+
+def use_search_value(config: Config, train_step: int, collected_at: np.ndarray,
+                     newest_env_step: int) -> np.ndarray:
+    """EZ V2's mixed value rule: [B] True where the SVE replaces the TD target."""
+    if not config.use_search_value or train_step < config.sve_start_updates:
+        return np.zeros(len(collected_at), bool)
+    return newest_env_step - collected_at >= config.td_newest_transitions
+
+
+def reanalyze(batch: Batch, model, *, config: Config, train_step: int,
+              rng: np.random.Generator) -> Targets:
+    """Fresh policy targets and mixed value targets for `batch` with `model` (the target model)."""
+    from mcts import sample_gumbel, search_with_model
+
+    K = config.unroll_steps
+    B, P = batch.reanalysis_observations.shape[:2]
+    timed = _TimedModel(model)
+    start = time.perf_counter()
+    flat = batch.reanalysis_observations.reshape(B * P, *batch.reanalysis_observations.shape[2:])
+    output = timed.initial_inference(flat)
+    values = output.value.reshape(B, P)
+    root_rows = (np.arange(B)[:, None] * P + np.arange(K + 1)).ravel()           # [B·(K+1)]
+    root = output._replace(state=tuple(s[root_rows] for s in output.state),
+                           value=output.value[root_rows],
+                           policy_logits=output.policy_logits[root_rows])
+    gumbel = sample_gumbel(rng, root.policy_logits.shape, config.gumbel_scale)
+    search = search_with_model(timed, root, gumbel, num_simulations=config.num_simulations,
+                               max_num_considered_actions=config.max_num_considered_actions,
+                               discount=config.discount, c_visit=config.c_visit,
+                               c_scale=config.c_scale)
+    total = time.perf_counter() - start
+    masks = batch.masks
+    bootstrap = np.take_along_axis(values, batch.bootstrap_positions, axis=1)
+    td_values = batch.td_rewards + batch.bootstrap_discounts * bootstrap
+    search_values = search.root_value.reshape(B, K + 1)
+    sve = use_search_value(config, train_step, batch.collected_at, batch.newest_env_step)
+    mixed = np.where(sve[:, None], search_values, td_values) * masks
+    num_actions = search.improved_policy.shape[-1]
+    uniform = np.full(num_actions, 1.0 / num_actions, np.float32)
+    policies = np.where(masks[..., None] > 0,
+                        search.improved_policy.reshape(B, K + 1, -1), uniform)
+    return Targets(mixed.astype(np.float32), policies.astype(np.float32), float(sve.mean()),
+                   timed.seconds, total - timed.seconds)
