@@ -241,7 +241,7 @@ def smoke() -> Config:
     """Breakout with a tiny network and budget: a complete run of every part in about a minute."""
     return Config(
         preset="smoke", env_steps=240, num_envs=2, start_transitions=64, offline_updates=8,
-        replay_capacity=1000, max_episode_steps=200, eval_max_episode_steps=100, eval_episodes=2,
+        replay_capacity=1000, max_episode_steps=50, eval_max_episode_steps=100, eval_episodes=2,
         num_channels=16, reduced_channels=4, head_hidden_sizes=(16,), lstm_hidden_size=32,
         projection_hidden_size=64, projection_output_size=64, prediction_head_hidden_size=32,
         num_simulations=4, batch_size=8, sve_start_updates=40, td_newest_transitions=100,
