@@ -1,0 +1,264 @@
+"""Replay buffer and reanalysis (buffer.py) against slow, obviously-correct references."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+import config as cfg
+import mcts
+from buffer import ReplayBuffer, reanalyze, use_search_value
+from networks import NetworkOutput
+
+A = 3
+
+
+def make_config(**changes):
+    base = dict(frame_stack=3, unroll_steps=5, td_steps=3, lstm_horizon_len=2, discount=0.9,
+                replay_capacity=200, use_priority=True, priority_alpha=1.0, priority_beta=1.0,
+                num_simulations=4, max_num_considered_actions=2, sve_start_updates=10,
+                td_newest_transitions=20)
+    base.update(changes)
+    return dataclasses.replace(cfg.classic(), **base)
+
+
+def fill(buffer, episodes, env=0):
+    """Vector frames whose value is the episode id * 1000 + step; reward 1 per step.
+
+    `episodes` is a list of (length, terminated) played one after another in env 0 (one env)."""
+    step = 0
+    for episode_id, (length, terminated) in enumerate(episodes):
+        buffer.begin_episodes(np.array([0]), np.array([[episode_id * 1000.0]], np.float32))
+        for t in range(length):
+            last = t == length - 1
+            buffer.add_step(np.array([t % A]), np.array([1.0], np.float32),
+                            np.array([[episode_id * 1000.0 + t + 1]], np.float32),
+                            np.array([last and terminated]), np.array([last and not terminated]),
+                            np.array([float(t)]), np.full((1, A), 1.0 / A, np.float32), step)
+            step += 1
+
+
+def reference_targets(config, length, terminated, t, episode_id, values_of):
+    """Slow per-position targets for index-valued observations."""
+    K, n, S, gamma = config.unroll_steps, config.td_steps, config.frame_stack, config.discount
+    obs = [[episode_id * 1000.0 + min(max(j - S + 1 + s, 0), length) for s in range(S)]
+           for j in range(t, t + K + n + 1)]
+    masks = [1.0 if t + k < length else 0.0 for k in range(K + 1)]
+    prefix, running = [], 0.0
+    for k in range(K):
+        if k % config.lstm_horizon_len == 0:
+            running = 0.0
+        running += 1.0 if t + k < length else 0.0
+        prefix.append(running)
+    td = []
+    for k in range(K + 1):
+        j = t + k
+        if j >= length:
+            td.append(0.0)
+            continue
+        total, i = 0.0, 0
+        while i < n and j + i < length:
+            total += gamma ** i
+            i += 1
+        if j + n < length:
+            total += gamma ** n * values_of(j + n)
+        elif not terminated:
+            total += gamma ** (length - j) * values_of(length)
+        td.append(total)
+    return obs, masks, prefix, td
+
+
+@pytest.mark.parametrize("terminated", [True, False])
+def test_sampled_positions_match_the_reference(terminated):
+    config = make_config()
+    buffer = ReplayBuffer(config, (1,), np.float32, A, 1)
+    fill(buffer, [(7, terminated), (4, terminated), (12, terminated)])
+    assert len(buffer) == 23
+    batch = buffer.sample(64, np.random.default_rng(0))
+    lengths = {0: 7, 1: 4, 2: 12}
+    for b in range(64):
+        first = batch.reanalysis_observations[b, 0, -1]
+        episode_id, t = int(first // 1000), int(first % 1000)
+        obs, masks, prefix, td_plain = reference_targets(
+            config, lengths[episode_id], terminated, t, episode_id, lambda j: 0.0)
+        np.testing.assert_array_equal(batch.reanalysis_observations[b], obs)
+        np.testing.assert_array_equal(batch.observations[b], obs[:config.unroll_steps + 1])
+        np.testing.assert_array_equal(batch.masks[b], masks)
+        np.testing.assert_allclose(batch.reward_targets[b], prefix)
+        np.testing.assert_allclose(batch.td_rewards[b], td_plain, rtol=1e-6)
+        inside = np.array(masks[:config.unroll_steps]) > 0
+        np.testing.assert_array_equal(batch.actions[b][inside], (t + np.arange(5))[inside] % A)
+
+
+class IndexModel:
+    """initial_inference value = the observation's newest frame value / 100 (a deterministic model)."""
+
+    def __init__(self):
+        self.rows = []
+
+    def initial_inference(self, observations):
+        self.rows.append(len(observations))
+        B = len(observations)
+        value = (observations[:, -1] / 100.0).astype(np.float32)
+        return NetworkOutput((observations.astype(np.float32),), np.zeros(B, np.float32), value,
+                             np.tile(np.array([0.5, 0.0, -0.5], np.float32), (B, 1)))
+
+    def recurrent_inference(self, state, actions):
+        B = len(actions)
+        return NetworkOutput(state, actions.astype(np.float32), np.full(B, 0.25, np.float32),
+                             np.zeros((B, A), np.float32))
+
+
+@pytest.mark.parametrize("terminated", [True, False])
+def test_reanalysis_targets(terminated):
+    config = make_config(gumbel_scale=1.0)
+    buffer = ReplayBuffer(config, (1,), np.float32, A, 1)
+    fill(buffer, [(9, terminated), (6, terminated)])
+    batch = buffer.sample(16, np.random.default_rng(1))
+    model = IndexModel()
+    targets = reanalyze(batch, model, config=config, train_step=0, rng=np.random.default_rng(2))
+    K, n = config.unroll_steps, config.td_steps
+    assert model.rows == [16 * (K + n + 1)]          # one inference over the distinct positions
+    assert targets.sve_fraction == 0.0
+    lengths = {0: 9, 1: 6}
+    for b in range(16):
+        first = batch.reanalysis_observations[b, 0, -1]
+        episode_id, t = int(first // 1000), int(first % 1000)
+        _, masks, _, td = reference_targets(config, lengths[episode_id], terminated, t, episode_id,
+                                            lambda j: (episode_id * 1000.0 + j) / 100.0)
+        np.testing.assert_allclose(targets.values[b], td, rtol=1e-5)
+        for k in range(K + 1):
+            if masks[k] == 0:
+                np.testing.assert_allclose(targets.policies[b, k], 1.0 / A)
+    # Policy targets and SVE values equal a search run directly on the same roots and noise.
+    roots = batch.reanalysis_observations[:, :K + 1].reshape(16 * (K + 1), 3)
+    root = IndexModel().initial_inference(roots)
+    gumbel = mcts.sample_gumbel(np.random.default_rng(2), (16 * (K + 1), A), 1.0)
+    search = mcts.search_with_model(IndexModel(), root, gumbel, num_simulations=4,
+                                    max_num_considered_actions=2, discount=0.9, c_visit=50.0,
+                                    c_scale=0.1)
+    inside = batch.masks > 0
+    np.testing.assert_allclose(targets.policies[inside],
+                               search.improved_policy.reshape(16, K + 1, A)[inside], rtol=1e-6)
+    late = reanalyze(batch, IndexModel(), config=config, train_step=10_000,
+                     rng=np.random.default_rng(2))
+    sve = use_search_value(config, 10_000, batch.collected_at, batch.newest_env_step)
+    expected = np.where(sve[:, None], search.root_value.reshape(16, K + 1), targets.values) \
+        * batch.masks
+    np.testing.assert_allclose(late.values, expected, rtol=1e-5)
+    assert late.sve_fraction == pytest.approx(sve.mean())
+
+
+def test_mixed_rule_boundaries():
+    config = make_config(sve_start_updates=100, td_newest_transitions=50)
+    collected = np.array([949, 950, 951])                # ages 51, 50, 49 at newest step 1000
+    assert not use_search_value(config, 99, collected, 1000).any()
+    np.testing.assert_array_equal(use_search_value(config, 100, collected, 1000),
+                                  [True, True, False])
+    off = dataclasses.replace(config, use_search_value=False)
+    assert not use_search_value(off, 10**6, collected, 1000).any()
+
+
+def test_priority_sampling_frequencies_and_weights():
+    config = make_config(replay_capacity=64, priority_alpha=0.5, priority_beta=0.7)
+    buffer = ReplayBuffer(config, (1,), np.float32, A, 1)
+    fill(buffer, [(10, True)])
+    slots = np.arange(10)
+    priorities = np.arange(1, 11, dtype=np.float64)
+    buffer.update_priorities(slots, priorities)
+    rng = np.random.default_rng(0)
+    counts = np.zeros(10)
+    draws = 0
+    for _ in range(400):
+        batch = buffer.sample(50, rng)
+        counts += np.bincount(batch.indices, minlength=64)[:10]
+        draws += 50
+        # Importance weights: (N P(i))^-β normalised by the batch maximum.
+        p = priorities[batch.indices] ** 0.5 / (priorities ** 0.5).sum()
+        w = (10 * p) ** -0.7
+        np.testing.assert_allclose(batch.importance_weights, w / w.max(), rtol=1e-5)
+    expected = priorities ** 0.5 / (priorities ** 0.5).sum()
+    # 20,000 stratified draws: every frequency within 0.01 of its probability (std ≈ 0.003).
+    np.testing.assert_allclose(counts / draws, expected, atol=0.01)
+    buffer.update_priorities(np.array([0]), np.array([1e6]))
+    assert np.mean(buffer.sample(1000, rng).indices == 0) > 0.8
+
+
+def test_wrap_around_evicts_whole_oldest_episodes():
+    config = make_config(replay_capacity=20)
+    buffer = ReplayBuffer(config, (1,), np.float32, A, 1)
+    fill(buffer, [(6, True), (6, True), (6, True), (6, True)])     # 7 slots each: only 2 fit
+    assert len(buffer) == 12 and buffer.num_added == 24
+    batch = buffer.sample(200, np.random.default_rng(0))
+    episodes = set((batch.reanalysis_observations[:, 0, -1] // 1000).astype(int).tolist())
+    assert episodes == {2, 3}
+    for b in range(200):
+        first = batch.reanalysis_observations[b, 0, -1]
+        episode_id, t = int(first // 1000), int(first % 1000)
+        obs, masks, prefix, _ = reference_targets(config, 6, True, t, episode_id, lambda j: 0.0)
+        np.testing.assert_array_equal(batch.reanalysis_observations[b], obs)
+        np.testing.assert_array_equal(batch.masks[b], masks)
+
+
+def test_lockstep_envs_and_closing_an_open_episode():
+    config = make_config()
+    buffer = ReplayBuffer(config, (1,), np.float32, A, 2)
+    buffer.begin_episodes(np.array([0, 1]), np.array([[0.0], [5000.0]], np.float32))
+    for t in range(5):
+        done = np.array([t == 2, False])
+        buffer.add_step(np.array([0, 1]), np.ones(2, np.float32),
+                        np.array([[t + 1.0], [5000.0 + t + 1]], np.float32), done,
+                        np.zeros(2, bool), np.zeros(2), np.full((2, A), 1 / A, np.float32), 2 * t)
+        if done[0]:
+            buffer.begin_episodes(np.array([0]), np.array([[100.0]], np.float32))
+    assert len(buffer) == 3                   # only the finished episode of env 0 is stored
+    buffer.begin_episodes(np.array([1]), np.array([[9000.0]], np.float32))   # e.g. after a resume
+    assert len(buffer) == 8
+    batch = buffer.sample(100, np.random.default_rng(0))
+    env1 = batch.reanalysis_observations[:, 0, -1] >= 5000
+    assert env1.any()
+    # The closed episode is truncated: its last step bootstraps from its final observation.
+    last = env1 & (batch.reanalysis_observations[:, 0, -1] == 5004)
+    assert last.any()
+    np.testing.assert_allclose(batch.bootstrap_discounts[last, 0], config.discount)
+
+
+def test_save_load_round_trip(tmp_path):
+    config = make_config()
+    buffer = ReplayBuffer(config, (1,), np.float32, A, 1)
+    fill(buffer, [(7, True), (5, False)])
+    buffer.begin_episodes(np.array([0]), np.array([[7000.0]], np.float32))
+    buffer.add_step(np.array([1]), np.array([1.0], np.float32), np.array([[7001.0]], np.float32),
+                    np.array([False]), np.array([False]), np.array([0.5]),
+                    np.full((1, A), 1 / A, np.float32), 99)
+    buffer.update_priorities(np.arange(5), np.arange(1.0, 6.0))
+    buffer.save(str(tmp_path / "buffer"))
+    loaded = ReplayBuffer.load(str(tmp_path / "buffer"), config)
+    assert len(loaded) == len(buffer) and loaded.num_added == buffer.num_added
+    first = buffer.sample(32, np.random.default_rng(5))
+    second = loaded.sample(32, np.random.default_rng(5))
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+    buffer.begin_episodes(np.array([0]), np.array([[0.0]], np.float32))
+    loaded.begin_episodes(np.array([0]), np.array([[0.0]], np.float32))
+    assert len(loaded) == len(buffer) == 13
+    with pytest.raises(ValueError, match="cannot load the replay buffer"):
+        ReplayBuffer.load(str(tmp_path / "missing"), config)
+
+
+def test_atari_frames_stack_channels_oldest_first():
+    config = dataclasses.replace(cfg.smoke(), frame_stack=4, unroll_steps=2, td_steps=2,
+                                 replay_capacity=50)
+    buffer = ReplayBuffer(config, (2, 2, 3), np.uint8, 4, 1)
+    buffer.begin_episodes(np.array([0]), np.zeros((1, 2, 2, 3), np.uint8))
+    for t in range(6):
+        buffer.add_step(np.array([0]), np.zeros(1, np.float32),
+                        np.full((1, 2, 2, 3), t + 1, np.uint8), np.array([t == 5]),
+                        np.array([False]), np.zeros(1), np.full((1, 4), 0.25, np.float32), t)
+    assert buffer.nbytes() < 1.1 * 50 * 2 * 2 * 3 + 50 * (4 * 4 + 64) + buffer.priorities.nodes.nbytes
+    batch = buffer.sample(20, np.random.default_rng(0))
+    for b in range(20):
+        t = int(batch.observations[b, 0, 0, 0, -1])
+        for k in range(3):
+            expected = [min(max(t + k - 3 + s, 0), 6) for s in range(4)]
+            np.testing.assert_array_equal(batch.observations[b, k, 1, 1], np.repeat(expected, 3))
