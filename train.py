@@ -93,12 +93,19 @@ def prepare_run_dir(path: str) -> None:
 class MetricsLogger:
     """Writes every scalar to TensorBoard and to `metrics.csv` (updates, env_steps, key, value)."""
 
-    def __init__(self, run_dir: str):
+    def __init__(self, run_dir: str, resumed_updates: int | None = None):
         import tensorflow as tf
 
         self._tf = tf
         self._writer = tf.summary.create_file_writer(run_dir)
         path = os.path.join(run_dir, "metrics.csv")
+        if resumed_updates is not None and os.path.exists(path):
+            # Rows written after the checkpoint we resume from will be logged again: drop them.
+            with open(path, newline="") as file:
+                rows = list(csv.reader(file))
+            kept = rows[:1] + [row for row in rows[1:] if int(row[0]) <= resumed_updates]
+            with open(path, "w", newline="") as file:
+                csv.writer(file).writerows(kept)
         new_file = not os.path.exists(path)
         self._file = open(path, "a", newline="")
         self._csv = csv.writer(self._file)
@@ -359,7 +366,7 @@ class Trainer:
                      for i in range(config.num_envs)]
         self.stacker = envs.FrameStacker(config.num_envs, self.spec.frame_shape, config.frame_stack,
                                          self.spec.frame_dtype)
-        self.logger = MetricsLogger(run_dir)
+        self.logger = MetricsLogger(run_dir, self.updates if resume_from is not None else None)
         self.recent_returns: list[float] = []
 
     # -- checkpoints --
