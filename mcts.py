@@ -6,8 +6,10 @@ Appendix D) with the semantics of DeepMind's mctx `gumbel_muzero_policy` and
 one batched `recurrent_fn` call for all of them: 4 trees when acting, B·(K+1) = 1,536 in reanalysis.
 
 Shapes: B trees, A actions, N = num_simulations + 1 nodes per tree (node 0 is the root; simulation i
-creates node i + 1). Per-edge arrays are stored flat as [B·N, A] so one fancy index gathers the edges of
-any set of nodes; per-node arrays are [B, N]; search states are [B, N, ...] per array of the state tuple.
+creates node i + 1). Node j of tree b has the flat index b·N + j; per-node arrays are [B·N + 1] and
+per-edge arrays [(B·N + 1)·A] (edge of action a at node k: k·A + a), the extra node being a scratch slot
+that absorbs the writes of trees whose path is shorter than the batch's longest. Search states are kept
+as [B, N, ...] per array of the state tuple.
 
 - Root (sequential halving): m = min(max_num_considered_actions, valid actions); the table of
   `considered_visits_sequence(m, n)` says, at simulation i, which visit count an action must have to be
@@ -16,34 +18,48 @@ any set of nodes; per-node arrays are [B, N]; search states are [B, N, ...] per 
 - σ(q̂) = (c_visit + max_b N(b)) · c_scale · q̂, q̂ the node's completed Q rescaled to [0, 1] by its own
   min and max; unvisited actions are completed with the mixed value
   (v̂ + Σ_b N(b) · Σ_visited π(a) q(a) / Σ_visited π(a)) / (1 + Σ_b N(b)).
+- Backup: the leaf value is discounted up the path, r + γ·G, and every node on it keeps the running mean
+  of its network value and the returns through it; q(a) = r(a) + γ·value(child).
 - Output: the action argmax g + logits + σ(q̂) among the most-visited actions, the improved policy
-  softmax(logits + σ(q̂)), root visit counts, the root's completed Q (before rescaling) and the
-  search-based value estimate (SVE): the root's mean of its network value and every backed-up return.
+  softmax(logits + σ(q̂)), root visit counts, the root's completed Q (before rescaling, i.e. in value
+  units: r + γ·v for visited actions, the mixed value for the others) and the search-based value
+  estimate (SVE): the root's mean of its network value and every backed-up return.
 
-Differences from EfficientZero V2's official C++ tree (`ez/mcts/ctree`), which this project does not
-follow: it min-max normalises Q over the whole tree instead of per node, and splits the simulation budget
-into halving phases of its own; here the mctx semantics are exact (visit counts and actions identical,
-policies equal to 1e-5).
+Speed: a node's σ(q̂), and so its interior choice, changes only when a backup passes through it. The
+backup therefore recomputes σ for all nodes of all B paths in one batched pass and caches each interior
+node's next edge and the root's scores; the selection walk is then a few gathers per depth.
+
+Differences from EfficientZero V2's official C++ tree (`ez/mcts/ctree/cnode.cpp`, `ez/mcts/cy_mcts.py`),
+which this project does not follow: it min-max normalises Q with one running min/max per tree (over every
+backed-up value, clipped to [0, 1]) instead of per node over the node's completed Q; it fixes the root's
+candidates once as the top m of g + logits and then halves them (m // 2, phase length
+max(1, floor(n / (log2 m · m_phase))) · m_phase, no "at least 2"), visiting the least-visited candidate;
+here the mctx semantics are followed exactly (visit counts and actions as mctx, policies to float32
+rounding).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, NamedTuple
 
 import numpy as np
 
 UNVISITED = -1
-LOW_LOGIT = -1e9              # mctx's floor for scores, so masked logits never produce -inf - -inf
-RESCALE_EPSILON = 1e-8        # guards min-max rescaling when all completed Q values are equal
+LOW_LOGIT = np.float32(-1e9)      # mctx's floor for root scores, so masked logits never give -inf
+RESCALE_EPSILON = np.float32(1e-8)  # guards min-max rescaling when all completed Q values are equal
+# mctx floors prior probabilities at the smallest normal float32, so a visited action's weight in the
+# mixed value is never 0; the same constant guards its division when no action is visited yet.
+TINY = np.float32(np.finfo(np.float32).tiny)
 
 
 class SearchOutput(NamedTuple):
-    action: np.ndarray            # [B] int32
-    improved_policy: np.ndarray   # [B, A] softmax(logits + σ(q̂)); invalid actions get 0
-    visit_counts: np.ndarray      # [B, A] int32 root visit counts
-    completed_q: np.ndarray       # [B, A] root Q, unvisited actions completed by the mixed value
-    root_value: np.ndarray        # [B] search-based value estimate (SVE)
+    action: np.ndarray            # [B] int
+    improved_policy: np.ndarray   # [B, A] float32 softmax(logits + σ(q̂)); invalid actions get 0
+    visit_counts: np.ndarray      # [B, A] int root visit counts
+    completed_q: np.ndarray       # [B, A] float32 root Q, unvisited actions completed by the mixed value
+    root_value: np.ndarray        # [B] float32 search-based value estimate (SVE)
 
 
 def sample_gumbel(rng: np.random.Generator, shape, scale: float = 1.0) -> np.ndarray:
@@ -51,11 +67,13 @@ def sample_gumbel(rng: np.random.Generator, shape, scale: float = 1.0) -> np.nda
     return (scale * rng.gumbel(size=shape)).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=None)
 def considered_visits_sequence(max_num_considered_actions: int, num_simulations: int) -> tuple:
     """Sequential halving: the visit count an action must have to be considered at each simulation.
 
     Each phase gives every remaining action max(1, floor(n / (ceil(log2 m) · remaining))) visits,
     then keeps the better half (at least 2). E.g. m=8, n=24: 0×8, 1×4, 2×4, 3,3,4,4,5,5,6,6.
+    Same as mctx's `get_sequence_of_considered_visits`.
     """
     if max_num_considered_actions <= 1:
         return tuple(range(num_simulations))
@@ -74,78 +92,77 @@ def considered_visits_sequence(max_num_considered_actions: int, num_simulations:
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, computed as jax.nn.softmax (max-shifted)."""
     exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
 def _mask_invalid(logits: np.ndarray, invalid_actions: np.ndarray | None) -> np.ndarray:
-    """Shift logits to max 0 and give invalid actions the lowest finite float32 (as mctx)."""
+    """Shift logits to max 0 and give invalid actions the lowest finite float32 (as mctx): a finite
+    floor keeps the softmax free of NaN even when every action is invalid."""
     if invalid_actions is None:
         return logits
     logits = logits - logits.max(axis=-1, keepdims=True)
     return np.where(invalid_actions, np.finfo(np.float32).min, logits).astype(np.float32)
 
 
-class _Tree:
-    """Struct-of-arrays storage of B trees with N nodes and A actions each."""
+class _Trees:
+    """Struct-of-arrays storage of B trees with N nodes and A actions each, plus one scratch node."""
 
-    def __init__(self, batch: int, num_nodes: int, num_actions: int, discount: float,
+    def __init__(self, batch: int, num_nodes: int, num_actions: int, *, discount: float,
                  c_visit: float, c_scale: float):
-        edges = (batch * num_nodes, num_actions)
-        self.num_nodes = num_nodes
+        self.num_actions = num_actions
+        self.scratch = batch * num_nodes                       # flat index of the scratch node
+        nodes, edges = batch * num_nodes + 1, (batch * num_nodes + 1) * num_actions
         self.discount = np.float32(discount)
         self.c_visit, self.c_scale = np.float32(c_visit), np.float32(c_scale)
-        self.child_index = np.full(edges, UNVISITED, np.int32)      # [B·N, A]
-        self.child_visits = np.zeros(edges, np.float32)              # [B·N, A]
-        self.child_rewards = np.zeros(edges, np.float32)             # [B·N, A]
-        self.child_values = np.zeros(edges, np.float32)              # [B·N, A]
-        self.prior_logits = np.zeros(edges, np.float32)              # [B·N, A]
-        # softmax(prior logits), floored at the smallest normal float as mctx's mixed value does.
-        self.prior_probs = np.zeros(edges, np.float32)               # [B·N, A]
-        self.raw_values = np.zeros(batch * num_nodes, np.float32)    # [B·N]
-        self.node_values = np.zeros(batch * num_nodes, np.float32)   # [B·N]
-        self.node_visits = np.zeros(batch * num_nodes, np.float32)   # [B·N]
+        self.raw_value = np.zeros(nodes, np.float32)            # [B·N + 1] network value v̂
+        self.value = np.zeros(nodes, np.float32)                # [B·N + 1] running mean (mctx node_values)
+        self.visits = np.zeros(nodes, np.float32)               # [B·N + 1] 1 + backups through the node
+        self.next_edge = np.zeros(nodes, np.intp)               # [B·N + 1] cached interior choice k·A + a
+        self.child = np.full(edges, UNVISITED, np.intp)         # [(B·N + 1)·A] flat child index
+        self.edge_visits = np.zeros(edges, np.float32)          # [(B·N + 1)·A] N(a)
+        self.edge_reward = np.zeros(edges, np.float32)          # [(B·N + 1)·A] r(a)
+        self.edge_q = np.zeros(edges, np.float32)               # [(B·N + 1)·A] r(a) + γ·value(child)
+        self.logits = np.zeros(edges, np.float32)               # [(B·N + 1)·A] prior logits
+        self.probs = np.zeros(edges, np.float32)                # [(B·N + 1)·A] softmax(logits) ≥ TINY
 
-    def expand(self, flat: np.ndarray, logits: np.ndarray, value: np.ndarray) -> None:
-        self.prior_logits[flat] = logits
-        self.prior_probs[flat] = np.maximum(_softmax(logits), np.finfo(np.float32).tiny)
-        self.raw_values[flat] = value
-        self.node_values[flat] = value
-        self.node_visits[flat] = 1.0
+    def rows(self, array: np.ndarray) -> np.ndarray:
+        """A per-edge array viewed as [B·N + 1, A]."""
+        return array.reshape(-1, self.num_actions)
 
-    def completed_q(self, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """For nodes `flat` [R]: (completed Q [R, A], σ(q̂) [R, A], child visits [R, A])."""
-        visits = self.child_visits[flat]
-        q = self.child_rewards[flat] + self.discount * self.child_values[flat]
+    def per_node(self, array: np.ndarray, batch: int) -> np.ndarray:
+        """A per-node array viewed as [B, N] (scratch node left out)."""
+        return array[:self.scratch].reshape(batch, -1)
+
+    def per_edge(self, array: np.ndarray, batch: int) -> np.ndarray:
+        """A per-edge array viewed as [B, N, A] (scratch node left out)."""
+        return array[:self.scratch * self.num_actions].reshape(batch, -1, self.num_actions)
+
+    def sigma(self, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For nodes [R]: σ(q̂) [R, A], child visits [R, A] and completed Q [R, A] (value units)."""
+        visits = self.rows(self.edge_visits).take(nodes, axis=0)
+        q = self.rows(self.edge_q).take(nodes, axis=0)
         visited = visits > 0
-        probs = self.prior_probs[flat]
-        total_visits = visits.sum(axis=-1)
-        visited_probs = np.where(visited, probs, 0.0)
-        sum_probs = visited_probs.sum(axis=-1)
-        weighted_q = (visited_probs * q).sum(axis=-1) / np.where(sum_probs > 0, sum_probs, 1.0)
-        mixed = (self.raw_values[flat] + total_visits * weighted_q) / (total_visits + 1.0)
+        visited_probs = self.rows(self.probs).take(nodes, axis=0) * visited
+        total_visits = visits.sum(axis=1)
+        # With no visit yet both sums are 0 and the mixed value is v̂ whatever weighted_q is.
+        sum_probs = np.maximum(visited_probs.sum(axis=1, keepdims=True), TINY)
+        weighted_q = (visited_probs * q / sum_probs).sum(axis=1)
+        mixed = (self.raw_value.take(nodes) + total_visits * weighted_q) / (total_visits + 1)
         completed = np.where(visited, q, mixed[:, None])
-        low = completed.min(axis=-1, keepdims=True)
-        high = completed.max(axis=-1, keepdims=True)
-        rescaled = (completed - low) / np.maximum(high - low, RESCALE_EPSILON)
-        scale = (self.c_visit + visits.max(axis=-1, keepdims=True)) * self.c_scale
-        return completed, scale * rescaled, visits
+        low = completed.min(axis=1, keepdims=True)
+        rescaled = (completed - low) / np.maximum(completed.max(axis=1, keepdims=True) - low,
+                                                  RESCALE_EPSILON)
+        scale = (self.c_visit + visits.max(axis=1, keepdims=True)) * self.c_scale
+        return scale * rescaled, visits, completed
 
-    def interior_actions(self, flat: np.ndarray) -> np.ndarray:
-        """argmax π′ − N / (1 + ΣN) at nodes `flat` [R] (first index on ties, as jnp.argmax)."""
-        _, sigma, visits = self.completed_q(flat)
-        improved = _softmax(self.prior_logits[flat] + sigma)
-        score = improved - visits / (1.0 + visits.sum(axis=-1, keepdims=True))
-        return score.argmax(axis=-1).astype(np.int32)
-
-
-def _considered_scores(gumbel, shifted_logits, sigma, visits, considered_visit, invalid_actions):
-    """g + logits + σ(q̂) for actions with the considered visit count, -inf elsewhere."""
-    score = np.maximum(LOW_LOGIT, gumbel + shifted_logits + sigma)
-    score = np.where(visits == considered_visit, score, -np.inf)
-    if invalid_actions is not None:
-        score = np.where(invalid_actions, -np.inf, score)
-    return score
+    def cache_interior_choices(self, nodes: np.ndarray, sigma: np.ndarray,
+                               visits: np.ndarray) -> None:
+        """next_edge[nodes] = argmax π′ − N / (1 + ΣN) (first index on ties, as jnp.argmax)."""
+        improved = _softmax(self.rows(self.logits).take(nodes, axis=0) + sigma)
+        score = improved - visits / (1 + visits.sum(axis=1, keepdims=True))
+        self.next_edge[nodes] = nodes * self.num_actions + score.argmax(axis=1)
 
 
 def gumbel_search(prior_logits: np.ndarray, root_value: np.ndarray, root_state,
@@ -158,88 +175,124 @@ def gumbel_search(prior_logits: np.ndarray, root_value: np.ndarray, root_state,
     recurrent_fn(state, actions [B]) -> (next_state, reward [B], value [B], prior_logits [B, A]),
     gumbel [B, A] (zeros for a greedy search), invalid_actions [B, A] bool or None (root only).
     """
+    prior_logits = np.asarray(prior_logits, np.float32)
     batch, num_actions = prior_logits.shape
     num_nodes = num_simulations + 1
-    rows = np.arange(batch)
-    root_flat = rows * num_nodes
-    tree = _Tree(batch, num_nodes, num_actions, discount, c_visit, c_scale)
+    trees = _Trees(batch, num_nodes, num_actions, discount=discount, c_visit=c_visit,
+                   c_scale=c_scale)
+    gamma = trees.discount
+    root = np.arange(batch) * num_nodes                                       # [B] flat root nodes
+    node_value, raw_value = trees.per_node(trees.value, batch), trees.per_node(trees.raw_value, batch)
+    node_visits, next_edge = trees.per_node(trees.visits, batch), trees.per_node(trees.next_edge, batch)
+    node_logits, node_probs = trees.per_edge(trees.logits, batch), trees.per_edge(trees.probs, batch)
+    root_visits = trees.per_edge(trees.edge_visits, batch)[:, 0]              # [B, A] view
+
+    def expand(new: int, logits: np.ndarray, value: np.ndarray) -> None:
+        raw_value[:, new] = node_value[:, new] = value
+        node_visits[:, new] = 1
+        node_logits[:, new] = logits
+        probs = _softmax(logits)
+        np.maximum(probs, TINY, out=node_probs[:, new])
+        # A fresh node has σ = 0 (all completed Q equal), so its first choice is argmax of the prior.
+        next_edge[:, new] = (root + new) * num_actions + probs.argmax(axis=1)
+
+    # Root: invalid actions masked as mctx does; scores use logits shifted to max 0 (score_considered).
     if invalid_actions is not None:
         invalid_actions = np.asarray(invalid_actions, bool)
-    logits = _mask_invalid(np.asarray(prior_logits, np.float32), invalid_actions)
-    shifted_logits = logits - logits.max(axis=-1, keepdims=True)
-    gumbel = np.asarray(gumbel, np.float32)
-    tree.expand(root_flat, logits, np.asarray(root_value, np.float32))
+    logits = _mask_invalid(prior_logits, invalid_actions)
+    expand(0, logits, np.asarray(root_value, np.float32))
+    gumbel_plus_logits = np.asarray(gumbel, np.float32) + (logits - logits.max(axis=1, keepdims=True))
+    invalid_penalty = (np.zeros((batch, num_actions), np.float32) if invalid_actions is None
+                       else np.where(invalid_actions, -np.inf, 0).astype(np.float32))
+    num_valid = (np.full(batch, num_actions) if invalid_actions is None
+                 else num_actions - invalid_actions.sum(axis=1))
+    num_considered = np.minimum(max_num_considered_actions, num_valid)                 # [B]
+    table = {m: considered_visits_sequence(int(m), num_simulations) for m in np.unique(num_considered)}
+    considered_visits = np.array([table[m] for m in num_considered], np.float32).reshape(
+        batch, num_simulations).T[:, :, None].copy()                                    # [n, B, 1]
+
+    def root_scores(root_sigma: np.ndarray) -> np.ndarray:
+        """g + logits + σ(q̂) floored at LOW_LOGIT, -inf for invalid actions: [B, A]."""
+        return np.maximum(gumbel_plus_logits + root_sigma, LOW_LOGIT) + invalid_penalty
+
+    root_sigma, _, root_completed = trees.sigma(root)
+    scores = root_scores(root_sigma)
 
     is_tuple = isinstance(root_state, tuple)
-    leaves = root_state if is_tuple else (root_state,)
-    states = []                                                       # each [B, N, ...]
-    for leaf in leaves:
+    stored_states = []                                                     # each [B, N, ...]
+    for leaf in (root_state if is_tuple else (root_state,)):
         leaf = np.asarray(leaf)
         stored = np.zeros((batch, num_nodes, *leaf.shape[1:]), leaf.dtype)
         stored[:, 0] = leaf
-        states.append(stored)
-
-    num_valid = (np.full(batch, num_actions) if invalid_actions is None
-                 else num_actions - invalid_actions.sum(axis=-1))
-    num_considered = np.minimum(max_num_considered_actions, num_valid)            # [B]
-    table = np.array([considered_visits_sequence(m, num_simulations)
-                      for m in range(max_num_considered_actions + 1)], np.float32)
-    considered_visits = table[num_considered]                                     # [B, n]
+        stored_states.append(stored)
+    flat_states = [stored.reshape(batch * num_nodes, *stored.shape[2:]) for stored in stored_states]
+    depth_index = np.arange(num_nodes)[:, None]                            # [N, 1]
 
     for simulation in range(num_simulations):
-        # Selection: the root by sequential halving, then interior nodes until an unexpanded edge.
-        _, sigma, visits = tree.completed_q(root_flat)
-        scores = _considered_scores(gumbel, shifted_logits, sigma, visits,
-                                    considered_visits[:, simulation:simulation + 1], invalid_actions)
-        actions = scores.argmax(axis=-1).astype(np.int32)
-        path = []                                           # (rows, flat parent, action) per depth
-        active, flat = rows, root_flat
-        parent_flat = root_flat.copy()
-        leaf_actions = actions.copy()
+        # Selection: the root by sequential halving, then cached interior choices until a new edge.
+        considered = np.where(root_visits == considered_visits[simulation], scores, -np.inf)
+        node = root
+        edge = root * num_actions + considered.argmax(axis=1)
+        path_nodes, path_edges = [node], [edge]                            # per depth, [B] each
+        depth = np.zeros(batch, np.intp)                                   # [B] depth of the leaf parent
         while True:
-            path.append((active, flat, actions))
-            parent_flat[active] = flat
-            leaf_actions[active] = actions
-            children = tree.child_index[flat, actions]
-            going_on = children != UNVISITED
-            if not going_on.any():
+            child = trees.child.take(edge)
+            going = child >= 0
+            if not going.any():
                 break
-            active = active[going_on]
-            flat = active * num_nodes + children[going_on]
-            actions = tree.interior_actions(flat)
+            node = np.where(going, child, node)
+            edge = np.where(going, trees.next_edge.take(node), edge)
+            depth += going
+            path_nodes.append(node)
+            path_edges.append(edge)
 
         # Expansion: one batched network call for the new node of every tree.
-        parents = parent_flat - root_flat
-        parent_states = tuple(stored[rows, parents] for stored in states)
+        parent_states = tuple(flat[node] for flat in flat_states)
         next_state, reward, value, child_logits = recurrent_fn(
-            parent_states if is_tuple else parent_states[0], leaf_actions)
-        next_leaves = next_state if is_tuple else (next_state,)
-        new_node = simulation + 1
-        for stored, leaf in zip(states, next_leaves):
-            stored[:, new_node] = leaf
-        new_flat = root_flat + new_node
-        tree.expand(new_flat, np.asarray(child_logits, np.float32), np.asarray(value, np.float32))
-        tree.child_index[parent_flat, leaf_actions] = new_node
-        tree.child_rewards[parent_flat, leaf_actions] = reward
+            parent_states if is_tuple else parent_states[0], edge - node * num_actions)
+        for stored, leaf in zip(stored_states, next_state if is_tuple else (next_state,)):
+            stored[:, simulation + 1] = leaf
+        value = np.asarray(value, np.float32)
+        expand(simulation + 1, np.asarray(child_logits, np.float32), value)
+        trees.child[edge] = root + simulation + 1
+        trees.edge_reward[edge] = reward
 
-        # Backup along the recorded path, deepest edge first.
-        returns = tree.node_values[new_flat].copy()                                # [B]
-        for active, flat, actions in reversed(path):
-            child_flat = active * num_nodes + tree.child_index[flat, actions]
-            returns[active] = tree.child_rewards[flat, actions] + tree.discount * returns[active]
-            count = tree.node_visits[flat]
-            tree.node_values[flat] = (tree.node_values[flat] * count + returns[active]) / (count + 1)
-            tree.node_visits[flat] = count + 1
-            tree.child_values[flat, actions] = tree.node_values[child_flat]
-            tree.child_visits[flat, actions] += 1
+        # Backup of every path at once, as [D, B] arrays; trees with shorter paths write past their
+        # leaf into the scratch node.
+        num_depths = len(path_nodes)
+        on_path = depth_index[:num_depths] <= depth                                     # [D, B]
+        nodes = np.where(on_path, path_nodes, trees.scratch)
+        edges = np.where(on_path, path_edges, trees.scratch * num_actions)
+        rewards = trees.edge_reward.take(edges)
+        returns = np.empty((num_depths, batch), np.float32)
+        carried = value                        # mctx: leaf_value = reward + discount * leaf_value
+        for d in range(num_depths - 1, -1, -1):
+            carried = np.where(on_path[d], rewards[d] + gamma * carried, carried)
+            returns[d] = carried
+        counts = trees.visits.take(nodes)
+        new_values = (trees.value.take(nodes) * counts + returns) / (counts + 1)
+        trees.value[nodes] = new_values
+        trees.visits[nodes] = counts + 1
+        child_values = np.empty_like(new_values)            # value of each edge's child after backup
+        child_values[:-1] = new_values[1:]
+        child_values = np.where(depth_index[:num_depths] < depth, child_values, value)
+        trees.edge_q[edges] = rewards + gamma * child_values
+        trees.edge_visits[edges] = trees.edge_visits.take(edges) + 1
 
-    completed, sigma, visits = tree.completed_q(root_flat)
-    scores = _considered_scores(gumbel, shifted_logits, sigma, visits,
-                                visits.max(axis=-1, keepdims=True), invalid_actions)
-    action = scores.argmax(axis=-1).astype(np.int32)
-    improved_policy = _softmax(_mask_invalid(logits + sigma, invalid_actions))
-    return SearchOutput(action, improved_policy.astype(np.float32), visits.astype(np.int32),
-                        completed.astype(np.float32), tree.node_values[root_flat].copy())
+        # Refresh σ on every path node (roots are the first B): root scores and interior choices.
+        refreshed = nodes[on_path]
+        sigma, visits, completed = trees.sigma(refreshed)
+        root_sigma, root_completed = sigma[:batch], completed[:batch]
+        scores = root_scores(root_sigma)
+        if refreshed.size > batch:
+            trees.cache_interior_choices(refreshed[batch:], sigma[batch:], visits[batch:])
+
+    # Final choice: mctx's score_considered with the most-visited actions as the considered ones.
+    considered = np.where(root_visits == root_visits.max(axis=1, keepdims=True), scores, -np.inf)
+    improved_policy = _softmax(_mask_invalid(logits + root_sigma, invalid_actions))
+    return SearchOutput(considered.argmax(axis=1), improved_policy.astype(np.float32),
+                        root_visits.astype(np.int32), root_completed.astype(np.float32),
+                        trees.value.take(root))
 
 
 def search_with_model(model, root, gumbel: np.ndarray, *, num_simulations: int,
