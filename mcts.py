@@ -91,78 +91,98 @@ def considered_visits_sequence(max_num_considered_actions: int, num_simulations:
     return tuple(sequence[:num_simulations])
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    """Softmax over the last axis, computed as jax.nn.softmax (max-shifted)."""
-    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return exp / exp.sum(axis=-1, keepdims=True)
+def _considered_visits_table(max_num_considered_actions: int, num_simulations: int) -> np.ndarray:
+    """[m_max + 1, n] float32: row m is `considered_visits_sequence(m, n)` (row 0 serves all-invalid rows)."""
+    return np.array([considered_visits_sequence(m, num_simulations)
+                     for m in range(max_num_considered_actions + 1)], np.float32).reshape(
+                         max_num_considered_actions + 1, num_simulations)
+
+
+def _softmax(logits: np.ndarray, axis: int) -> np.ndarray:
+    """Softmax computed as jax.nn.softmax (max-shifted)."""
+    exp = np.exp(logits - logits.max(axis=axis, keepdims=True))
+    return exp / exp.sum(axis=axis, keepdims=True)
 
 
 def _mask_invalid(logits: np.ndarray, invalid_actions: np.ndarray | None) -> np.ndarray:
-    """Shift logits to max 0 and give invalid actions the lowest finite float32 (as mctx): a finite
-    floor keeps the softmax free of NaN even when every action is invalid."""
+    """[B, A]: shift logits to max 0 and give invalid actions the lowest finite float32 (as mctx): a
+    finite floor keeps the softmax free of NaN even when every action is invalid."""
     if invalid_actions is None:
         return logits
     logits = logits - logits.max(axis=-1, keepdims=True)
     return np.where(invalid_actions, np.finfo(np.float32).min, logits).astype(np.float32)
 
 
+# Above this many columns, argmax over the short action axis is done with whole-row operations:
+# NumPy's axis-0 argmax of an [A, R] array costs ~15 ns per element, the row-wise form ~3 ns.
+ROWWISE_ARGMAX_MIN_COLUMNS = 256
+
+
+def _argmax_actions(scores: np.ndarray) -> np.ndarray:
+    """[A, R] -> [R]: first index of the maximum over actions (ties as np.argmax / jnp.argmax)."""
+    if scores.shape[1] < ROWWISE_ARGMAX_MIN_COLUMNS:
+        return scores.argmax(axis=0)
+    num_actions = scores.shape[0]
+    descending_rank = np.arange(num_actions, 0, -1)[:, None]             # [A, 1]: A, ..., 1
+    return num_actions - ((scores == scores.max(axis=0)) * descending_rank).max(axis=0)
+
+
 class _Trees:
-    """Struct-of-arrays storage of B trees with N nodes and A actions each, plus one scratch node."""
+    """Struct-of-arrays storage of B trees with N nodes and A actions each, plus one scratch node.
+
+    Per-edge arrays are action-major, [A, B·N + 1], so the reductions over a node's actions are
+    operations between A long rows instead of many length-A reductions."""
 
     def __init__(self, batch: int, num_nodes: int, num_actions: int, *, discount: float,
                  c_visit: float, c_scale: float):
-        self.num_actions = num_actions
-        self.scratch = batch * num_nodes                       # flat index of the scratch node
-        nodes, edges = batch * num_nodes + 1, (batch * num_nodes + 1) * num_actions
+        self.batch, self.num_actions = batch, num_actions
+        self.scratch = batch * num_nodes                        # flat index of the scratch node
+        self.stride = batch * num_nodes + 1                     # T: edge (k, a) has flat index a·T + k
+        nodes, edges = self.stride, (num_actions, self.stride)
         self.discount = np.float32(discount)
         self.c_visit, self.c_scale = np.float32(c_visit), np.float32(c_scale)
-        self.raw_value = np.zeros(nodes, np.float32)            # [B·N + 1] network value v̂
-        self.value = np.zeros(nodes, np.float32)                # [B·N + 1] running mean (mctx node_values)
-        self.visits = np.zeros(nodes, np.float32)               # [B·N + 1] 1 + backups through the node
-        self.next_edge = np.zeros(nodes, np.intp)               # [B·N + 1] cached interior choice k·A + a
-        self.child = np.full(edges, UNVISITED, np.intp)         # [(B·N + 1)·A] flat child index
-        self.edge_visits = np.zeros(edges, np.float32)          # [(B·N + 1)·A] N(a)
-        self.edge_reward = np.zeros(edges, np.float32)          # [(B·N + 1)·A] r(a)
-        self.edge_q = np.zeros(edges, np.float32)               # [(B·N + 1)·A] r(a) + γ·value(child)
-        self.logits = np.zeros(edges, np.float32)               # [(B·N + 1)·A] prior logits
-        self.probs = np.zeros(edges, np.float32)                # [(B·N + 1)·A] softmax(logits) ≥ TINY
+        self.raw_value = np.zeros(nodes, np.float32)            # [T] network value v̂
+        self.value = np.zeros(nodes, np.float32)                # [T] running mean (mctx node_values)
+        self.visits = np.zeros(nodes, np.float32)               # [T] 1 + backups through the node
+        self.next_edge = np.zeros(nodes, np.intp)               # [T] cached interior choice a·T + k
+        self.child = np.full(edges, UNVISITED, np.intp)         # [A, T] flat child index
+        self.edge_visits = np.zeros(edges, np.float32)          # [A, T] N(a)
+        self.edge_reward = np.zeros(edges, np.float32)          # [A, T] r(a)
+        self.edge_q = np.zeros(edges, np.float32)               # [A, T] r(a) + γ·value(child)
+        self.logits = np.zeros(edges, np.float32)               # [A, T] prior logits
+        self.probs = np.zeros(edges, np.float32)                # [A, T] softmax(logits) ≥ TINY
 
-    def rows(self, array: np.ndarray) -> np.ndarray:
-        """A per-edge array viewed as [B·N + 1, A]."""
-        return array.reshape(-1, self.num_actions)
-
-    def per_node(self, array: np.ndarray, batch: int) -> np.ndarray:
+    def per_node(self, array: np.ndarray) -> np.ndarray:
         """A per-node array viewed as [B, N] (scratch node left out)."""
-        return array[:self.scratch].reshape(batch, -1)
+        return array[:self.scratch].reshape(self.batch, -1)
 
-    def per_edge(self, array: np.ndarray, batch: int) -> np.ndarray:
-        """A per-edge array viewed as [B, N, A] (scratch node left out)."""
-        return array[:self.scratch * self.num_actions].reshape(batch, -1, self.num_actions)
+    def per_edge(self, array: np.ndarray) -> np.ndarray:
+        """A per-edge array viewed as [A, B, N] (scratch node left out)."""
+        return array[:, :self.scratch].reshape(self.num_actions, self.batch, -1)
 
     def sigma(self, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """For nodes [R]: σ(q̂) [R, A], child visits [R, A] and completed Q [R, A] (value units)."""
-        visits = self.rows(self.edge_visits).take(nodes, axis=0)
-        q = self.rows(self.edge_q).take(nodes, axis=0)
+        """For nodes [R]: σ(q̂) [A, R], child visits [A, R] and completed Q [A, R] (value units)."""
+        visits = self.edge_visits.take(nodes, axis=1)
+        q = self.edge_q.take(nodes, axis=1)
         visited = visits > 0
-        visited_probs = self.rows(self.probs).take(nodes, axis=0) * visited
-        total_visits = visits.sum(axis=1)
+        visited_probs = self.probs.take(nodes, axis=1) * visited
+        total_visits = visits.sum(axis=0)
         # With no visit yet both sums are 0 and the mixed value is v̂ whatever weighted_q is.
-        sum_probs = np.maximum(visited_probs.sum(axis=1, keepdims=True), TINY)
-        weighted_q = (visited_probs * q / sum_probs).sum(axis=1)
+        sum_probs = np.maximum(visited_probs.sum(axis=0), TINY)
+        weighted_q = (visited_probs * q / sum_probs).sum(axis=0)
         mixed = (self.raw_value.take(nodes) + total_visits * weighted_q) / (total_visits + 1)
-        completed = np.where(visited, q, mixed[:, None])
-        low = completed.min(axis=1, keepdims=True)
-        rescaled = (completed - low) / np.maximum(completed.max(axis=1, keepdims=True) - low,
-                                                  RESCALE_EPSILON)
-        scale = (self.c_visit + visits.max(axis=1, keepdims=True)) * self.c_scale
+        completed = np.where(visited, q, mixed)
+        low = completed.min(axis=0)
+        rescaled = (completed - low) / np.maximum(completed.max(axis=0) - low, RESCALE_EPSILON)
+        scale = (self.c_visit + visits.max(axis=0)) * self.c_scale
         return scale * rescaled, visits, completed
 
     def cache_interior_choices(self, nodes: np.ndarray, sigma: np.ndarray,
                                visits: np.ndarray) -> None:
         """next_edge[nodes] = argmax π′ − N / (1 + ΣN) (first index on ties, as jnp.argmax)."""
-        improved = _softmax(self.rows(self.logits).take(nodes, axis=0) + sigma)
-        score = improved - visits / (1 + visits.sum(axis=1, keepdims=True))
-        self.next_edge[nodes] = nodes * self.num_actions + score.argmax(axis=1)
+        improved = _softmax(self.logits.take(nodes, axis=1) + sigma, axis=0)
+        score = improved - visits / (1 + visits.sum(axis=0))
+        self.next_edge[nodes] = _argmax_actions(score) * self.stride + nodes
 
 
 def gumbel_search(prior_logits: np.ndarray, root_value: np.ndarray, root_state,
@@ -174,45 +194,51 @@ def gumbel_search(prior_logits: np.ndarray, root_value: np.ndarray, root_state,
     prior_logits [B, A], root_value [B], root_state (an array or a tuple of arrays, batch first),
     recurrent_fn(state, actions [B]) -> (next_state, reward [B], value [B], prior_logits [B, A]),
     gumbel [B, A] (zeros for a greedy search), invalid_actions [B, A] bool or None (root only).
+    Internally root quantities are action-major, [A, B].
     """
     prior_logits = np.asarray(prior_logits, np.float32)
     batch, num_actions = prior_logits.shape
     num_nodes = num_simulations + 1
     trees = _Trees(batch, num_nodes, num_actions, discount=discount, c_visit=c_visit,
                    c_scale=c_scale)
-    gamma = trees.discount
+    gamma, stride = trees.discount, trees.stride
     root = np.arange(batch) * num_nodes                                       # [B] flat root nodes
-    node_value, raw_value = trees.per_node(trees.value, batch), trees.per_node(trees.raw_value, batch)
-    node_visits, next_edge = trees.per_node(trees.visits, batch), trees.per_node(trees.next_edge, batch)
-    node_logits, node_probs = trees.per_edge(trees.logits, batch), trees.per_edge(trees.probs, batch)
-    root_visits = trees.per_edge(trees.edge_visits, batch)[:, 0]              # [B, A] view
+    node_value, raw_value = trees.per_node(trees.value), trees.per_node(trees.raw_value)
+    node_visits, next_edge = trees.per_node(trees.visits), trees.per_node(trees.next_edge)
+    node_logits, node_probs = trees.per_edge(trees.logits), trees.per_edge(trees.probs)
+    root_visits = trees.per_edge(trees.edge_visits)[:, :, 0]                  # [A, B] view
+    child_flat, next_edge_flat = trees.child.ravel(), trees.next_edge
+    edge_reward_flat, edge_q_flat = trees.edge_reward.ravel(), trees.edge_q.ravel()
+    edge_visits_flat = trees.edge_visits.ravel()
 
     def expand(new: int, logits: np.ndarray, value: np.ndarray) -> None:
+        """Store node `new` of every tree from logits [B, A] and value [B]."""
         raw_value[:, new] = node_value[:, new] = value
         node_visits[:, new] = 1
-        node_logits[:, new] = logits
-        probs = _softmax(logits)
-        np.maximum(probs, TINY, out=node_probs[:, new])
+        logits = np.ascontiguousarray(logits.T)                              # [A, B]
+        node_logits[:, :, new] = logits
+        probs = _softmax(logits, axis=0)
+        np.maximum(probs, TINY, out=node_probs[:, :, new])
         # A fresh node has σ = 0 (all completed Q equal), so its first choice is argmax of the prior.
-        next_edge[:, new] = (root + new) * num_actions + probs.argmax(axis=1)
+        next_edge[:, new] = _argmax_actions(probs) * stride + root + new
 
     # Root: invalid actions masked as mctx does; scores use logits shifted to max 0 (score_considered).
     if invalid_actions is not None:
         invalid_actions = np.asarray(invalid_actions, bool)
-    logits = _mask_invalid(prior_logits, invalid_actions)
+    logits = _mask_invalid(prior_logits, invalid_actions)                      # [B, A]
     expand(0, logits, np.asarray(root_value, np.float32))
-    gumbel_plus_logits = np.asarray(gumbel, np.float32) + (logits - logits.max(axis=1, keepdims=True))
-    invalid_penalty = (np.zeros((batch, num_actions), np.float32) if invalid_actions is None
-                       else np.where(invalid_actions, -np.inf, 0).astype(np.float32))
+    gumbel_plus_logits = (np.asarray(gumbel, np.float32)
+                          + (logits - logits.max(axis=1, keepdims=True))).T    # [A, B]
+    invalid_penalty = (np.zeros((num_actions, batch), np.float32) if invalid_actions is None
+                       else np.where(invalid_actions.T, -np.inf, 0).astype(np.float32))
     num_valid = (np.full(batch, num_actions) if invalid_actions is None
                  else num_actions - invalid_actions.sum(axis=1))
     num_considered = np.minimum(max_num_considered_actions, num_valid)                 # [B]
-    table = {m: considered_visits_sequence(int(m), num_simulations) for m in np.unique(num_considered)}
-    considered_visits = np.array([table[m] for m in num_considered], np.float32).reshape(
-        batch, num_simulations).T[:, :, None].copy()                                    # [n, B, 1]
+    considered_visits = _considered_visits_table(max_num_considered_actions, num_simulations)[
+        num_considered].T.copy()                                                       # [n, B]
 
     def root_scores(root_sigma: np.ndarray) -> np.ndarray:
-        """g + logits + σ(q̂) floored at LOW_LOGIT, -inf for invalid actions: [B, A]."""
+        """g + logits + σ(q̂) floored at LOW_LOGIT, -inf for invalid actions: [A, B]."""
         return np.maximum(gumbel_plus_logits + root_sigma, LOW_LOGIT) + invalid_penalty
 
     root_sigma, _, root_completed = trees.sigma(root)
@@ -232,16 +258,16 @@ def gumbel_search(prior_logits: np.ndarray, root_value: np.ndarray, root_state,
         # Selection: the root by sequential halving, then cached interior choices until a new edge.
         considered = np.where(root_visits == considered_visits[simulation], scores, -np.inf)
         node = root
-        edge = root * num_actions + considered.argmax(axis=1)
+        edge = _argmax_actions(considered) * stride + root
         path_nodes, path_edges = [node], [edge]                            # per depth, [B] each
         depth = np.zeros(batch, np.intp)                                   # [B] depth of the leaf parent
         while True:
-            child = trees.child.take(edge)
+            child = child_flat.take(edge)
             going = child >= 0
             if not going.any():
                 break
             node = np.where(going, child, node)
-            edge = np.where(going, trees.next_edge.take(node), edge)
+            edge = np.where(going, next_edge_flat.take(node), edge)
             depth += going
             path_nodes.append(node)
             path_edges.append(edge)
@@ -249,21 +275,21 @@ def gumbel_search(prior_logits: np.ndarray, root_value: np.ndarray, root_state,
         # Expansion: one batched network call for the new node of every tree.
         parent_states = tuple(flat[node] for flat in flat_states)
         next_state, reward, value, child_logits = recurrent_fn(
-            parent_states if is_tuple else parent_states[0], edge - node * num_actions)
+            parent_states if is_tuple else parent_states[0], edge // stride)
         for stored, leaf in zip(stored_states, next_state if is_tuple else (next_state,)):
             stored[:, simulation + 1] = leaf
         value = np.asarray(value, np.float32)
         expand(simulation + 1, np.asarray(child_logits, np.float32), value)
-        trees.child[edge] = root + simulation + 1
-        trees.edge_reward[edge] = reward
+        child_flat[edge] = root + simulation + 1
+        edge_reward_flat[edge] = reward
 
         # Backup of every path at once, as [D, B] arrays; trees with shorter paths write past their
-        # leaf into the scratch node.
+        # leaf into the scratch node (its edge of action 0 has flat index T - 1).
         num_depths = len(path_nodes)
         on_path = depth_index[:num_depths] <= depth                                     # [D, B]
         nodes = np.where(on_path, path_nodes, trees.scratch)
-        edges = np.where(on_path, path_edges, trees.scratch * num_actions)
-        rewards = trees.edge_reward.take(edges)
+        edges = np.where(on_path, path_edges, trees.scratch)
+        rewards = edge_reward_flat.take(edges)
         returns = np.empty((num_depths, batch), np.float32)
         carried = value                        # mctx: leaf_value = reward + discount * leaf_value
         for d in range(num_depths - 1, -1, -1):
@@ -276,22 +302,22 @@ def gumbel_search(prior_logits: np.ndarray, root_value: np.ndarray, root_state,
         child_values = np.empty_like(new_values)            # value of each edge's child after backup
         child_values[:-1] = new_values[1:]
         child_values = np.where(depth_index[:num_depths] < depth, child_values, value)
-        trees.edge_q[edges] = rewards + gamma * child_values
-        trees.edge_visits[edges] = trees.edge_visits.take(edges) + 1
+        edge_q_flat[edges] = rewards + gamma * child_values
+        edge_visits_flat[edges] = edge_visits_flat.take(edges) + 1
 
         # Refresh σ on every path node (roots are the first B): root scores and interior choices.
         refreshed = nodes[on_path]
         sigma, visits, completed = trees.sigma(refreshed)
-        root_sigma, root_completed = sigma[:batch], completed[:batch]
+        root_sigma, root_completed = sigma[:, :batch], completed[:, :batch]
         scores = root_scores(root_sigma)
         if refreshed.size > batch:
-            trees.cache_interior_choices(refreshed[batch:], sigma[batch:], visits[batch:])
+            trees.cache_interior_choices(refreshed[batch:], sigma[:, batch:], visits[:, batch:])
 
     # Final choice: mctx's score_considered with the most-visited actions as the considered ones.
-    considered = np.where(root_visits == root_visits.max(axis=1, keepdims=True), scores, -np.inf)
-    improved_policy = _softmax(_mask_invalid(logits + root_sigma, invalid_actions))
-    return SearchOutput(considered.argmax(axis=1), improved_policy.astype(np.float32),
-                        root_visits.astype(np.int32), root_completed.astype(np.float32),
+    considered = np.where(root_visits == root_visits.max(axis=0), scores, -np.inf)
+    improved_policy = _softmax(_mask_invalid(logits + root_sigma.T, invalid_actions), axis=1)
+    return SearchOutput(_argmax_actions(considered), improved_policy.astype(np.float32),
+                        root_visits.T.astype(np.int32), root_completed.T.astype(np.float32),
                         trees.value.take(root))
 
 
