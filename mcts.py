@@ -145,6 +145,7 @@ class _Trees:
         self.value = np.zeros(nodes, np.float32)                # [T] running mean (mctx node_values)
         self.visits = np.zeros(nodes, np.float32)               # [T] 1 + backups through the node
         self.next_edge = np.zeros(nodes, np.intp)               # [T] cached interior choice a·T + k
+        self.next_edge[self.scratch] = self.scratch             # the scratch node leads to itself
         self.child = np.full(edges, UNVISITED, np.intp)         # [A, T] flat child index
         self.edge_visits = np.zeros(edges, np.float32)          # [A, T] N(a)
         self.edge_reward = np.zeros(edges, np.float32)          # [A, T] r(a)
@@ -160,8 +161,11 @@ class _Trees:
         """A per-edge array viewed as [A, B, N] (scratch node left out)."""
         return array[:, :self.scratch].reshape(self.num_actions, self.batch, -1)
 
-    def sigma(self, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """For nodes [R]: σ(q̂) [A, R], child visits [A, R] and completed Q [A, R] (value units)."""
+    def refresh(self, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Recompute σ(q̂) at nodes [R] after a backup and cache their interior choice
+        next_edge = argmax π′ − N / (1 + ΣN) (first index on ties, as jnp.argmax).
+
+        Returns σ(q̂) [A, R] and the completed Q [A, R] (value units)."""
         visits = self.edge_visits.take(nodes, axis=1)
         q = self.edge_q.take(nodes, axis=1)
         visited = visits > 0
@@ -174,15 +178,11 @@ class _Trees:
         completed = np.where(visited, q, mixed)
         low = completed.min(axis=0)
         rescaled = (completed - low) / np.maximum(completed.max(axis=0) - low, RESCALE_EPSILON)
-        scale = (self.c_visit + visits.max(axis=0)) * self.c_scale
-        return scale * rescaled, visits, completed
-
-    def cache_interior_choices(self, nodes: np.ndarray, sigma: np.ndarray,
-                               visits: np.ndarray) -> None:
-        """next_edge[nodes] = argmax π′ − N / (1 + ΣN) (first index on ties, as jnp.argmax)."""
+        sigma = (self.c_visit + visits.max(axis=0)) * self.c_scale * rescaled
         improved = _softmax(self.logits.take(nodes, axis=1) + sigma, axis=0)
-        score = improved - visits / (1 + visits.sum(axis=0))
+        score = improved - visits / (1 + total_visits)
         self.next_edge[nodes] = _argmax_actions(score) * self.stride + nodes
+        return sigma, completed
 
 
 def gumbel_search(prior_logits: np.ndarray, root_value: np.ndarray, root_state,
@@ -241,7 +241,9 @@ def gumbel_search(prior_logits: np.ndarray, root_value: np.ndarray, root_state,
         """g + logits + σ(q̂) floored at LOW_LOGIT, -inf for invalid actions: [A, B]."""
         return np.maximum(gumbel_plus_logits + root_sigma, LOW_LOGIT) + invalid_penalty
 
-    root_sigma, _, root_completed = trees.sigma(root)
+    # Before any visit σ(q̂) = 0 and every completed Q is the root's value.
+    root_sigma = np.zeros((num_actions, batch), np.float32)
+    root_completed = np.broadcast_to(node_value[:, 0], (num_actions, batch))
     scores = root_scores(root_sigma)
 
     is_tuple = isinstance(root_state, tuple)
@@ -252,47 +254,45 @@ def gumbel_search(prior_logits: np.ndarray, root_value: np.ndarray, root_state,
         stored[:, 0] = leaf
         stored_states.append(stored)
     flat_states = [stored.reshape(batch * num_nodes, *stored.shape[2:]) for stored in stored_states]
-    depth_index = np.arange(num_nodes)[:, None]                            # [N, 1]
 
+    lanes = np.arange(batch)
     for simulation in range(num_simulations):
         # Selection: the root by sequential halving, then cached interior choices until a new edge.
+        # A tree whose edge has no child steps to index -1, i.e. the scratch node, and stays there:
+        # the scratch node's next edge is its own (child UNVISITED), so no per-depth masking is needed.
         considered = np.where(root_visits == considered_visits[simulation], scores, -np.inf)
-        node = root
         edge = _argmax_actions(considered) * stride + root
-        path_nodes, path_edges = [node], [edge]                            # per depth, [B] each
-        depth = np.zeros(batch, np.intp)                                   # [B] depth of the leaf parent
+        path_nodes, path_edges = [root], [edge]                            # per depth, [B] each
         while True:
             child = child_flat.take(edge)
-            going = child >= 0
-            if not going.any():
+            if child.max() < 0:
                 break
-            node = np.where(going, child, node)
-            edge = np.where(going, next_edge_flat.take(node), edge)
-            depth += going
-            path_nodes.append(node)
+            edge = next_edge_flat.take(child)
+            path_nodes.append(child)
             path_edges.append(edge)
+        nodes, edges = np.array(path_nodes), np.array(path_edges)          # [D, B]
+        on_path = nodes >= 0                                               # [D, B]
+        depth = on_path.sum(axis=0) - 1                                    # [B] depth of the leaf parent
+        leaf_edge = edges.ravel().take(depth * batch + lanes)
+        leaf_action, leaf_parent = np.divmod(leaf_edge, stride)
 
         # Expansion: one batched network call for the new node of every tree.
-        parent_states = tuple(flat[node] for flat in flat_states)
+        parent_states = tuple(flat[leaf_parent] for flat in flat_states)
         next_state, reward, value, child_logits = recurrent_fn(
-            parent_states if is_tuple else parent_states[0], edge // stride)
+            parent_states if is_tuple else parent_states[0], leaf_action)
         for stored, leaf in zip(stored_states, next_state if is_tuple else (next_state,)):
             stored[:, simulation + 1] = leaf
         value = np.asarray(value, np.float32)
         expand(simulation + 1, np.asarray(child_logits, np.float32), value)
-        child_flat[edge] = root + simulation + 1
-        edge_reward_flat[edge] = reward
+        child_flat[leaf_edge] = root + simulation + 1
+        edge_reward_flat[leaf_edge] = reward
 
-        # Backup of every path at once, as [D, B] arrays; trees with shorter paths write past their
-        # leaf into the scratch node (its edge of action 0 has flat index T - 1).
-        num_depths = len(path_nodes)
-        on_path = depth_index[:num_depths] <= depth                                     # [D, B]
-        nodes = np.where(on_path, path_nodes, trees.scratch)
-        edges = np.where(on_path, path_edges, trees.scratch)
+        # Backup of every path at once, as [D, B] arrays; past its leaf a path holds the scratch
+        # node (-1) and edge, which absorb the writes.
         rewards = edge_reward_flat.take(edges)
-        returns = np.empty((num_depths, batch), np.float32)
+        returns = np.empty((len(path_nodes), batch), np.float32)
         carried = value                        # mctx: leaf_value = reward + discount * leaf_value
-        for d in range(num_depths - 1, -1, -1):
+        for d in range(len(path_nodes) - 1, -1, -1):
             carried = np.where(on_path[d], rewards[d] + gamma * carried, carried)
             returns[d] = carried
         counts = trees.visits.take(nodes)
@@ -300,18 +300,15 @@ def gumbel_search(prior_logits: np.ndarray, root_value: np.ndarray, root_state,
         trees.value[nodes] = new_values
         trees.visits[nodes] = counts + 1
         child_values = np.empty_like(new_values)            # value of each edge's child after backup
-        child_values[:-1] = new_values[1:]
-        child_values = np.where(depth_index[:num_depths] < depth, child_values, value)
+        child_values[:-1] = np.where(on_path[1:], new_values[1:], value)
+        child_values[-1] = value
         edge_q_flat[edges] = rewards + gamma * child_values
         edge_visits_flat[edges] = edge_visits_flat.take(edges) + 1
 
-        # Refresh σ on every path node (roots are the first B): root scores and interior choices.
-        refreshed = nodes[on_path]
-        sigma, visits, completed = trees.sigma(refreshed)
+        # Refresh σ on every path node (roots are the first B, their cached next edge unused).
+        sigma, completed = trees.refresh(nodes[on_path])
         root_sigma, root_completed = sigma[:, :batch], completed[:, :batch]
         scores = root_scores(root_sigma)
-        if refreshed.size > batch:
-            trees.cache_interior_choices(refreshed[batch:], sigma[:, batch:], visits[:, batch:])
 
     # Final choice: mctx's score_considered with the most-visited actions as the considered ones.
     considered = np.where(root_visits == root_visits.max(axis=0), scores, -np.inf)
