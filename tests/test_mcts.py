@@ -207,13 +207,14 @@ def test_mixed_value_completes_unvisited_actions():
 
 # --- against the slow reference ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("A, n, m", [(2, 1, 2), (3, 4, 4), (4, 16, 4), (6, 50, 16), (4, 16, 1),
-                                     (5, 24, 4), (2, 16, 2)])
-def test_equals_reference_on_random_problems(A, n, m):
-    for seed in range(3):
+@pytest.mark.parametrize("A, n, m, B", [(2, 1, 2, 5), (3, 4, 4, 5), (4, 16, 4, 5), (6, 50, 16, 5),
+                                        (4, 16, 1, 5), (5, 24, 4, 5), (2, 16, 2, 5), (3, 50, 2, 5),
+                                        (4, 4, 16, 5), (4, 16, 4, 300)])
+def test_equals_reference_on_random_problems(A, n, m, B):
+    """B=300 also takes the whole-row argmax path (ROWWISE_ARGMAX_MIN_COLUMNS)."""
+    for seed in range(3 if B < 100 else 1):
         model = HashModel(A, seed)
         rng = np.random.default_rng(seed)
-        B = 5
         roots = [model.step_one((100 + b,), 0) for b in range(B)]
         roots = [((100 + b,), r[2], r[3]) for b, r in enumerate(roots)]
         gumbel = rng.gumbel(size=(B, A)).astype(np.float32)
@@ -249,6 +250,15 @@ def test_equals_reference_on_random_problems(A, n, m):
             np.testing.assert_allclose(out.root_value[b], root_value, atol=1e-5)
             assert not np.any(out.visit_counts[b][invalid[b]])
             assert not invalid[b, out.action[b]]
+
+
+@pytest.mark.parametrize("num_actions", [1, 2, 3, 6])
+@pytest.mark.parametrize("columns", [5, mcts.ROWWISE_ARGMAX_MIN_COLUMNS + 3])
+def test_argmax_actions_matches_numpy_first_index_on_ties(num_actions, columns):
+    rng = np.random.default_rng(num_actions)
+    scores = rng.integers(0, 3, size=(num_actions, columns)).astype(np.float32)
+    scores[:, 0] = -np.inf                                     # all -inf: index 0, as np.argmax
+    np.testing.assert_array_equal(mcts._argmax_actions(scores), scores.argmax(axis=0))
 
 
 def test_batch_independence():
@@ -295,21 +305,45 @@ def test_invalid_actions_never_visited_and_single_valid_action_chosen():
     np.testing.assert_allclose(out.improved_policy.sum(-1), 1.0, rtol=1e-6)
 
 
-def test_depth_n_chain_and_tuple_states():
-    """A=1: every simulation goes one level deeper; the state counts the depth."""
+def test_all_actions_invalid_row_stays_finite():
+    """As mctx: m = 0 uses the table of m <= 1, argmax over -inf scores is 0, the policy is uniform."""
     def recurrent_fn(state, actions):
-        depth, = state
-        return (depth + 1,), np.ones(len(actions), np.float32), np.zeros(len(actions), np.float32), \
-            np.zeros((len(actions), 1), np.float32)
+        B = len(actions)
+        return state, np.ones(B, np.float32), np.ones(B, np.float32), np.zeros((B, 3), np.float32)
+
+    invalid = np.array([[True, True, True], [False, True, False]])
+    out = gumbel_search(np.zeros((2, 3), np.float32), np.zeros(2, np.float32), np.zeros((2, 1)),
+                        recurrent_fn, num_simulations=4, max_num_considered_actions=3,
+                        gumbel=np.zeros((2, 3), np.float32), discount=0.9,
+                        invalid_actions=invalid)
+    assert np.isfinite(out.improved_policy).all() and np.isfinite(out.root_value).all()
+    np.testing.assert_allclose(out.improved_policy[0], [1 / 3] * 3, rtol=1e-6)
+    assert out.action[0] == 0 and out.visit_counts[0].sum() == 4
+    assert out.improved_policy[1, 1] == 0.0 and out.visit_counts[1, 1] == 0
+
+
+def test_depth_n_chain_and_tuple_states():
+    """A=1: simulation i expands depth i + 1 from the state of depth i; the state tuple carries the
+    depth and a [B, 2] array, and the edge reward is the parent's depth + 1."""
+    calls = []
+
+    def recurrent_fn(state, actions):
+        depth, features = state
+        np.testing.assert_array_equal(depth, [len(calls)] * 2)          # the right parent was gathered
+        np.testing.assert_array_equal(features, np.stack([depth, -depth], axis=1) + [[0, 10], [5, 10]])
+        calls.append(depth)
+        return ((depth + 1, features + [[1, -1]]), (depth + 1).astype(np.float32),
+                np.zeros(len(actions), np.float32), np.zeros((len(actions), 1), np.float32))
 
     n = 6
     out = gumbel_search(np.zeros((2, 1), np.float32), np.zeros(2, np.float32),
-                        (np.zeros(2, np.int64),), recurrent_fn, num_simulations=n,
-                        max_num_considered_actions=4, gumbel=np.zeros((2, 1), np.float32),
-                        discount=1.0)
+                        (np.zeros(2, np.int64), np.array([[0, 10], [5, 10]])), recurrent_fn,
+                        num_simulations=n, max_num_considered_actions=4,
+                        gumbel=np.zeros((2, 1), np.float32), discount=1.0)
     np.testing.assert_array_equal(out.visit_counts, [[n], [n]])
-    # The leaf created at simulation i sits at depth i + 1: returns 1, 2, ..., n (reward 1 per edge).
-    np.testing.assert_allclose(out.root_value, sum(range(1, n + 1)) / (n + 1))
+    # Simulation i backs up 1 + 2 + ... + (i + 1) to the root (leaf value 0, discount 1).
+    returns = [(i + 1) * (i + 2) / 2 for i in range(n)]
+    np.testing.assert_allclose(out.root_value, sum(returns) / (n + 1), rtol=1e-6)
 
 
 def test_search_with_model_adapter():
