@@ -1,6 +1,7 @@
 """Gumbel MuZero search (mcts.py) against hand-computed cases and a slow one-tree reference."""
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -130,6 +131,100 @@ def run_batched(model, roots, n, m, gumbel, discount, invalid=None):
     return gumbel_search(logits, values, state, model.batched, num_simulations=n,
                          max_num_considered_actions=m, gumbel=gumbel, discount=discount,
                          invalid_actions=invalid)
+
+
+# --- golden values from DeepMind mctx 0.0.71 -----------------------------------------------------
+# A table model both sides can run: the state is an int id, child = (state · (A + 1) + a + 1) mod M, and
+# reward, value and logits are rows of random tables. `python tests/test_mcts.py` (in a venv with jax,
+# mctx and pytest; not needed for the tests) regenerates tests/data/mcts_golden.npz.
+
+GOLDEN_PATH = os.path.join(os.path.dirname(__file__), "data", "mcts_golden.npz")
+GOLDEN_CASES = [  # A, n, m, discount, B, with invalid actions
+    (4, 16, 4, 0.997, 8, False), (4, 16, 4, 0.997, 8, True), (2, 1, 2, 0.9, 3, False),
+    (3, 5, 4, 0.5, 4, True), (6, 50, 16, 0.99, 4, True), (5, 24, 4, 0.0, 4, False),
+    (4, 16, 1, 0.997, 4, False), (3, 50, 2, 1.0, 4, True), (1, 8, 4, 0.9, 2, False),
+]
+TABLE_SIZE = 97
+
+
+def golden_problem(case_index):
+    A, n, m, discount, B, with_invalid = GOLDEN_CASES[case_index]
+    rng = np.random.default_rng(100 + case_index)
+    problem = dict(reward=rng.normal(size=TABLE_SIZE).astype(np.float32),
+                   value=rng.normal(size=TABLE_SIZE).astype(np.float32),
+                   logits=(2 * rng.normal(size=(TABLE_SIZE, A))).astype(np.float32),
+                   root_state=rng.integers(0, TABLE_SIZE, size=B).astype(np.int32),
+                   root_logits=(2 * rng.normal(size=(B, A))).astype(np.float32),
+                   root_value=rng.normal(size=B).astype(np.float32),
+                   gumbel=rng.gumbel(size=(B, A)).astype(np.float32))
+    invalid = rng.random((B, A)) < 0.4
+    invalid[np.arange(B), rng.integers(0, A, size=B)] = False  # at least one valid action per row
+    problem["invalid"] = invalid if with_invalid else None
+    return problem
+
+
+def table_step(problem, state, actions):
+    child = (state * (problem["logits"].shape[1] + 1) + actions + 1) % TABLE_SIZE
+    return child, problem["reward"][child], problem["value"][child], problem["logits"][child]
+
+
+def _generate_golden_fixtures():
+    import jax
+    import jax.numpy as jnp
+    import mctx
+
+    arrays = {}
+    for i, (A, n, m, discount, B, with_invalid) in enumerate(GOLDEN_CASES):
+        problem = golden_problem(i)
+        tables = {k: jnp.asarray(problem[k]) for k in ("reward", "value", "logits")}
+
+        def recurrent_fn(params, rng_key, action, state):
+            child, reward, value, logits = table_step(tables, state, action)
+            return mctx.RecurrentFnOutput(reward=reward, discount=jnp.full_like(reward, discount),
+                                          prior_logits=logits, value=value), child
+
+        # gumbel_muzero_policy draws its noise from the key; feed ours through a stub of the draw.
+        gumbel = jnp.asarray(problem["gumbel"])
+        original = jax.random.gumbel
+        jax.random.gumbel = lambda key, shape, dtype: gumbel
+        try:
+            out = mctx.gumbel_muzero_policy(
+                params=(), rng_key=jax.random.PRNGKey(0),
+                root=mctx.RootFnOutput(prior_logits=jnp.asarray(problem["root_logits"]),
+                                       value=jnp.asarray(problem["root_value"]),
+                                       embedding=jnp.asarray(problem["root_state"])),
+                recurrent_fn=recurrent_fn, num_simulations=n, max_num_considered_actions=m,
+                invalid_actions=None if problem["invalid"] is None else jnp.asarray(problem["invalid"]),
+                qtransform=mctx.qtransform_completed_by_mix_value)
+        finally:
+            jax.random.gumbel = original
+        summary = out.search_tree.summary()
+        arrays.update({f"{i}/action": np.asarray(out.action),
+                       f"{i}/improved_policy": np.asarray(out.action_weights),
+                       f"{i}/visit_counts": np.asarray(summary.visit_counts),
+                       f"{i}/root_value": np.asarray(out.search_tree.node_values[:, 0]),
+                       f"{i}/qvalues": np.asarray(summary.qvalues)})
+    os.makedirs(os.path.dirname(GOLDEN_PATH), exist_ok=True)
+    np.savez_compressed(GOLDEN_PATH, **arrays)
+
+
+@pytest.mark.parametrize("case_index", range(len(GOLDEN_CASES)))
+def test_equals_mctx_golden_values(case_index):
+    golden = np.load(GOLDEN_PATH)
+    A, n, m, discount, B, _ = GOLDEN_CASES[case_index]
+    problem = golden_problem(case_index)
+    out = gumbel_search(problem["root_logits"], problem["root_value"], problem["root_state"],
+                        lambda state, actions: table_step(problem, state, actions),
+                        num_simulations=n, max_num_considered_actions=m, gumbel=problem["gumbel"],
+                        discount=discount, invalid_actions=problem["invalid"])
+    expected = {key.split("/")[1]: golden[key] for key in golden.files
+                if key.startswith(f"{case_index}/")}
+    np.testing.assert_array_equal(out.visit_counts, expected["visit_counts"])
+    np.testing.assert_array_equal(out.action, expected["action"])
+    np.testing.assert_allclose(out.improved_policy, expected["improved_policy"], atol=1e-5)
+    np.testing.assert_allclose(out.root_value, expected["root_value"], atol=1e-5)
+    visited = out.visit_counts > 0                 # mctx's summary Q is r + γ·v on visited actions
+    np.testing.assert_allclose(out.completed_q[visited], expected["qvalues"][visited], atol=1e-5)
 
 
 # --- sequential halving ----------------------------------------------------------------------------
@@ -374,3 +469,7 @@ def test_sample_gumbel_is_seeded_and_scaled():
     np.testing.assert_allclose(a, 2 * b, rtol=1e-6)
     assert math.isclose(float(np.mean(mcts.sample_gumbel(np.random.default_rng(1), 20000))),
                         0.5772, abs_tol=0.03)
+
+
+if __name__ == "__main__":
+    _generate_golden_fixtures()
