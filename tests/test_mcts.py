@@ -143,6 +143,7 @@ GOLDEN_CASES = [  # A, n, m, discount, B, with invalid actions
     (4, 16, 4, 0.997, 8, False), (4, 16, 4, 0.997, 8, True), (2, 1, 2, 0.9, 3, False),
     (3, 5, 4, 0.5, 4, True), (6, 50, 16, 0.99, 4, True), (5, 24, 4, 0.0, 4, False),
     (4, 16, 1, 0.997, 4, False), (3, 50, 2, 1.0, 4, True), (1, 8, 4, 0.9, 2, False),
+    (4, 16, 4, 0.997, 300, True),
 ]
 TABLE_SIZE = 97
 
