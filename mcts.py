@@ -6,10 +6,10 @@ Appendix D) with the semantics of DeepMind's mctx `gumbel_muzero_policy` and
 one batched `recurrent_fn` call for all of them: 4 trees when acting, B·(K+1) = 1,536 in reanalysis.
 
 Shapes: B trees, A actions, N = num_simulations + 1 nodes per tree (node 0 is the root; simulation i
-creates node i + 1). Node j of tree b has the flat index b·N + j; per-node arrays are [B·N + 1] and
-per-edge arrays [(B·N + 1)·A] (edge of action a at node k: k·A + a), the extra node being a scratch slot
-that absorbs the writes of trees whose path is shorter than the batch's longest. Search states are kept
-as [B, N, ...] per array of the state tuple.
+creates node i + 1). Node j of tree b has the flat index k = b·N + j; per-node arrays are [T] with
+T = B·N + 1, per-edge arrays are action-major [A, T] (flat index of the edge of action a at node k:
+a·T + k). The extra node k = T - 1 is a scratch slot that absorbs the writes of trees whose path is
+shorter than the batch's longest. Search states are kept as [B, N, ...] per array of the state tuple.
 
 - Root (sequential halving): m = min(max_num_considered_actions, valid actions); the table of
   `considered_visits_sequence(m, n)` says, at simulation i, which visit count an action must have to be
@@ -29,13 +29,16 @@ Speed: a node's σ(q̂), and so its interior choice, changes only when a backup 
 backup therefore recomputes σ for all nodes of all B paths in one batched pass and caches each interior
 node's next edge and the root's scores; the selection walk is then a few gathers per depth.
 
-Differences from EfficientZero V2's official C++ tree (`ez/mcts/ctree/cnode.cpp`, `ez/mcts/cy_mcts.py`),
-which this project does not follow: it min-max normalises Q with one running min/max per tree (over every
-backed-up value, clipped to [0, 1]) instead of per node over the node's completed Q; it fixes the root's
-candidates once as the top m of g + logits and then halves them (m // 2, phase length
-max(1, floor(n / (log2 m · m_phase))) · m_phase, no "at least 2"), visiting the least-visited candidate;
-here the mctx semantics are followed exactly (visit counts and actions as mctx, policies to float32
-rounding).
+Differences from EfficientZero V2's official tree (`ez/mcts/ctree/cnode.cpp`, `cminimax.cpp`,
+`ez/mcts/cy_mcts.py`), which this project does not follow (it follows mctx, checked against golden
+values from mctx 0.0.71 in tests/test_mcts.py):
+- Q normalisation: one running min/max per tree over every backed-up value (range floored at a
+  `value_delta_max`, result clipped to [0, 1]) instead of per node over the node's completed Q.
+- Root: the candidates are fixed at the first simulation as the top m of g + prior logits; each phase
+  visits the least-visited candidate, then keeps the top m_phase = m // 2^phase (down to 1, not "at
+  least 2") by g + logits + σ(q̂); a phase lasts max(1, floor(n / (log2 m · m_phase))) · m_phase
+  simulations (log2 without ceil) while m_phase > 2, and the last phase takes all remaining ones.
+- Interior rule: the denominator is 1 + the node's own visit count instead of 1 + Σ_b N(b).
 """
 
 from __future__ import annotations
