@@ -94,11 +94,15 @@ def considered_visits_sequence(max_num_considered_actions: int, num_simulations:
     return tuple(sequence[:num_simulations])
 
 
+@functools.lru_cache(maxsize=None)
 def _considered_visits_table(max_num_considered_actions: int, num_simulations: int) -> np.ndarray:
-    """[m_max + 1, n] float32: row m is `considered_visits_sequence(m, n)` (row 0 serves all-invalid rows)."""
-    return np.array([considered_visits_sequence(m, num_simulations)
-                     for m in range(max_num_considered_actions + 1)], np.float32).reshape(
-                         max_num_considered_actions + 1, num_simulations)
+    """[m_max + 1, n] float32, read-only: row m is `considered_visits_sequence(m, n)`; row 0 serves
+    rows whose actions are all invalid (as mctx's table)."""
+    table = np.array([considered_visits_sequence(m, num_simulations)
+                      for m in range(max_num_considered_actions + 1)], np.float32).reshape(
+                          max_num_considered_actions + 1, num_simulations)
+    table.flags.writeable = False
+    return table
 
 
 def _softmax(logits: np.ndarray, axis: int) -> np.ndarray:
