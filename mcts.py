@@ -297,11 +297,14 @@ def gumbel_search(prior_logits: np.ndarray, root_value: np.ndarray, root_state,
         # Backup of every path at once, as [D, B] arrays; past its leaf a path holds the scratch
         # node (-1) and edge, which absorb the writes.
         rewards = edge_reward_flat.take(edges)
-        returns = np.empty((len(path_nodes), batch), np.float32)
-        carried = value                        # mctx: leaf_value = reward + discount * leaf_value
+        # The scratch edge's reward is 0, so with discount 1 off the path the leaf value passes down
+        # unchanged to the leaf's row; on the path, mctx's leaf_value = reward + discount * leaf_value.
+        discounts = np.where(on_path, gamma, np.float32(1))
+        returns = np.empty((len(path_nodes) + 1, batch), np.float32)           # [D + 1, B]
+        returns[-1] = value
         for d in range(len(path_nodes) - 1, -1, -1):
-            carried = np.where(on_path[d], rewards[d] + gamma * carried, carried)
-            returns[d] = carried
+            np.add(rewards[d], discounts[d] * returns[d + 1], out=returns[d])
+        returns = returns[:-1]
         counts = trees.visits.take(nodes)
         new_values = (trees.value.take(nodes) * counts + returns) / (counts + 1)
         trees.value[nodes] = new_values
