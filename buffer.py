@@ -3,13 +3,14 @@
 Storage. Self-play runs `num_envs` envs in lockstep; each env's episode is staged until it ends and is
 then written contiguously into a ring of `replay_capacity` frame slots: an episode of T transitions
 takes T + 1 slots (its observations o_0..o_T, each a single uint8 frame stored once; o_T is not a
-transition start). When the ring is full the oldest episodes leave whole. Observations are stacked on
-sampling, `frame_stack` frames along the last axis, oldest first (as envs.FrameStacker); frames before an
-episode's start repeat its first frame, positions past its end repeat its final frame.
+transition start). When the ring is full the oldest episodes leave whole.
 
 Sampling. A sum tree over slots holds priority^α (new transitions get the running maximum); importance
-weights (N·P(i))^-β are normalised by their maximum. For a sampled position t the batch carries, for
-j = t..t+K+n (K = unroll_steps, n = td_steps), the stacked observations and what the targets need:
+weights (N·P(i))^-β are normalised by their maximum. For a sampled position t the batch carries the
+single frames t-S+1..t+K+n (S = frame_stack, K = unroll_steps, n = td_steps): frames before the
+episode's start repeat its first frame, past its end its final frame. The network stacks them, S frames
+along the last axis, oldest first, as envs.FrameStacker does (networks.stack_frames, inside the graph).
+The batch also carries what the targets need:
 - masks[k] = 1 while t+k < T (a real transition with an action and a policy); past the end the policy
   and consistency losses are masked, actions are uniform random, rewards and value targets are 0;
 - value-prefix targets: running sums of clipped rewards from t, restarting every `lstm_horizon_len`;
@@ -17,9 +18,11 @@ j = t..t+K+n (K = unroll_steps, n = td_steps), the stacked observations and what
   the bootstrap is v(o_T) with γ^(T-t-k).
 
 Reanalysis (`reanalyze`): one batched initial inference of the target model over the K+n+1 distinct
-positions of every sample (the roots t..t+K and the bootstraps t+n..t+K+n overlap), one batched Gumbel
-search (mcts.py, with Gumbel noise as in the official code) over the B·(K+1) roots: policy targets are
-the improved policies, SVE values the search root values. Mixed value rule of EZ V2: the TD target while
+positions of every sample (the roots t..t+K and the bootstraps t+n..t+K+n overlap; the frames are
+stacked inside the graph), one batched Gumbel search (mcts.py, with Gumbel noise as in the official
+code) over the B·(K+1) roots of the reanalysed samples (`reanalyze_ratio`, 1.0 in every preset): policy
+targets are the improved policies, SVE values the search root values; samples not reanalysed keep the
+stored acting policies. Mixed value rule of EZ V2: the TD target while
 `train_step < sve_start_updates` (T1) or the sample is among the newest `td_newest_transitions` (T2),
 the search-based value otherwise.
 """
@@ -37,13 +40,13 @@ from config import Config
 
 
 class Batch(NamedTuple):
-    observations: np.ndarray            # [B, K+1, *obs] stacked observations at t..t+K (a view)
+    frames: np.ndarray                  # [B, S-1+K+n+1, *frame] single frames at t-S+1..t+K+n
     actions: np.ndarray                 # [B, K] int32 actions at t..t+K-1
     reward_targets: np.ndarray          # [B, K] value-prefix targets of unroll steps 1..K
     masks: np.ndarray                   # [B, K+1] 1 where t+k is a transition of the episode
     importance_weights: np.ndarray      # [B] float32, max 1
     indices: np.ndarray                 # [B] int64 slots, for update_priorities
-    reanalysis_observations: np.ndarray  # [B, K+n+1, *obs] observations at t..t+K+n
+    stored_policies: np.ndarray         # [B, K+1, A] the acting search's policies (uniform past end)
     td_rewards: np.ndarray              # [B, K+1] Σ_{i<n} γ^i u_{t+k+i} (0 past the end)
     bootstrap_positions: np.ndarray     # [B, K+1] int index into the K+n+1 positions
     bootstrap_discounts: np.ndarray     # [B, K+1] γ^steps, 0 where there is no bootstrap
@@ -223,19 +226,18 @@ class ReplayBuffer:
         ordinal = self.head - 1 - ((self.head - 1 - slots) % self.capacity)  # absolute of slot
         offset = ordinal - start                                             # t within the episode
         steps = offset[:, None] + np.arange(positions)                      # [B, P] t+k
-        # Frames of the stacked observations: offsets t-S+1 .. t+K+n, clamped into [0, T].
+        # Single frames t-S+1 .. t+K+n, clamped into [0, T]; stacking them into observations is left
+        # to the network's graph (networks.stack_frames), a 3x smaller host copy than stacked arrays.
         frame_offsets = offset[:, None] + np.arange(-S + 1, positions)
         frame_slots = (start[:, None] + np.clip(frame_offsets, 0, length[:, None])) % self.capacity
-        window = self.frames[frame_slots]                                    # [B, S+P-1, *frame]
-        stacked = np.lib.stride_tricks.sliding_window_view(window, S, axis=1)  # [B, P, *frame, S]
-        stacked = np.moveaxis(stacked, -1, -2)                              # [B, P, ..., S, C]
-        observations = stacked.reshape(batch_size, positions,
-                                       *self.frame_shape[:-1], S * self.frame_shape[-1])
+        frames = self.frames[frame_slots]                                    # [B, S-1+P, *frame]
         inside = steps < length[:, None]                                     # [B, P]
         move_slots = (start[:, None] + np.minimum(steps, length[:, None] - 1)) % self.capacity
         rewards = np.where(inside, self.rewards[move_slots], 0.0)            # [B, P]
         actions = np.where(inside[:, :K], self.actions[move_slots[:, :K]],
                            rng.integers(0, self.num_actions, (batch_size, K)))
+        stored_policies = np.where(inside[:, :K + 1, None], self.policies[move_slots[:, :K + 1]],
+                                   np.float32(1.0 / self.num_actions))
         # Value prefix: rewards summed from the last restart (every lstm_horizon_len steps).
         horizon = config.lstm_horizon_len
         prefix = np.zeros((batch_size, K), np.float32)
@@ -254,9 +256,10 @@ class ReplayBuffer:
         no_bootstrap = ~inside[:, :K + 1] | (self.episode_terminated[slots][:, None]
                                              & (steps[:, :K + 1] + n >= length[:, None]))
         bootstrap_discounts = np.where(no_bootstrap, 0.0, bootstrap_discounts)
-        return Batch(observations[:, :K + 1], actions.astype(np.int32), prefix,
+        return Batch(frames, actions.astype(np.int32), prefix,
                      inside[:, :K + 1].astype(np.float32), weights, slots.astype(np.int64),
-                     observations, td_rewards.astype(np.float32), bootstrap_positions,
+                     stored_policies.astype(np.float32), td_rewards.astype(np.float32),
+                     bootstrap_positions,
                      bootstrap_discounts.astype(np.float32), self.collected_at[slots],
                      self.newest_env_step)
 
@@ -337,17 +340,17 @@ class _TimedModel:
     def __init__(self, model):
         self.model, self.seconds = model, 0.0
 
-    def initial_inference(self, observations):
+    def _timed(self, call, *args):
         start = time.perf_counter()
-        output = self.model.initial_inference(observations)
+        output = call(*args)
         self.seconds += time.perf_counter() - start
         return output
 
+    def initial_inference_sequence(self, frames):
+        return self._timed(self.model.initial_inference_sequence, frames)
+
     def recurrent_inference(self, state, actions):
-        start = time.perf_counter()
-        output = self.model.recurrent_inference(state, actions)
-        self.seconds += time.perf_counter() - start
-        return output
+        return self._timed(self.model.recurrent_inference, state, actions)
 
 
 def use_search_value(config: Config, train_step: int, collected_at: np.ndarray,
@@ -360,35 +363,46 @@ def use_search_value(config: Config, train_step: int, collected_at: np.ndarray,
 
 def reanalyze(batch: Batch, model, *, config: Config, train_step: int,
               rng: np.random.Generator) -> Targets:
-    """Fresh policy targets and mixed value targets for `batch` with `model` (the target model)."""
+    """Fresh policy targets and mixed value targets for `batch` with `model` (the target model).
+
+    A random `reanalyze_ratio` share of the samples get a fresh search (policy targets, SVE); the rest
+    keep the acting search's stored policies and TD values. Every sample's TD bootstraps come from
+    the same initial inference over all its K+n+1 positions.
+    """
     from mcts import sample_gumbel, search_with_model
 
     K = config.unroll_steps
-    B, P = batch.reanalysis_observations.shape[:2]
+    B, A = batch.stored_policies.shape[0], batch.stored_policies.shape[-1]
     timed = _TimedModel(model)
     start = time.perf_counter()
-    flat = batch.reanalysis_observations.reshape(B * P, *batch.reanalysis_observations.shape[2:])
-    output = timed.initial_inference(flat)
+    output = timed.initial_inference_sequence(batch.frames)               # [B·P] positions
+    P = output.value.shape[0] // B
     values = output.value.reshape(B, P)
-    root_rows = (np.arange(B)[:, None] * P + np.arange(K + 1)).ravel()           # [B·(K+1)]
-    root = output._replace(state=tuple(s[root_rows] for s in output.state),
-                           value=output.value[root_rows],
-                           policy_logits=output.policy_logits[root_rows])
-    gumbel = sample_gumbel(rng, root.policy_logits.shape, config.gumbel_scale)
-    search = search_with_model(timed, root, gumbel, num_simulations=config.num_simulations,
-                               max_num_considered_actions=config.max_num_considered_actions,
-                               discount=config.discount, c_visit=config.c_visit,
-                               c_scale=config.c_scale)
-    total = time.perf_counter() - start
-    masks = batch.masks
     bootstrap = np.take_along_axis(values, batch.bootstrap_positions, axis=1)
     td_values = batch.td_rewards + batch.bootstrap_discounts * bootstrap
-    search_values = search.root_value.reshape(B, K + 1)
-    sve = use_search_value(config, train_step, batch.collected_at, batch.newest_env_step)
-    mixed = np.where(sve[:, None], search_values, td_values) * masks
-    num_actions = search.improved_policy.shape[-1]
-    uniform = np.full(num_actions, 1.0 / num_actions, np.float32)
-    policies = np.where(masks[..., None] > 0,
-                        search.improved_policy.reshape(B, K + 1, -1), uniform)
+    policies = batch.stored_policies.copy()
+    search_values = np.zeros((B, K + 1), np.float32)
+    reanalysed = np.ones(B, bool)
+    if config.reanalyze_ratio < 1.0:
+        reanalysed[rng.permutation(B)[int(round(config.reanalyze_ratio * B)):]] = False
+    if reanalysed.any():
+        rows = np.flatnonzero(reanalysed)
+        root_rows = (rows[:, None] * P + np.arange(K + 1)).ravel()           # [R·(K+1)]
+        root = output._replace(state=tuple(s[root_rows] for s in output.state),
+                               value=output.value[root_rows],
+                               policy_logits=output.policy_logits[root_rows])
+        gumbel = sample_gumbel(rng, root.policy_logits.shape, config.gumbel_scale)
+        search = search_with_model(timed, root, gumbel, num_simulations=config.num_simulations,
+                                   max_num_considered_actions=config.max_num_considered_actions,
+                                   discount=config.discount, c_visit=config.c_visit,
+                                   c_scale=config.c_scale)
+        uniform = np.float32(1.0 / A)
+        policies[rows] = np.where(batch.masks[rows, :, None] > 0,
+                                  search.improved_policy.reshape(len(rows), K + 1, A), uniform)
+        search_values[rows] = search.root_value.reshape(len(rows), K + 1)
+    total = time.perf_counter() - start
+    sve = reanalysed & use_search_value(config, train_step, batch.collected_at,
+                                        batch.newest_env_step)
+    mixed = np.where(sve[:, None], search_values, td_values) * batch.masks
     return Targets(mixed.astype(np.float32), policies.astype(np.float32), float(sve.mean()),
                    timed.seconds, total - timed.seconds)

@@ -19,7 +19,9 @@ network predicts value 0, reward 0 and a uniform policy. Normalisation is BatchN
 layer with PyTorch's moving-statistics rule) or, with `normalization='group'`, GroupNorm.
 
 The search uses `initial_inference` / `recurrent_inference` (NumPy in, NumPy out, scalars decoded, one
-`tf.function` trace each); the trainer calls the building blocks `represent`, `dynamics`, `predict`,
+`tf.function` trace each); reanalysis uses `initial_inference_sequence`, which stacks a window of single
+replay frames into observations inside the graph (`stack_frames`: the replay never builds the 3x larger
+stacked array on the host). The trainer calls the building blocks `represent`, `dynamics`, `predict`,
 `project` and `predict_projection` inside its own `tf.function`.
 """
 
@@ -47,6 +49,15 @@ class NetworkOutput(NamedTuple):
     reward: np.ndarray         # [B] float32 (zeros from initial_inference)
     value: np.ndarray          # [B] float32
     policy_logits: np.ndarray  # [B, A] float32
+
+
+def stack_frames(frames, frame_stack: int):
+    """Single frames [N, F, *frame] -> the F - S + 1 stacked observations of each window,
+    [N, F - S + 1, *frame[:-1], S * frame[-1]], frames oldest -> newest along the last axis (as
+    envs.FrameStacker). S = frame_stack; any dtype; TF ops, so it runs inside a compiled graph."""
+    frames = tf.convert_to_tensor(frames)
+    positions = tf.shape(frames)[1] - frame_stack + 1
+    return tf.concat([frames[:, s:s + positions] for s in range(frame_stack)], axis=-1)
 
 
 # --- categorical scalars ------------------------------------------------------------------------------
@@ -430,11 +441,16 @@ class EfficientZeroNet:
             "projection": [self.projection, self.projection_head],
         }
         self._build()
-        self.trace_counts = {"initial_inference": 0, "recurrent_inference": 0}
+        self.trace_counts = {"initial_inference": 0, "initial_inference_sequence": 0,
+                             "recurrent_inference": 0}
         obs_dtype = tf.uint8 if self.is_image else tf.float32
         self._initial = tf.function(
             self._initial_graph,
             input_signature=[tf.TensorSpec([None, *self.observation_shape], obs_dtype)])
+        frame_shape = (*self.observation_shape[:-1], self.observation_shape[-1] // config.frame_stack)
+        self._initial_sequence = tf.function(
+            self._initial_sequence_graph,
+            input_signature=[tf.TensorSpec([None, None, *frame_shape], obs_dtype)])
         state_spec = (tf.TensorSpec([None, *self.latent_shape], tf.float32),)
         if config.value_prefix:
             lstm_spec = tf.TensorSpec([None, config.lstm_hidden_size], tf.float32)
@@ -499,6 +515,14 @@ class EfficientZeroNet:
 
     def _initial_graph(self, observations):
         self.trace_counts["initial_inference"] += 1      # Python side effect: runs only when tracing
+        return self._initial_outputs(observations)
+
+    def _initial_sequence_graph(self, frames):
+        self.trace_counts["initial_inference_sequence"] += 1
+        stacked = stack_frames(frames, self.config.frame_stack)        # [N, P, *obs]
+        return self._initial_outputs(tf.reshape(stacked, [-1, *self.observation_shape]))
+
+    def _initial_outputs(self, observations):
         latent = self.represent(self.preprocess(observations), training=False)
         value_logits, policy_logits = self.predict(latent, training=False)
         batch = tf.shape(latent)[0]
@@ -541,6 +565,12 @@ class EfficientZeroNet:
         """Observations [B, *obs] -> root state, reward 0, value [B], policy logits [B, A]."""
         dtype = np.uint8 if self.is_image else np.float32
         return self._to_numpy(*self._initial(np.asarray(observations, dtype)))
+
+    def initial_inference_sequence(self, frames: np.ndarray) -> NetworkOutput:
+        """Single frames [N, S - 1 + P, *frame] -> initial inference of the P stacked observations of
+        every row, flattened row-major to [N * P] (stacking happens in the graph)."""
+        dtype = np.uint8 if self.is_image else np.float32
+        return self._to_numpy(*self._initial_sequence(np.asarray(frames, dtype)))
 
     def recurrent_inference(self, state: tuple, actions: np.ndarray) -> NetworkOutput:
         """(state, actions [B] int) -> next state, reward [B], value [B], policy logits [B, A]."""

@@ -150,10 +150,11 @@ class Learner:
         import keras
         import tensorflow as tf
 
-        from networks import logits_to_scalar, scalar_to_two_hot
+        from networks import logits_to_scalar, scalar_to_two_hot, stack_frames
 
         self.config, self.net, self.num_actions = config, net, num_actions
         self._tf = tf
+        self._stack = lambda frames: stack_frames(frames, config.frame_stack)
         self._two_hot = lambda x: scalar_to_two_hot(x, config.support_size)
         self._to_scalar = lambda logits: logits_to_scalar(logits, config.support_size)
         self.optimizer = keras.optimizers.SGD(learning_rate=config.learning_rate,
@@ -168,10 +169,11 @@ class Learner:
         # BatchNorm moving statistics change during the forward pass; a refused update restores them.
         self._statistics = [v for v in net.variables if not v.trainable]
         self.trace_count = 0                 # Python side effect: runs only when tf traces
-        K, A = config.unroll_steps, num_actions
+        K, A, S = config.unroll_steps, num_actions, config.frame_stack
         obs_dtype = tf.uint8 if self.is_image else tf.float32
+        frame_shape = (*observation_shape[:-1], observation_shape[-1] // S)
         signature = [
-            tf.TensorSpec([config.batch_size, K + 1, *observation_shape], obs_dtype),  # observations
+            tf.TensorSpec([config.batch_size, S + K, *frame_shape], obs_dtype),  # frames t-S+1..t+K
             tf.TensorSpec([config.batch_size, K], tf.int32),           # actions
             tf.TensorSpec([config.batch_size, K], tf.float32),         # reward (value-prefix) targets
             tf.TensorSpec([config.batch_size, K + 1], tf.float32),     # value targets
@@ -205,13 +207,13 @@ class Learner:
         return tf.transpose(tf.reshape(images, [batch, height, width, positions, channels]),
                             [0, 3, 1, 2, 4])
 
-    def _compute_gradients(self, observations, actions, reward_targets, value_targets,
+    def _compute_gradients(self, frames, actions, reward_targets, value_targets,
                            policy_targets, masks, weights):
         tf, config, net = self._tf, self.config, self.net
         self.trace_count += 1
         K = config.unroll_steps
         batch = config.batch_size
-        inputs = net.preprocess(observations)                            # [B, K+1, ...] float32
+        inputs = net.preprocess(self._stack(frames))                     # [B, K+1, ...] float32
         if self.is_image and config.augmentation:
             inputs = self._augment(inputs)
         # SimSiam targets: stop-gradient projections of the real observations t+1..t+K.
@@ -282,7 +284,8 @@ class Learner:
     def update(self, batch, targets, update_index: int) -> UpdateResult:
         statistics = [v.numpy() for v in self._statistics]
         gradients, priorities, scalars = self._gradients(
-            batch.observations, batch.actions.astype(np.int32),
+            batch.frames[:, :self.config.frame_stack + self.config.unroll_steps],
+            batch.actions.astype(np.int32),
             batch.reward_targets.astype(np.float32), targets.values.astype(np.float32),
             targets.policies.astype(np.float32), batch.masks.astype(np.float32),
             batch.importance_weights.astype(np.float32))

@@ -8,9 +8,19 @@ import pytest
 import config as cfg
 import mcts
 from buffer import ReplayBuffer, reanalyze, use_search_value
-from networks import NetworkOutput
+from networks import NetworkOutput, stack_frames
 
 A = 3
+
+
+def stacked(batch, config):
+    """The batch's stacked observations at t..t+K+n, [B, K+n+1, S * frame], as the network sees them."""
+    return stack_frames(batch.frames, config.frame_stack).numpy()
+
+
+def acting_policy(t):
+    """The stored acting policy of step t in `fill`: 0.8 on action t % A."""
+    return np.where(np.arange(A) == t % A, 0.8, 0.1).astype(np.float32)
 
 
 def make_config(**changes):
@@ -34,7 +44,7 @@ def fill(buffer, episodes, env=0):
             buffer.add_step(np.array([t % A]), np.array([1.0], np.float32),
                             np.array([[episode_id * 1000.0 + t + 1]], np.float32),
                             np.array([last and terminated]), np.array([last and not terminated]),
-                            np.array([float(t)]), np.full((1, A), 1.0 / A, np.float32), step)
+                            np.array([float(t)]), acting_policy(t)[None], step)
             step += 1
 
 
@@ -76,18 +86,24 @@ def test_sampled_positions_match_the_reference(terminated):
     assert len(buffer) == 23
     batch = buffer.sample(64, np.random.default_rng(0))
     lengths = {0: 7, 1: 4, 2: 12}
+    observations = stacked(batch, config)
     for b in range(64):
-        first = batch.reanalysis_observations[b, 0, -1]
+        first = observations[b, 0, -1]
         episode_id, t = int(first // 1000), int(first % 1000)
         obs, masks, prefix, td_plain = reference_targets(
             config, lengths[episode_id], terminated, t, episode_id, lambda j: 0.0)
-        np.testing.assert_array_equal(batch.reanalysis_observations[b], obs)
-        np.testing.assert_array_equal(batch.observations[b], obs[:config.unroll_steps + 1])
+        np.testing.assert_array_equal(observations[b], obs)
         np.testing.assert_array_equal(batch.masks[b], masks)
+        for k in range(config.unroll_steps + 1):
+            expected = acting_policy(t + k) if masks[k] else np.full(A, 1.0 / A, np.float32)
+            np.testing.assert_allclose(batch.stored_policies[b, k], expected)
         np.testing.assert_allclose(batch.reward_targets[b], prefix)
         np.testing.assert_allclose(batch.td_rewards[b], td_plain, rtol=1e-6)
         inside = np.array(masks[:config.unroll_steps]) > 0
         np.testing.assert_array_equal(batch.actions[b][inside], (t + np.arange(5))[inside] % A)
+
+
+S = 3                            # frame_stack of make_config
 
 
 class IndexModel:
@@ -95,6 +111,11 @@ class IndexModel:
 
     def __init__(self):
         self.rows = []
+
+    def initial_inference_sequence(self, frames):
+        positions = frames.shape[1] - S + 1
+        observations = np.concatenate([frames[:, s:s + positions] for s in range(S)], axis=-1)
+        return self.initial_inference(observations.reshape(-1, observations.shape[-1]))
 
     def initial_inference(self, observations):
         self.rows.append(len(observations))
@@ -121,8 +142,9 @@ def test_reanalysis_targets(terminated):
     assert model.rows == [16 * (K + n + 1)]          # one inference over the distinct positions
     assert targets.sve_fraction == 0.0
     lengths = {0: 9, 1: 6}
+    observations = stacked(batch, config)
     for b in range(16):
-        first = batch.reanalysis_observations[b, 0, -1]
+        first = observations[b, 0, -1]
         episode_id, t = int(first // 1000), int(first % 1000)
         _, masks, _, td = reference_targets(config, lengths[episode_id], terminated, t, episode_id,
                                             lambda j: (episode_id * 1000.0 + j) / 100.0)
@@ -131,7 +153,7 @@ def test_reanalysis_targets(terminated):
             if masks[k] == 0:
                 np.testing.assert_allclose(targets.policies[b, k], 1.0 / A)
     # Policy targets and SVE values equal a search run directly on the same roots and noise.
-    roots = batch.reanalysis_observations[:, :K + 1].reshape(16 * (K + 1), 3)
+    roots = observations[:, :K + 1].reshape(16 * (K + 1), 3)
     root = IndexModel().initial_inference(roots)
     gumbel = mcts.sample_gumbel(np.random.default_rng(2), (16 * (K + 1), A), 1.0)
     search = mcts.search_with_model(IndexModel(), root, gumbel, num_simulations=4,
@@ -147,6 +169,36 @@ def test_reanalysis_targets(terminated):
         * batch.masks
     np.testing.assert_allclose(late.values, expected, rtol=1e-5)
     assert late.sve_fraction == pytest.approx(sve.mean())
+
+
+def test_reanalyze_ratio_keeps_stored_policies_for_the_rest():
+    config = make_config(reanalyze_ratio=0.25, sve_start_updates=0, td_newest_transitions=0)
+    buffer = ReplayBuffer(config, (1,), np.float32, A, 1)
+    fill(buffer, [(9, False), (6, True)])
+    batch = buffer.sample(16, np.random.default_rng(1))
+    model = IndexModel()
+    targets = reanalyze(batch, model, config=config, train_step=0, rng=np.random.default_rng(2))
+    K = config.unroll_steps
+    kept = np.all(targets.policies == batch.stored_policies, axis=(1, 2))
+    assert kept.sum() == 12                                  # 16 - round(0.25 * 16) samples
+    assert targets.sve_fraction == 0.25                      # SVE only where a search ran
+    fresh = np.flatnonzero(~kept)
+    observations = stacked(batch, config)[fresh, :K + 1].reshape(-1, 3)
+    root = IndexModel().initial_inference(observations)
+    # The reanalysis draws the reanalysed rows first, then the Gumbel noise for their roots.
+    rng = np.random.default_rng(2)
+    rng.permutation(16)
+    gumbel = mcts.sample_gumbel(rng, (len(fresh) * (K + 1), A), 1.0)
+    search = mcts.search_with_model(IndexModel(), root, gumbel, num_simulations=4,
+                                    max_num_considered_actions=2, discount=0.9, c_visit=50.0,
+                                    c_scale=0.1)
+    np.testing.assert_allclose(targets.values[fresh],
+                               search.root_value.reshape(len(fresh), K + 1) * batch.masks[fresh],
+                               rtol=1e-5)
+    inside = batch.masks[fresh] > 0
+    np.testing.assert_allclose(targets.policies[fresh][inside],
+                               search.improved_policy.reshape(len(fresh), K + 1, A)[inside],
+                               rtol=1e-6)
 
 
 def test_mixed_rule_boundaries():
@@ -190,13 +242,14 @@ def test_wrap_around_evicts_whole_oldest_episodes():
     fill(buffer, [(6, True), (6, True), (6, True), (6, True)])     # 7 slots each: only 2 fit
     assert len(buffer) == 12 and buffer.num_added == 24
     batch = buffer.sample(200, np.random.default_rng(0))
-    episodes = set((batch.reanalysis_observations[:, 0, -1] // 1000).astype(int).tolist())
+    observations = stacked(batch, config)
+    episodes = set((observations[:, 0, -1] // 1000).astype(int).tolist())
     assert episodes == {2, 3}
     for b in range(200):
-        first = batch.reanalysis_observations[b, 0, -1]
+        first = observations[b, 0, -1]
         episode_id, t = int(first // 1000), int(first % 1000)
         obs, masks, prefix, _ = reference_targets(config, 6, True, t, episode_id, lambda j: 0.0)
-        np.testing.assert_array_equal(batch.reanalysis_observations[b], obs)
+        np.testing.assert_array_equal(observations[b], obs)
         np.testing.assert_array_equal(batch.masks[b], masks)
 
 
@@ -215,10 +268,11 @@ def test_lockstep_envs_and_closing_an_open_episode():
     buffer.begin_episodes(np.array([1]), np.array([[9000.0]], np.float32))   # e.g. after a resume
     assert len(buffer) == 8
     batch = buffer.sample(100, np.random.default_rng(0))
-    env1 = batch.reanalysis_observations[:, 0, -1] >= 5000
+    newest = stacked(batch, config)[:, 0, -1]
+    env1 = newest >= 5000
     assert env1.any()
     # The closed episode is truncated: its last step bootstraps from its final observation.
-    last = env1 & (batch.reanalysis_observations[:, 0, -1] == 5004)
+    last = env1 & (newest == 5004)
     assert last.any()
     np.testing.assert_allclose(batch.bootstrap_discounts[last, 0], config.discount)
 
@@ -257,8 +311,10 @@ def test_atari_frames_stack_channels_oldest_first():
                         np.array([False]), np.zeros(1), np.full((1, 4), 0.25, np.float32), t)
     assert buffer.nbytes() < 1.1 * 50 * 2 * 2 * 3 + 50 * (4 * 4 + 64) + buffer.priorities.nodes.nbytes
     batch = buffer.sample(20, np.random.default_rng(0))
+    assert batch.frames.shape == (20, 4 - 1 + 2 + 2 + 1, 2, 2, 3)
+    observations = stacked(batch, config)                           # [B, K+n+1, 2, 2, 12]
     for b in range(20):
-        t = int(batch.observations[b, 0, 0, 0, -1])
-        for k in range(3):
+        t = int(observations[b, 0, 0, 0, -1])
+        for k in range(5):
             expected = [min(max(t + k - 3 + s, 0), 6) for s in range(4)]
-            np.testing.assert_array_equal(batch.observations[b, k, 1, 1], np.repeat(expected, 3))
+            np.testing.assert_array_equal(observations[b, k, 1, 1], np.repeat(expected, 3))

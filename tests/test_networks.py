@@ -10,8 +10,9 @@ import pytest
 import tensorflow as tf
 
 import config as cfg
+from envs import FrameStacker
 from networks import (EfficientZeroNet, inverse_scalar_transform, logits_to_scalar,
-                      scalar_to_two_hot, scalar_transform)
+                      scalar_to_two_hot, scalar_transform, stack_frames)
 
 ATARI_SHAPE = (96, 96, 12)
 S = 300
@@ -255,7 +256,31 @@ def test_no_retracing_across_batch_sizes_and_calls(smoke_net):
         out = smoke_net.initial_inference(random_observations(rng, batch))
         for _ in range(2):
             out = smoke_net.recurrent_inference(out.state, rng.integers(0, 4, size=batch))
-    assert smoke_net.trace_counts == {"initial_inference": 1, "recurrent_inference": 1}
+        smoke_net.initial_inference_sequence(random_observations(rng, batch * (3 + batch),
+                                                                 (96, 96, 3))
+                                             .reshape(batch, 3 + batch, 96, 96, 3))
+    assert smoke_net.trace_counts == {"initial_inference": 1, "initial_inference_sequence": 1,
+                                      "recurrent_inference": 1}
+
+
+def test_stacking_in_the_graph_equals_the_frame_stacker(random_smoke_net):
+    rng = np.random.default_rng(9)
+    frames = random_observations(rng, 2 * 7, (96, 96, 3)).reshape(2, 7, 96, 96, 3)   # [N, F, ...]
+    stacked = stack_frames(frames, 4).numpy()                                      # [N, 4, ...]
+    assert stacked.shape == (2, 4, 96, 96, 12)
+    for n in range(2):
+        stacker = FrameStacker(1, (96, 96, 3), 4, np.uint8)
+        stacker.reset(0, frames[n, 0])
+        for p in range(4):
+            for s in range(1, 4):
+                stacker.push(0, frames[n, p + s])
+            np.testing.assert_array_equal(stacked[n, p], stacker.observations()[0])
+            stacker.reset(0, frames[n, p + 1])
+    direct = random_smoke_net.initial_inference(stacked.reshape(8, 96, 96, 12))
+    sequence = random_smoke_net.initial_inference_sequence(frames)
+    for a, b in zip(direct, sequence):
+        for x, y in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
 
 def test_mixed_precision_keeps_logits_and_search_outputs_float32():

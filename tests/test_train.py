@@ -196,7 +196,7 @@ def _fixed_batch(config, seed=0):
     rng = np.random.default_rng(seed)
     B, K, A = config.batch_size, config.unroll_steps, 2
     fields = {name: None for name in Batch._fields}
-    fields.update(observations=rng.normal(size=(B, K + 1, 4)).astype(np.float32),
+    fields.update(frames=rng.normal(size=(B, K + 1, 4)).astype(np.float32),
                   actions=rng.integers(0, A, size=(B, K)).astype(np.int32),
                   reward_targets=np.cumsum(np.ones((B, K), np.float32), axis=1),
                   masks=np.ones((B, K + 1), np.float32),
