@@ -1,25 +1,46 @@
-"""Micro-benchmarks of the pieces whose speed bounds training throughput.
+"""Benchmarks of the pieces whose speed bounds training, and the projected cost of a full run.
 
-Usage: `python bench.py [all|search|...]` prints a table per section and merges the results into
-`bench-results.json` (keyed by section, so sections can be re-run one at a time). Each section is a
-function in `SECTIONS` returning a dict of results; other sections (buffer, update, selfplay, memory,
-projection) register themselves there the same way. The numbers below are the benchmark's own
-settings, not training configuration (that lives in config.py).
+Usage: `python bench.py [all|search|buffer|update|selfplay|memory|projection]` prints a table per
+section and merges the results into `bench-results.json` (keyed by section, so sections can be re-run
+one at a time). Each section is a function in `SECTIONS` returning a dict of results. The numbers below
+are the benchmark's own settings, not training configuration (that lives in config.py); every section
+after `search` uses the full `atari100k` settings and network on Breakout.
 
 search: batched Gumbel MuZero search (mcts.py) with a trivially cheap NumPy `recurrent_fn` that hands
 back precomputed random rewards, values and logits, so the measured time is the tree work (selection,
 expansion bookkeeping, backup) plus a negligible model call. Reported as simulations per second,
 B · num_simulations / seconds per search, best of SEARCH_REPEATS.
+
+buffer: a ReplayBuffer filled to 100,000 transitions of random 96x96x3 frames through its public API
+(4 lockstep envs), then `sample(256)` (prioritized sampling and every target but the network ones),
+median of BUFFER_REPEATS; and one reanalysis of such a batch with the full network, split into network
+time and tree time.
+
+update: seconds per training update, batch 256, K=5: bare (`Learner.update` on a fixed batch) and full
+(sampling + reanalysis + update), medians of UPDATE_REPEATS, with the tree share of reanalysis search.
+
+selfplay: env steps per second of lockstep self-play on Breakout (4 envs, 16 simulations), and the tree
+share of the acting search time.
+
+memory: peak resident memory of a separate process holding a Trainer (three networks, optimiser) with a
+full 100,000-transition buffer after one sample, reanalysis and update.
+
+projection: wall-clock hours of the whole Breakout 100K run on this machine, from the measured parts:
+100K env steps at the self-play rate, plus 120K full updates, plus 12 evaluations.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 
-import numpy as np
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
 
 RESULTS_FILE = "bench-results.json"
 
@@ -79,7 +100,199 @@ def bench_search() -> dict:
     return results
 
 
-SECTIONS = {"search": bench_search}
+FULL_BUFFER_TRANSITIONS = 100_000     # a full Atari 100K buffer
+FILL_EPISODE_LENGTH = 400             # env steps per synthetic episode when filling a buffer
+BUFFER_BATCH_SIZE = 256
+BUFFER_REPEATS = 10                   # timed samples (median reported)
+UPDATE_FILL_TRANSITIONS = 4_000       # buffer content for the update benchmark
+UPDATE_REPEATS = 3                    # timed updates per variant (median reported), after a warm-up
+SELFPLAY_STEPS = 20                   # timed lockstep self-play steps (x 4 envs)
+BREAKOUT_ENV_STEPS = 100_000          # the Atari 100K budget ...
+BREAKOUT_UPDATES = 120_000            # ... 100K online + 20K offline updates
+BREAKOUT_EVALUATIONS = 12             # every 10K updates and at the end
+EVAL_GAME_STEPS = 2_000               # assumed env steps of one evaluation game, played 10 at once
+
+
+def _atari_config():
+    import config as config_module
+
+    return config_module.atari100k()
+
+
+def _fill_random(buffer, transitions: int, rng: np.random.Generator) -> None:
+    """Store `transitions` steps of random frames through the public API, envs in lockstep."""
+    envs, frame_shape, num_actions = buffer.num_envs, buffer.frame_shape, buffer.num_actions
+    frames = rng.integers(0, 256, (64, *frame_shape), dtype=np.uint8)   # a pool, reused
+    buffer.begin_episodes(np.arange(envs), frames[:envs])
+    policies = np.full((envs, num_actions), 1.0 / num_actions, np.float32)
+    for step in range(transitions // envs):
+        ended = np.full(envs, (step + 1) % FILL_EPISODE_LENGTH == 0)
+        buffer.add_step(rng.integers(0, num_actions, envs), rng.choice([0.0, 1.0], envs),
+                        frames[rng.integers(0, len(frames), envs)], ended, np.zeros(envs, bool),
+                        rng.normal(size=envs), policies, step * envs)
+        if ended[0]:
+            buffer.begin_episodes(np.arange(envs), frames[:envs])
+
+
+def _atari_trainer(run_dir: str):
+    from train import Trainer
+
+    return Trainer(_atari_config(), run_dir, None)
+
+
+def bench_buffer() -> dict:
+    """Sampling + target assembly from a full 100K Atari buffer; reanalysis network vs tree time."""
+    from buffer import ReplayBuffer, reanalyze
+    from envs import env_spec
+    from networks import EfficientZeroNet
+
+    config = _atari_config()
+    spec = env_spec(config.env_id, config)
+    rng = np.random.default_rng(0)
+    buffer = ReplayBuffer(config, spec.frame_shape, spec.frame_dtype, spec.num_actions,
+                          config.num_envs)
+    _fill_random(buffer, FULL_BUFFER_TRANSITIONS + FILL_EPISODE_LENGTH * config.num_envs, rng)
+    buffer.sample(BUFFER_BATCH_SIZE, rng)                               # warm-up
+    seconds = []
+    for _ in range(BUFFER_REPEATS):
+        start = time.perf_counter()
+        batch = buffer.sample(BUFFER_BATCH_SIZE, rng)
+        seconds.append(time.perf_counter() - start)
+    model = EfficientZeroNet(config, spec.observation_shape, spec.num_actions)
+    reanalyze(batch, model, config=config, train_step=0, rng=rng)       # traces the graphs
+    start = time.perf_counter()
+    targets = reanalyze(batch, model, config=config, train_step=0, rng=rng)
+    total = time.perf_counter() - start
+    return {"sample": {"transitions": len(buffer), "batch_size": BUFFER_BATCH_SIZE,
+                       "median_ms": 1000 * float(np.median(seconds)),
+                       "min_ms": 1000 * float(np.min(seconds)),
+                       "bytes_per_transition": buffer.nbytes() / buffer.capacity},
+            "reanalysis": {"roots": BUFFER_BATCH_SIZE * (config.unroll_steps + 1),
+                           "total_s": total, "network_s": targets.network_seconds,
+                           "tree_s": targets.tree_seconds,
+                           "tree_share": targets.tree_seconds / total}}
+
+
+def bench_update() -> dict:
+    """Seconds per update (batch 256, K=5): bare, and with prioritized sampling + reanalysis."""
+    from buffer import reanalyze
+
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = _atari_trainer(run_dir)
+        config = trainer.config
+        _fill_random(trainer.buffer, UPDATE_FILL_TRANSITIONS, trainer.rng)
+        batch = trainer.buffer.sample(config.batch_size, trainer.rng)
+        targets = reanalyze(batch, trainer.target_model, config=config, train_step=0,
+                            rng=trainer.rng)
+        trainer.learner.update(batch, targets, 0)                       # traces the update
+        bare = []
+        for i in range(UPDATE_REPEATS):
+            start = time.perf_counter()
+            trainer.learner.update(batch, targets, i + 1)
+            bare.append(time.perf_counter() - start)
+        full, sample, reanalysis, network, tree = [], [], [], [], []
+        for i in range(UPDATE_REPEATS):
+            start = time.perf_counter()
+            batch = trainer.buffer.sample(config.batch_size, trainer.rng)
+            sampled = time.perf_counter()
+            targets = reanalyze(batch, trainer.target_model, config=config, train_step=i,
+                                rng=trainer.rng)
+            reanalysed = time.perf_counter()
+            trainer.learner.update(batch, targets, i)
+            full.append(time.perf_counter() - start)
+            sample.append(sampled - start)
+            reanalysis.append(reanalysed - sampled)
+            network.append(targets.network_seconds)
+            tree.append(targets.tree_seconds)
+    median = lambda values: float(np.median(values))  # noqa: E731
+    return {"bare": {"seconds": median(bare)},
+            "full": {"seconds": median(full), "over_bare": median(full) / median(bare),
+                     "sample_s": median(sample), "reanalysis_s": median(reanalysis),
+                     "reanalysis_network_s": median(network), "reanalysis_tree_s": median(tree),
+                     "reanalysis_tree_share": median(tree) / median(reanalysis)}}
+
+
+def bench_selfplay() -> dict:
+    """Env steps/s of lockstep self-play (4 envs, 16 simulations) and the tree share of acting."""
+    from buffer import _TimedModel
+    from evaluate import search_actions
+
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = _atari_trainer(run_dir)
+        config = trainer.config
+        trainer._start_games(list(range(config.num_envs)))
+        trainer.selfplay_step()                                         # traces the inference
+        start = time.perf_counter()
+        search_seconds = sum(trainer.selfplay_step() for _ in range(SELFPLAY_STEPS))
+        seconds = time.perf_counter() - start
+        timed = _TimedModel(trainer.selfplay_model)
+        observations = trainer.stacker.observations()
+        start = time.perf_counter()
+        for _ in range(SELFPLAY_STEPS):
+            search_actions(timed, observations, config, trainer.rng, config.gumbel_scale)
+        acting = time.perf_counter() - start
+    return {"selfplay": {"env_steps_per_second": SELFPLAY_STEPS * config.num_envs / seconds,
+                         "search_share": search_seconds / seconds,
+                         "acting_search_ms": 1000 * acting / SELFPLAY_STEPS,
+                         "acting_tree_share": 1.0 - timed.seconds / acting}}
+
+
+def _memory_process() -> None:
+    """Run in a child process: a Trainer with a full buffer, one full update; print peak RSS."""
+    import resource
+
+    from buffer import reanalyze
+
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = _atari_trainer(run_dir)
+        config = trainer.config
+        _fill_random(trainer.buffer, FULL_BUFFER_TRANSITIONS + FILL_EPISODE_LENGTH * config.num_envs,
+                     trainer.rng)
+        batch = trainer.buffer.sample(config.batch_size, trainer.rng)
+        targets = reanalyze(batch, trainer.target_model, config=config, train_step=0,
+                            rng=trainer.rng)
+        trainer.learner.update(batch, targets, 0)
+        transitions, buffer_bytes = len(trainer.buffer), trainer.buffer.nbytes()
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss      # KiB on Linux
+    print(json.dumps({"transitions": transitions, "buffer_gb": buffer_bytes / 1e9,
+                      "peak_rss_gb": peak_kib * 1024 / 1e9}))
+
+
+def bench_memory() -> dict:
+    """Peak RSS of a fresh process holding a full 100K buffer through one full update."""
+    output = subprocess.run([sys.executable, os.path.abspath(__file__), "_memory_process"],
+                            check=True, capture_output=True, text=True).stdout
+    return {"memory": json.loads(output.strip().splitlines()[-1])}
+
+
+def bench_projection() -> dict:
+    """Hours of the full Breakout 100K run on this machine, from the stored update/selfplay results."""
+    stored = _load_results()
+    missing = [name for name in ("update", "selfplay") if name not in stored]
+    if missing:
+        raise SystemExit(f"projection needs measured sections first: python bench.py "
+                         f"{' '.join(missing)}")
+    env_steps_per_second = stored["selfplay"]["selfplay"]["env_steps_per_second"]
+    acting_ms = stored["selfplay"]["selfplay"]["acting_search_ms"]
+    update_seconds = stored["update"]["full"]["seconds"]
+    selfplay_hours = BREAKOUT_ENV_STEPS / env_steps_per_second / 3600
+    update_hours = BREAKOUT_UPDATES * update_seconds / 3600
+    eval_hours = BREAKOUT_EVALUATIONS * EVAL_GAME_STEPS * acting_ms / 1000 / 3600
+    return {"projection": {"selfplay_hours": selfplay_hours, "update_hours": update_hours,
+                           "eval_hours": eval_hours,
+                           "total_hours": selfplay_hours + update_hours + eval_hours,
+                           "total_days": (selfplay_hours + update_hours + eval_hours) / 24}}
+
+
+SECTIONS = {"search": bench_search, "buffer": bench_buffer, "update": bench_update,
+            "selfplay": bench_selfplay, "memory": bench_memory, "projection": bench_projection}
+
+
+def _load_results() -> dict:
+    if not os.path.exists(RESULTS_FILE):
+        return {}
+    with open(RESULTS_FILE) as f:
+        return json.load(f)
 
 
 def _print_table(section: str, results: dict) -> None:
@@ -94,21 +307,23 @@ def _print_table(section: str, results: dict) -> None:
 
 
 def main(argv: list[str]) -> int:
-    choice = argv[0] if argv else "all"
-    if choice != "all" and choice not in SECTIONS:
-        print(f"unknown section {choice!r}; choose one of: all, {', '.join(SECTIONS)}",
+    if argv == ["_memory_process"]:
+        _memory_process()
+        return 0
+    choices = argv or ["all"]
+    unknown = [c for c in choices if c != "all" and c not in SECTIONS]
+    if unknown:
+        print(f"unknown section {unknown[0]!r}; choose from: all, {', '.join(SECTIONS)}",
               file=sys.stderr)
         return 2
-    names = list(SECTIONS) if choice == "all" else [choice]
-    stored = {}
-    if os.path.exists(RESULTS_FILE):
-        with open(RESULTS_FILE) as f:
-            stored = json.load(f)
+    names = list(SECTIONS) if "all" in choices else choices
     for name in names:
-        stored[name] = SECTIONS[name]()
-        _print_table(name, stored[name])
-    with open(RESULTS_FILE, "w") as f:
-        json.dump(stored, f, indent=2, sort_keys=True)
+        results = SECTIONS[name]()
+        stored = _load_results()
+        stored[name] = results
+        with open(RESULTS_FILE, "w") as f:           # after each section: nothing lost on a crash
+            json.dump(stored, f, indent=2, sort_keys=True)
+        _print_table(name, results)
     return 0
 
 

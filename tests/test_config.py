@@ -55,7 +55,8 @@ def test_bad_overrides_raise_one_line_value_errors(override, message):
 
 
 def test_unknown_preset_names_the_choices():
-    with pytest.raises(ValueError, match="unknown config preset 'tiny'.*atari100k, smoke, classic"):
+    with pytest.raises(ValueError,
+                       match="unknown config preset .tiny.*atari100k, atari1h, smoke, classic"):
         cfg.get_config("tiny")
 
 
