@@ -395,7 +395,9 @@ def reanalyze(batch: Batch, model, *, config: Config, train_step: int,
         search = search_with_model(timed, root, gumbel, num_simulations=config.num_simulations,
                                    max_num_considered_actions=config.max_num_considered_actions,
                                    discount=config.discount, c_visit=config.c_visit,
-                                   c_scale=config.c_scale)
+                                   c_scale=config.c_scale,
+                                   q_normalization=config.q_normalization,
+                                   value_delta_max=config.value_delta_max)
         uniform = np.float32(1.0 / A)
         policies[rows] = np.where(batch.masks[rows, :, None] > 0,
                                   search.improved_policy.reshape(len(rows), K + 1, A), uniform)

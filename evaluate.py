@@ -45,7 +45,8 @@ def search_actions(model, observations: np.ndarray, config: Config, rng: np.rand
     return search_with_model(model, root, gumbel, num_simulations=config.num_simulations,
                              max_num_considered_actions=config.max_num_considered_actions,
                              discount=config.discount, c_visit=config.c_visit,
-                             c_scale=config.c_scale)
+                             c_scale=config.c_scale, q_normalization=config.q_normalization,
+                             value_delta_max=config.value_delta_max)
 
 
 class EpisodeResults(NamedTuple):

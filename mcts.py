@@ -32,8 +32,10 @@ node's next edge and the root's scores; the selection walk is then a few gathers
 Differences from EfficientZero V2's official tree (`ez/mcts/ctree/cnode.cpp`, `cminimax.cpp`,
 `ez/mcts/cy_mcts.py`), which this project does not follow (it follows mctx, checked against golden
 values from mctx 0.0.71 in tests/test_mcts.py):
-- Q normalisation: one running min/max per tree over every backed-up value (range floored at a
+- Q normalisation: one running min/max per tree over every backed-up Q (range floored at
   `value_delta_max`, result clipped to [0, 1]) instead of per node over the node's completed Q.
+  Available as a switch, `q_normalization="tree"` (default "node"); it is the only one of these
+  differences that is.
 - Root: the candidates are fixed at the first simulation as the top m of g + prior logits; each phase
   visits the least-visited candidate, then keeps the top m_phase = m // 2^phase (down to 1, not "at
   least 2") by g + logits + σ(q̂); a phase lasts max(1, floor(n / (log2 m · m_phase))) · m_phase
@@ -141,13 +143,19 @@ class _Trees:
     operations between A long rows instead of many length-A reductions."""
 
     def __init__(self, batch: int, num_nodes: int, num_actions: int, *, discount: float,
-                 c_visit: float, c_scale: float):
-        self.batch, self.num_actions = batch, num_actions
+                 c_visit: float, c_scale: float, q_normalization: str, value_delta_max: float):
+        self.batch, self.num_actions, self.num_nodes = batch, num_actions, num_nodes
         self.scratch = batch * num_nodes                        # flat index of the scratch node
         self.stride = batch * num_nodes + 1                     # T: edge (k, a) has flat index a·T + k
         nodes, edges = self.stride, (num_actions, self.stride)
         self.discount = np.float32(discount)
         self.c_visit, self.c_scale = np.float32(c_visit), np.float32(c_scale)
+        self.tree_wide = q_normalization == "tree"
+        self.value_delta_max = np.float32(value_delta_max)
+        # Per tree (and one for the scratch node): the running min / max of every backed-up Q, used
+        # when q_normalization == "tree" (the official EZ V2 tree's CMinMaxStats).
+        self.q_low = np.full(batch + 1, np.inf, np.float32)
+        self.q_high = np.full(batch + 1, -np.inf, np.float32)
         self.raw_value = np.zeros(nodes, np.float32)            # [T] network value v̂
         self.value = np.zeros(nodes, np.float32)                # [T] running mean (mctx node_values)
         self.visits = np.zeros(nodes, np.float32)               # [T] 1 + backups through the node
@@ -168,6 +176,25 @@ class _Trees:
         """A per-edge array viewed as [A, B, N] (scratch node left out)."""
         return array[:, :self.scratch].reshape(self.num_actions, self.batch, -1)
 
+    def record_q(self, q: np.ndarray, on_path: np.ndarray) -> None:
+        """Fold the backed-up Q values [D, B] of this simulation's paths into the per-tree min/max."""
+        np.minimum(self.q_low[:-1], np.where(on_path, q, np.inf).min(axis=0), out=self.q_low[:-1])
+        np.maximum(self.q_high[:-1], np.where(on_path, q, -np.inf).max(axis=0),
+                   out=self.q_high[:-1])
+
+    def rescale(self, completed: np.ndarray, nodes: np.ndarray) -> np.ndarray:
+        """Completed Q [A, R] of nodes [R] -> q̂ in [0, 1].
+
+        "node" (mctx): by the node's own min and max. "tree" (official EZ V2): by the tree's running
+        min and max, the range floored at value_delta_max, the result clipped to [0, 1]."""
+        if not self.tree_wide:
+            low = completed.min(axis=0)
+            return (completed - low) / np.maximum(completed.max(axis=0) - low, RESCALE_EPSILON)
+        tree = nodes // self.num_nodes
+        low, high = self.q_low[tree], self.q_high[tree]
+        scale = np.maximum(high - low, self.value_delta_max)
+        return np.clip((completed - low) / scale, 0.0, 1.0)
+
     def refresh(self, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Recompute σ(q̂) at nodes [R] after a backup and cache their interior choice
         next_edge = argmax π′ − N / (1 + ΣN) (first index on ties, as jnp.argmax).
@@ -183,8 +210,7 @@ class _Trees:
         weighted_q = (visited_probs * q / sum_probs).sum(axis=0)
         mixed = (self.raw_value.take(nodes) + total_visits * weighted_q) / (total_visits + 1)
         completed = np.where(visited, q, mixed)
-        low = completed.min(axis=0)
-        rescaled = (completed - low) / np.maximum(completed.max(axis=0) - low, RESCALE_EPSILON)
+        rescaled = self.rescale(completed, nodes)
         sigma = (self.c_visit + visits.max(axis=0)) * self.c_scale * rescaled
         improved = _softmax(self.logits.take(nodes, axis=1) + sigma, axis=0)
         score = improved - visits / (1 + total_visits)
@@ -195,19 +221,24 @@ class _Trees:
 def gumbel_search(prior_logits: np.ndarray, root_value: np.ndarray, root_state,
                   recurrent_fn: Callable, *, num_simulations: int, max_num_considered_actions: int,
                   gumbel: np.ndarray, discount: float, c_visit: float = 50.0, c_scale: float = 0.1,
-                  invalid_actions: np.ndarray | None = None) -> SearchOutput:
+                  invalid_actions: np.ndarray | None = None, q_normalization: str = "node",
+                  value_delta_max: float = 0.01) -> SearchOutput:
     """Run `num_simulations` simulations of B trees in lockstep; a pure function of its inputs.
 
     prior_logits [B, A], root_value [B], root_state (an array or a tuple of arrays, batch first),
     recurrent_fn(state, actions [B]) -> (next_state, reward [B], value [B], prior_logits [B, A]),
     gumbel [B, A] (zeros for a greedy search), invalid_actions [B, A] bool or None (root only).
-    Internally root quantities are action-major, [A, B].
+    q_normalization: "node" (mctx, the default) or "tree" (the official EZ V2 tree's running min/max
+    per tree, range floored at value_delta_max). Internally root quantities are action-major, [A, B].
     """
+    if q_normalization not in ("node", "tree"):
+        raise ValueError(f"q_normalization must be 'node' or 'tree', got {q_normalization!r}")
     prior_logits = np.asarray(prior_logits, np.float32)
     batch, num_actions = prior_logits.shape
     num_nodes = num_simulations + 1
     trees = _Trees(batch, num_nodes, num_actions, discount=discount, c_visit=c_visit,
-                   c_scale=c_scale)
+                   c_scale=c_scale, q_normalization=q_normalization,
+                   value_delta_max=value_delta_max)
     gamma, stride = trees.discount, trees.stride
     root = np.arange(batch) * num_nodes                                       # [B] flat root nodes
     node_value, raw_value = trees.per_node(trees.value), trees.per_node(trees.raw_value)
@@ -313,6 +344,8 @@ def gumbel_search(prior_logits: np.ndarray, root_value: np.ndarray, root_state,
         child_values[:-1] = np.where(on_path[1:], new_values[1:], value)
         child_values[-1] = value
         edge_q_flat[edges] = rewards + gamma * child_values
+        if trees.tree_wide:
+            trees.record_q(rewards + gamma * child_values, on_path)
         edge_visits_flat[edges] = edge_visits_flat.take(edges) + 1
 
         # Refresh σ on every path node (roots are the first B, their cached next edge unused).
@@ -330,7 +363,9 @@ def gumbel_search(prior_logits: np.ndarray, root_value: np.ndarray, root_state,
 
 def search_with_model(model, root, gumbel: np.ndarray, *, num_simulations: int,
                       max_num_considered_actions: int, discount: float, c_visit: float,
-                      c_scale: float, invalid_actions: np.ndarray | None = None) -> SearchOutput:
+                      c_scale: float, invalid_actions: np.ndarray | None = None,
+                      q_normalization: str = "node", value_delta_max: float = 0.01
+                      ) -> SearchOutput:
     """`gumbel_search` from a model's root output (fields state, value, policy_logits), expanding
     nodes with `model.recurrent_inference(state, actions)` (fields state, reward, value,
     policy_logits). Used for acting (train.py, evaluate.py) and reanalysis (buffer.py)."""
@@ -343,4 +378,5 @@ def search_with_model(model, root, gumbel: np.ndarray, *, num_simulations: int,
                          num_simulations=num_simulations,
                          max_num_considered_actions=max_num_considered_actions, gumbel=gumbel,
                          discount=discount, c_visit=c_visit, c_scale=c_scale,
-                         invalid_actions=invalid_actions)
+                         invalid_actions=invalid_actions, q_normalization=q_normalization,
+                         value_delta_max=value_delta_max)

@@ -340,10 +340,14 @@ class Trainer:
         from buffer import ReplayBuffer
         from networks import EfficientZeroNet
 
+        on_gpu = bool(tf.config.list_physical_devices("GPU"))
         if config.mixed_precision:
             keras.mixed_precision.set_global_policy("mixed_float16")
+            if not on_gpu:
+                print("warning: mixed_precision without a GPU computes float16 without hardware "
+                      "support and is slower than float32 on a CPU", file=sys.stderr)
         keras.utils.set_random_seed(config.seed)
-        if not tf.config.list_physical_devices("GPU"):
+        if not on_gpu:
             # Same seed, same run on CPU; GPUs lack deterministic kernels for some ops, so there
             # the run is reproducible only in distribution.
             tf.config.experimental.enable_op_determinism()
