@@ -1,32 +1,33 @@
 """Benchmarks of the pieces whose speed bounds training, and the projected cost of a full run.
 
 Usage: `python bench.py [all|search|buffer|update|selfplay|memory|projection]` prints a table per
-section and merges the results into `bench-results.json` (keyed by section, so sections can be re-run
-one at a time). Each section is a function in `SECTIONS` returning a dict of results. The numbers below
-are the benchmark's own settings, not training configuration (that lives in config.py); every section
-after `search` uses the full `atari100k` settings and network on Breakout.
+section and merges the results into `bench-results.json` (keyed by section, so sections can be
+re-run one at a time). Each section is a function in `SECTIONS` returning a dict of results. The
+numbers below are the benchmark's own settings, not training configuration (that lives in
+config.py); every section after `search` uses the full `atari100k` settings and network on Breakout.
 
-search: batched Gumbel MuZero search (mcts.py) with a trivially cheap NumPy `recurrent_fn` that hands
-back precomputed random rewards, values and logits, so the measured time is the tree work (selection,
-expansion bookkeeping, backup) plus a negligible model call. Reported as simulations per second,
-B · num_simulations / seconds per search, best of SEARCH_REPEATS.
+search: batched Gumbel MuZero search (mcts.py) with a trivially cheap NumPy `recurrent_fn` that
+hands back precomputed random rewards, values and logits, so the measured time is the tree work
+(selection, expansion bookkeeping, backup) plus a negligible model call. Reported as simulations per
+second, B · num_simulations / seconds per search, best of SEARCH_REPEATS.
 
 buffer: a ReplayBuffer filled to 100,000 transitions of random 96x96x3 frames through its public API
 (4 lockstep envs), then `sample(256)` (prioritized sampling and every target but the network ones),
-median of BUFFER_REPEATS; and one reanalysis of such a batch with the full network, split into network
-time and tree time.
+median of BUFFER_REPEATS; and one reanalysis of such a batch with the full network, split into
+network time and tree time.
 
-update: seconds per training update, batch 256, K=5: bare (`Learner.update` on a fixed batch) and full
-(sampling + reanalysis + update), medians of UPDATE_REPEATS, with the tree share of reanalysis search.
+update: seconds per training update, batch 256, K=5: bare (`Learner.update` on a fixed batch) and
+full (sampling + reanalysis + update), medians of UPDATE_REPEATS, with the tree share of reanalysis
+search.
 
-selfplay: env steps per second of lockstep self-play on Breakout (4 envs, 16 simulations), and the tree
-share of the acting search time.
+selfplay: env steps per second of lockstep self-play on Breakout (4 envs, 16 simulations), and the
+tree share of the acting search time.
 
-memory: peak resident memory of a separate process holding a Trainer (three networks, optimiser) with a
-full 100,000-transition buffer after one sample, reanalysis and update.
+memory: peak resident memory of a separate process holding a Trainer (three networks, optimiser)
+with a full 100,000-transition buffer after one sample, reanalysis and update.
 
-projection: wall-clock hours of the whole Breakout 100K run on this machine, from the measured parts:
-100K env steps at the self-play rate, plus 120K full updates, plus 12 evaluations.
+projection: wall-clock hours of the whole Breakout 100K run on this machine, from the measured
+parts: 100K env steps at the self-play rate, plus 120K full updates, plus 12 evaluations.
 """
 
 from __future__ import annotations
@@ -217,6 +218,10 @@ def bench_selfplay() -> dict:
     from buffer import _TimedModel
     from evaluate import search_actions
 
+    class _TimedActingModel(_TimedModel):
+        def initial_inference(self, observations):
+            return self._timed(self.model.initial_inference, observations)
+
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = _atari_trainer(run_dir)
         config = trainer.config
@@ -225,7 +230,7 @@ def bench_selfplay() -> dict:
         start = time.perf_counter()
         search_seconds = sum(trainer.selfplay_step() for _ in range(SELFPLAY_STEPS))
         seconds = time.perf_counter() - start
-        timed = _TimedModel(trainer.selfplay_model)
+        timed = _TimedActingModel(trainer.selfplay_model)
         observations = trainer.stacker.observations()
         start = time.perf_counter()
         for _ in range(SELFPLAY_STEPS):

@@ -375,8 +375,13 @@ def reanalyze(batch: Batch, model, *, config: Config, train_step: int,
     B, A = batch.stored_policies.shape[0], batch.stored_policies.shape[-1]
     timed = _TimedModel(model)
     start = time.perf_counter()
-    output = timed.initial_inference_sequence(batch.frames)               # [B·P] positions
-    P = output.value.shape[0] // B
+    P = batch.frames.shape[1] - config.frame_stack + 1                   # K+n+1 positions
+    rows_per_call = max(1, config.reanalysis_chunk_size // P)
+    chunks = [timed.initial_inference_sequence(batch.frames[i:i + rows_per_call])
+              for i in range(0, B, rows_per_call)]
+    output = type(chunks[0])(*(tuple(np.concatenate(parts) for parts in zip(*fields))
+                               if isinstance(fields[0], tuple) else np.concatenate(fields)
+                               for fields in zip(*chunks)))                 # [B·P] positions
     values = output.value.reshape(B, P)
     bootstrap = np.take_along_axis(values, batch.bootstrap_positions, axis=1)
     td_values = batch.td_rewards + batch.bootstrap_discounts * bootstrap

@@ -114,6 +114,8 @@ class Config:
     # --- targets (DESIGN.md §7) ------------------------------------------------------------------
     unroll_steps: int = _f("K: dynamics unroll length in training (env steps)", 5, _POSITIVE)
     td_steps: int = _f("n of the n-step TD value target (env steps)", 5, _POSITIVE)
+    reanalysis_chunk_size: int = _f("most observations per representation call in reanalysis; "
+                                    "bounds peak memory, results unchanged", 512, _POSITIVE)
     reanalyze_ratio: float = _f("fraction of policy targets recomputed by a fresh target-model "
                                 "search (the rest use the stored acting policy)", 1.0, _FRACTION)
     use_search_value: bool = _f("mixed value targets: SVE after the thresholds below, else TD only",

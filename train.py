@@ -186,8 +186,11 @@ class Learner:
         self._apply = tf.function(self._apply_gradients)
 
     # Random shift (replicate-pad `shift_pad`, random crop) and intensity jitter, the same transform
-    # for all K+1 observations of a sample, as EfficientZero augments a whole stacked sequence.
+    # for all K+1 observations of a sample, as EfficientZero augments a whole stacked sequence. The
+    # shift moves uint8 pixels (a quarter of the memory of floats); the intensity factor is applied
+    # after preprocessing, one observation at a time.
     def _augment(self, observations):
+        """uint8 [B, K+1, H, W, C] -> (shifted uint8 [B, K+1, H, W, C], intensity [B, 1, 1, 1])."""
         tf = self._tf
         batch, positions, height, width, channels = observations.shape
         images = tf.reshape(tf.transpose(observations, [0, 2, 3, 1, 4]),
@@ -204,9 +207,9 @@ class Learner:
             images=images, transforms=transforms, output_shape=[height, width],
             fill_value=0.0, interpolation="NEAREST", fill_mode="NEAREST")
         noise = tf.clip_by_value(self.augment_rng.normal([batch, 1, 1, 1]), -2.0, 2.0)
-        images = images * (1.0 + self.config.intensity_sigma * noise)
-        return tf.transpose(tf.reshape(images, [batch, height, width, positions, channels]),
-                            [0, 3, 1, 2, 4])
+        shifted = tf.transpose(tf.reshape(images, [batch, height, width, positions, channels]),
+                               [0, 3, 1, 2, 4])
+        return shifted, 1.0 + self.config.intensity_sigma * noise
 
     def _compute_gradients(self, frames, actions, reward_targets, value_targets,
                            policy_targets, masks, weights):
@@ -214,14 +217,21 @@ class Learner:
         self.trace_count += 1
         K = config.unroll_steps
         batch = config.batch_size
-        inputs = net.preprocess(self._stack(frames))                     # [B, K+1, ...] float32
+        observations = self._stack(frames)                              # [B, K+1, ...] as stored
+        intensity = None
         if self.is_image and config.augmentation:
-            inputs = self._augment(inputs)
-        # SimSiam targets: stop-gradient projections of the real observations t+1..t+K.
-        future = tf.reshape(inputs[:, 1:], [batch * K, *inputs.shape[2:]])
-        target_projection = tf.stop_gradient(net.project(net.represent(future, training=True),
-                                                         training=True))
-        target_projection = tf.reshape(target_projection, [batch, K, -1])
+            observations, intensity = self._augment(observations)
+
+        def inputs_at(k):                                               # [B, *obs] float32
+            inputs = net.preprocess(observations[:, k])
+            return inputs if intensity is None else inputs * intensity
+
+        # SimSiam targets: stop-gradient projections of the real observations t+1..t+K, one call
+        # per step k as the official code does (BatchNorm statistics per step; peak memory of B
+        # observations, not B·K).
+        target_projection = [
+            tf.stop_gradient(net.project(net.represent(inputs_at(k), training=True), training=True))
+            for k in range(1, K + 1)]                                    # K x [B, projection]
 
         def cross_entropy(logits, target_probs):
             return -tf.reduce_sum(target_probs * tf.nn.log_softmax(logits), axis=-1)   # [B]
@@ -231,7 +241,7 @@ class Learner:
                                   * tf.math.l2_normalize(target, axis=-1), axis=-1)  # [B]
 
         with tf.GradientTape() as tape:
-            latent = net.represent(inputs[:, 0], training=True)
+            latent = net.represent(inputs_at(0), training=True)
             value_logits, policy_logits = net.predict(latent, training=True)
             predicted_root_value = self._to_scalar(value_logits)           # [B], for priorities
             value_loss = cross_entropy(value_logits, self._two_hot(value_targets[:, 0]))
@@ -247,7 +257,7 @@ class Learner:
                 value_logits, policy_logits = net.predict(latent, training=True)
                 prediction = net.predict_projection(net.project(latent, training=True),
                                                     training=True)
-                consistency_loss += negative_cosine(prediction, target_projection[:, k - 1]) \
+                consistency_loss += negative_cosine(prediction, target_projection[k - 1]) \
                     * masks[:, k]
                 reward_loss += cross_entropy(reward_logits, self._two_hot(reward_targets[:, k - 1]))
                 value_loss += cross_entropy(value_logits, self._two_hot(value_targets[:, k]))

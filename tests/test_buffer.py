@@ -171,6 +171,21 @@ def test_reanalysis_targets(terminated):
     assert late.sve_fraction == pytest.approx(sve.mean())
 
 
+def test_reanalysis_in_chunks_gives_the_same_targets():
+    config = make_config()
+    buffer = ReplayBuffer(config, (1,), np.float32, A, 1)
+    fill(buffer, [(9, False), (6, True)])
+    batch = buffer.sample(16, np.random.default_rng(1))
+    whole = reanalyze(batch, IndexModel(), config=config, train_step=0, rng=np.random.default_rng(2))
+    model = IndexModel()
+    chunked = reanalyze(batch, model, config=dataclasses.replace(config, reanalysis_chunk_size=20),
+                        rng=np.random.default_rng(2), train_step=0)
+    P = config.unroll_steps + config.td_steps + 1
+    assert model.rows == [2 * P] * 8                   # 20 // P = 2 samples per call
+    np.testing.assert_array_equal(chunked.values, whole.values)
+    np.testing.assert_array_equal(chunked.policies, whole.policies)
+
+
 def test_reanalyze_ratio_keeps_stored_policies_for_the_rest():
     config = make_config(reanalyze_ratio=0.25, sve_start_updates=0, td_newest_transitions=0)
     buffer = ReplayBuffer(config, (1,), np.float32, A, 1)
