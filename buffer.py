@@ -353,6 +353,14 @@ class _TimedModel:
         return self._timed(self.model.recurrent_inference, state, actions)
 
 
+def _concatenate(outputs: list):
+    """Network outputs of consecutive chunks (fields: a state tuple, then arrays) -> one output."""
+    first = outputs[0]
+    state = tuple(np.concatenate(parts) for parts in zip(*(o.state for o in outputs)))
+    return first._replace(state=state, **{name: np.concatenate([getattr(o, name) for o in outputs])
+                                          for name in first._fields if name != "state"})
+
+
 def use_search_value(config: Config, train_step: int, collected_at: np.ndarray,
                      newest_env_step: int) -> np.ndarray:
     """EZ V2's mixed value rule: [B] True where the SVE replaces the TD target."""
@@ -377,11 +385,8 @@ def reanalyze(batch: Batch, model, *, config: Config, train_step: int,
     start = time.perf_counter()
     P = batch.frames.shape[1] - config.frame_stack + 1                   # K+n+1 positions
     rows_per_call = max(1, config.reanalysis_chunk_size // P)
-    chunks = [timed.initial_inference_sequence(batch.frames[i:i + rows_per_call])
-              for i in range(0, B, rows_per_call)]
-    output = type(chunks[0])(*(tuple(np.concatenate(parts) for parts in zip(*fields))
-                               if isinstance(fields[0], tuple) else np.concatenate(fields)
-                               for fields in zip(*chunks)))                 # [B·P] positions
+    output = _concatenate([timed.initial_inference_sequence(batch.frames[i:i + rows_per_call])
+                           for i in range(0, B, rows_per_call)])             # [B·P] positions
     values = output.value.reshape(B, P)
     bootstrap = np.take_along_axis(values, batch.bootstrap_positions, axis=1)
     td_values = batch.td_rewards + batch.bootstrap_discounts * bootstrap
@@ -397,12 +402,7 @@ def reanalyze(batch: Batch, model, *, config: Config, train_step: int,
                                value=output.value[root_rows],
                                policy_logits=output.policy_logits[root_rows])
         gumbel = sample_gumbel(rng, root.policy_logits.shape, config.gumbel_scale)
-        search = search_with_model(timed, root, gumbel, num_simulations=config.num_simulations,
-                                   max_num_considered_actions=config.max_num_considered_actions,
-                                   discount=config.discount, c_visit=config.c_visit,
-                                   c_scale=config.c_scale,
-                                   q_normalization=config.q_normalization,
-                                   value_delta_max=config.value_delta_max)
+        search = search_with_model(timed, root, gumbel, **config.search_options())
         uniform = np.float32(1.0 / A)
         policies[rows] = np.where(batch.masks[rows, :, None] > 0,
                                   search.improved_policy.reshape(len(rows), K + 1, A), uniform)

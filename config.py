@@ -208,6 +208,13 @@ class Config:
                   for k, v in data.items()}
         return cls(**values)
 
+    def search_options(self) -> dict:
+        """The keyword arguments of mcts.search_with_model that come from the config."""
+        return {"num_simulations": self.num_simulations,
+                "max_num_considered_actions": self.max_num_considered_actions,
+                "discount": self.discount, "c_visit": self.c_visit, "c_scale": self.c_scale,
+                "q_normalization": self.q_normalization, "value_delta_max": self.value_delta_max}
+
     @property
     def total_updates(self) -> int:
         """Online updates (one per env step past start_transitions) plus the offline updates."""

@@ -42,11 +42,7 @@ def search_actions(model, observations: np.ndarray, config: Config, rng: np.rand
         gumbel = np.zeros((batch, num_actions), np.float32)
     else:
         gumbel = sample_gumbel(rng, (batch, num_actions), gumbel_scale)
-    return search_with_model(model, root, gumbel, num_simulations=config.num_simulations,
-                             max_num_considered_actions=config.max_num_considered_actions,
-                             discount=config.discount, c_visit=config.c_visit,
-                             c_scale=config.c_scale, q_normalization=config.q_normalization,
-                             value_delta_max=config.value_delta_max)
+    return search_with_model(model, root, gumbel, **config.search_options())
 
 
 class EpisodeResults(NamedTuple):

@@ -152,10 +152,10 @@ class _Trees:
         self.c_visit, self.c_scale = np.float32(c_visit), np.float32(c_scale)
         self.tree_wide = q_normalization == "tree"
         self.value_delta_max = np.float32(value_delta_max)
-        # Per tree (and one for the scratch node): the running min / max of every backed-up Q, used
-        # when q_normalization == "tree" (the official EZ V2 tree's CMinMaxStats).
-        self.q_low = np.full(batch + 1, np.inf, np.float32)
-        self.q_high = np.full(batch + 1, -np.inf, np.float32)
+        # Per tree: the running min / max of every backed-up Q, used when q_normalization == "tree"
+        # (the official EZ V2 tree's CMinMaxStats).
+        self.q_low = np.full(batch, np.inf, np.float32)
+        self.q_high = np.full(batch, -np.inf, np.float32)
         self.raw_value = np.zeros(nodes, np.float32)            # [T] network value v̂
         self.value = np.zeros(nodes, np.float32)                # [T] running mean (mctx node_values)
         self.visits = np.zeros(nodes, np.float32)               # [T] 1 + backups through the node
@@ -178,9 +178,8 @@ class _Trees:
 
     def record_q(self, q: np.ndarray, on_path: np.ndarray) -> None:
         """Fold the backed-up Q values [D, B] of this simulation's paths into the per-tree min/max."""
-        np.minimum(self.q_low[:-1], np.where(on_path, q, np.inf).min(axis=0), out=self.q_low[:-1])
-        np.maximum(self.q_high[:-1], np.where(on_path, q, -np.inf).max(axis=0),
-                   out=self.q_high[:-1])
+        np.minimum(self.q_low, np.where(on_path, q, np.inf).min(axis=0), out=self.q_low)
+        np.maximum(self.q_high, np.where(on_path, q, -np.inf).max(axis=0), out=self.q_high)
 
     def rescale(self, completed: np.ndarray, nodes: np.ndarray) -> np.ndarray:
         """Completed Q [A, R] of nodes [R] -> q̂ in [0, 1].
@@ -343,9 +342,10 @@ def gumbel_search(prior_logits: np.ndarray, root_value: np.ndarray, root_state,
         child_values = np.empty_like(new_values)            # value of each edge's child after backup
         child_values[:-1] = np.where(on_path[1:], new_values[1:], value)
         child_values[-1] = value
-        edge_q_flat[edges] = rewards + gamma * child_values
+        backed_up_q = rewards + gamma * child_values
+        edge_q_flat[edges] = backed_up_q
         if trees.tree_wide:
-            trees.record_q(rewards + gamma * child_values, on_path)
+            trees.record_q(backed_up_q, on_path)
         edge_visits_flat[edges] = edge_visits_flat.take(edges) + 1
 
         # Refresh σ on every path node (roots are the first B, their cached next edge unused).

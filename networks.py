@@ -447,10 +447,12 @@ class EfficientZeroNet:
         self._initial = tf.function(
             self._initial_graph,
             input_signature=[tf.TensorSpec([None, *self.observation_shape], obs_dtype)])
-        frame_shape = (*self.observation_shape[:-1], self.observation_shape[-1] // config.frame_stack)
+        # One replay frame: the stacked observation has frame_stack of them along its last axis.
+        self.frame_shape = (*self.observation_shape[:-1],
+                            self.observation_shape[-1] // config.frame_stack)
         self._initial_sequence = tf.function(
             self._initial_sequence_graph,
-            input_signature=[tf.TensorSpec([None, None, *frame_shape], obs_dtype)])
+            input_signature=[tf.TensorSpec([None, None, *self.frame_shape], obs_dtype)])
         state_spec = (tf.TensorSpec([None, *self.latent_shape], tf.float32),)
         if config.value_prefix:
             lstm_spec = tf.TensorSpec([None, config.lstm_hidden_size], tf.float32)

@@ -172,9 +172,8 @@ class Learner:
         self.trace_count = 0                 # Python side effect: runs only when tf traces
         K, A, S = config.unroll_steps, num_actions, config.frame_stack
         obs_dtype = tf.uint8 if self.is_image else tf.float32
-        frame_shape = (*observation_shape[:-1], observation_shape[-1] // S)
         signature = [
-            tf.TensorSpec([config.batch_size, S + K, *frame_shape], obs_dtype),  # frames t-S+1..t+K
+            tf.TensorSpec([config.batch_size, S + K, *net.frame_shape], obs_dtype),  # t-S+1..t+K
             tf.TensorSpec([config.batch_size, K], tf.int32),           # actions
             tf.TensorSpec([config.batch_size, K], tf.float32),         # reward (value-prefix) targets
             tf.TensorSpec([config.batch_size, K + 1], tf.float32),     # value targets
