@@ -1,8 +1,10 @@
 """Benchmarks of the pieces whose speed bounds training, and the projected cost of a full run.
 
-Usage: `python bench.py [all|search|buffer|update|selfplay|memory|projection]` prints a table per
-section and merges the results into `bench-results.json` (keyed by section, so sections can be
-re-run one at a time). Each section is a function in `SECTIONS` returning a dict of results. The
+Usage: `python bench.py [all|search|buffer|update|selfplay|memory|projection] [--mixed-precision]`
+prints a table per section and merges the results into `bench-results.json` (keyed by section, so
+sections can be re-run one at a time). With `--mixed-precision` the networks compute as `train.py
+--set mixed_precision=true` would on this machine (bfloat16 on a CPU, float16 on a GPU) and the
+results are stored under `<section>-mixed`. Each section is a function in `SECTIONS` returning a dict of results. The
 numbers below are the benchmark's own settings, not training configuration (that lives in
 config.py); every section after `search` uses the full `atari100k` settings and network on Breakout.
 
@@ -114,10 +116,28 @@ BREAKOUT_EVALUATIONS = 12             # every 10K updates and at the end
 EVAL_GAME_STEPS = 2_000               # assumed env steps of one evaluation game, played 10 at once
 
 
-def _atari_config():
-    import config as config_module
+MIXED_PRECISION_FLAG = "--mixed-precision"
+mixed_precision = False               # set from the command line
 
-    return config_module.atari100k()
+
+def _atari_config():
+    """The atari100k config, with the Keras dtype policy set as train.py would set it."""
+    import dataclasses
+
+    import keras
+    import tensorflow as tf
+
+    import config as config_module
+    from train import precision_policy
+
+    config = dataclasses.replace(config_module.atari100k(), mixed_precision=mixed_precision)
+    on_gpu = bool(tf.config.list_physical_devices("GPU"))
+    keras.mixed_precision.set_global_policy(precision_policy(config, on_gpu))
+    return config
+
+
+def _section_key(name: str) -> str:
+    return f"{name}-mixed" if mixed_precision else name
 
 
 def _fill_random(buffer, transitions: int, rng: np.random.Generator) -> None:
@@ -265,7 +285,8 @@ def _memory_process() -> None:
 
 def bench_memory() -> dict:
     """Peak RSS of a fresh process holding a full 100K buffer through one full update."""
-    output = subprocess.run([sys.executable, os.path.abspath(__file__), "_memory_process"],
+    flags = [MIXED_PRECISION_FLAG] if mixed_precision else []
+    output = subprocess.run([sys.executable, os.path.abspath(__file__), "_memory_process", *flags],
                             check=True, capture_output=True, text=True).stdout
     return {"memory": json.loads(output.strip().splitlines()[-1])}
 
@@ -273,13 +294,14 @@ def bench_memory() -> dict:
 def bench_projection() -> dict:
     """Hours of the full Breakout 100K run on this machine, from the stored update/selfplay results."""
     stored = _load_results()
-    missing = [name for name in ("update", "selfplay") if name not in stored]
+    missing = [name for name in ("update", "selfplay") if _section_key(name) not in stored]
     if missing:
+        flags = f" {MIXED_PRECISION_FLAG}" if mixed_precision else ""
         raise SystemExit(f"projection needs measured sections first: python bench.py "
-                         f"{' '.join(missing)}")
-    env_steps_per_second = stored["selfplay"]["selfplay"]["env_steps_per_second"]
-    acting_ms = stored["selfplay"]["selfplay"]["acting_search_ms"]
-    update_seconds = stored["update"]["full"]["seconds"]
+                         f"{' '.join(missing)}{flags}")
+    selfplay = stored[_section_key("selfplay")]["selfplay"]
+    env_steps_per_second, acting_ms = selfplay["env_steps_per_second"], selfplay["acting_search_ms"]
+    update_seconds = stored[_section_key("update")]["full"]["seconds"]
     selfplay_hours = BREAKOUT_ENV_STEPS / env_steps_per_second / 3600
     update_hours = BREAKOUT_UPDATES * update_seconds / 3600
     eval_hours = BREAKOUT_EVALUATIONS * EVAL_GAME_STEPS * acting_ms / 1000 / 3600
@@ -312,6 +334,9 @@ def _print_table(section: str, results: dict) -> None:
 
 
 def main(argv: list[str]) -> int:
+    global mixed_precision
+    mixed_precision = MIXED_PRECISION_FLAG in argv
+    argv = [a for a in argv if a != MIXED_PRECISION_FLAG]
     if argv == ["_memory_process"]:
         _memory_process()
         return 0
@@ -325,10 +350,10 @@ def main(argv: list[str]) -> int:
     for name in names:
         results = SECTIONS[name]()
         stored = _load_results()
-        stored[name] = results
+        stored[_section_key(name)] = results
         with open(RESULTS_FILE, "w") as f:           # after each section: nothing lost on a crash
             json.dump(stored, f, indent=2, sort_keys=True)
-        _print_table(name, results)
+        _print_table(_section_key(name), results)
     return 0
 
 

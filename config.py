@@ -57,6 +57,9 @@ class Config:
                                 _POSITIVE)
     eval_max_episode_steps: int = _f("episode cap in evaluation (env steps; 27,000 = 108K frames)",
                                      27000, _POSITIVE)
+    continuous_action_bins: int = _f("a vector task's continuous (Box) action is discretised into "
+                                     "this many evenly spaced values per dimension (Pendulum-v1)", 5,
+                                     _POSITIVE)
 
     # --- budget ----------------------------------------------------------------------------------
     env_steps: int = _f("total env steps collected by self-play, summed over envs (env steps)",

@@ -89,7 +89,7 @@ def env_spec(env_id: str, config: Config) -> EnvSpec:
         env.close()
         return EnvSpec(frame_shape, stacked_shape(frame_shape, config.frame_stack), num_actions,
                        True, np.uint8)
-    env = _make_vector(env_id)
+    env = _make_vector(env_id, config)
     frame_shape = tuple(int(d) for d in env.observation_space.shape)
     num_actions = int(env.action_space.n)
     env.close()
@@ -107,17 +107,20 @@ def _make_ale(game: str, config: Config) -> gym.Env:
                               grayscale_obs=config.grayscale, grayscale_newaxis=True)
 
 
-def _make_vector(env_id: str) -> gym.Env:
+def _make_vector(env_id: str, config: Config) -> gym.Env:
     if env_id not in _registered_ids():
         raise _unknown(env_id)
     try:
         env = gym.make(env_id)
     except (gym.error.Error, ImportError) as error:
         raise ValueError(f"cannot make environment '{env_id}': {error}") from None
+    if isinstance(env.action_space, gym.spaces.Box):
+        # A continuous action (Pendulum's torque): evenly spaced values, one discrete action each.
+        env = gym.wrappers.DiscretizeAction(env, bins=config.continuous_action_bins)
     if not isinstance(env.action_space, gym.spaces.Discrete):
         env.close()
         raise ValueError(f"environment '{env_id}' has a {type(env.action_space).__name__} action "
-                         "space; this project's presets support discrete actions only")
+                         "space; this project supports discrete actions and discretised Box actions")
     if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
         env.close()
         raise ValueError(f"environment '{env_id}' needs a flat vector observation (a 1-D Box)")
@@ -188,7 +191,7 @@ def make_env(env_id: str, seed: int, training: bool, config: Config | None = Non
     if game is not None:
         env = _make_ale(game, config)
     else:
-        env = _make_vector(env_id)
+        env = _make_vector(env_id, config)
         env = gym.wrappers.TransformObservation(env, lambda o: np.asarray(o, np.float32),
                                                 env.observation_space)
     env.action_space.seed(seed)

@@ -138,6 +138,24 @@ def learning_rate_at(config: Config, update: int) -> float:
     return rate
 
 
+def precision_policy(config: Config, on_gpu: bool) -> str:
+    """The Keras dtype policy: float32, or with `mixed_precision` float16 compute on a GPU and
+    bfloat16 compute on a CPU (the CPU's matrix units take bfloat16, not float16)."""
+    if not config.mixed_precision:
+        return "float32"
+    return "mixed_float16" if on_gpu else "mixed_bfloat16"
+
+
+def cpu_has_bfloat16() -> bool:
+    """True when /proc/cpuinfo lists bfloat16 matrix instructions (Linux; False elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = cpuinfo.read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
 class UpdateResult(NamedTuple):
     finite: bool
     priorities: np.ndarray          # [B] |v_hat_t - z_t| + epsilon
@@ -163,8 +181,10 @@ class Learner:
         self.optimizer.build(net.trainable_variables)
         self.augment_rng = tf.random.Generator.from_seed(config.seed + 1)
         self.is_image = len(observation_shape) == 3
-        # Mixed precision: a dynamic loss scale keeps float16 gradients finite (GPU only).
-        self.loss_scale = tf.Variable(2.0 ** 15 if config.mixed_precision else 1.0,
+        # float16 compute (mixed precision on a GPU): a dynamic loss scale keeps its gradients
+        # finite. bfloat16 (on a CPU) has float32's exponent range and needs no scaling.
+        self.dynamic_loss_scale = keras.mixed_precision.global_policy().compute_dtype == "float16"
+        self.loss_scale = tf.Variable(2.0 ** 15 if self.dynamic_loss_scale else 1.0,
                                       trainable=False, dtype=tf.float32)
         self._finite_in_a_row = 0
         # BatchNorm moving statistics change during the forward pass; a refused update restores them.
@@ -186,28 +206,20 @@ class Learner:
 
     # Random shift (replicate-pad `shift_pad`, random crop) and intensity jitter, the same transform
     # for all K+1 observations of a sample, as EfficientZero augments a whole stacked sequence. The
-    # shift moves uint8 pixels (a quarter of the memory of floats); the intensity factor is applied
+    # shift gathers uint8 rows and columns at clamped indices, which is exactly replicate padding
+    # followed by a crop, and costs a quarter of the memory of floats; the intensity factor is applied
     # after preprocessing, one observation at a time.
     def _augment(self, observations):
         """uint8 [B, K+1, H, W, C] -> (shifted uint8 [B, K+1, H, W, C], intensity [B, 1, 1, 1])."""
         tf = self._tf
-        batch, positions, height, width, channels = observations.shape
-        images = tf.reshape(tf.transpose(observations, [0, 2, 3, 1, 4]),
-                            [batch, height, width, positions * channels])
+        batch, _, height, width, _ = observations.shape
         pad = self.config.shift_pad
-        shifts = tf.cast(self.augment_rng.uniform([batch, 2], -pad, pad + 1, dtype=tf.int32),
-                         tf.float32)
-        ones, zeros = tf.ones([batch, 1]), tf.zeros([batch, 1])
-        # Projective transform [a0 a1 a2 b0 b1 b2 c0 c1]: output (x, y) reads input (x + dx, y + dy);
-        # nearest fill replicates the border, which equals replicate padding followed by a crop.
-        transforms = tf.concat([ones, zeros, shifts[:, :1], zeros, ones, shifts[:, 1:], zeros, zeros],
-                               axis=1)
-        images = tf.raw_ops.ImageProjectiveTransformV3(
-            images=images, transforms=transforms, output_shape=[height, width],
-            fill_value=0.0, interpolation="NEAREST", fill_mode="NEAREST")
+        shifts = self.augment_rng.uniform([batch, 2], -pad, pad + 1, dtype=tf.int32)  # (dy, dx)
+        rows = tf.clip_by_value(tf.range(height)[None] + shifts[:, :1], 0, height - 1)  # [B, H]
+        columns = tf.clip_by_value(tf.range(width)[None] + shifts[:, 1:], 0, width - 1)  # [B, W]
+        shifted = tf.gather(observations, rows, axis=2, batch_dims=1)
+        shifted = tf.gather(shifted, columns, axis=3, batch_dims=1)
         noise = tf.clip_by_value(self.augment_rng.normal([batch, 1, 1, 1]), -2.0, 2.0)
-        shifted = tf.transpose(tf.reshape(images, [batch, height, width, positions, channels]),
-                               [0, 3, 1, 2, 4])
         return shifted, 1.0 + self.config.intensity_sigma * noise
 
     def _compute_gradients(self, frames, actions, reward_targets, value_targets,
@@ -304,7 +316,7 @@ class Learner:
         if not finite:
             for variable, value in zip(self._statistics, statistics):
                 variable.assign(value)
-        if not finite and self.config.mixed_precision and math.isfinite(scalars["losses/total"]):
+        if not finite and self.dynamic_loss_scale and math.isfinite(scalars["losses/total"]):
             # Overflowing float16 gradients: skip this step and lower the loss scale.
             self.loss_scale.assign(max(1.0, float(self.loss_scale) / 2))
             self._finite_in_a_row = 0
@@ -315,7 +327,7 @@ class Learner:
         rate = learning_rate_at(self.config, update_index)
         self.optimizer.learning_rate = rate
         self._apply(gradients)
-        if self.config.mixed_precision:
+        if self.dynamic_loss_scale:
             self._finite_in_a_row += 1
             if self._finite_in_a_row % 2000 == 0:
                 self.loss_scale.assign(min(2.0 ** 24, float(self.loss_scale) * 2))
@@ -350,11 +362,10 @@ class Trainer:
         from networks import EfficientZeroNet
 
         on_gpu = bool(tf.config.list_physical_devices("GPU"))
-        if config.mixed_precision:
-            keras.mixed_precision.set_global_policy("mixed_float16")
-            if not on_gpu:
-                print("warning: mixed_precision without a GPU computes float16 without hardware "
-                      "support and is slower than float32 on a CPU", file=sys.stderr)
+        keras.mixed_precision.set_global_policy(precision_policy(config, on_gpu))
+        if config.mixed_precision and not on_gpu and not cpu_has_bfloat16():
+            print("warning: mixed_precision on a CPU without bfloat16 instructions (AMX or "
+                  "AVX512-BF16) emulates bfloat16 and is slower than float32", file=sys.stderr)
         keras.utils.set_random_seed(config.seed)
         if not on_gpu:
             # Same seed, same run on CPU; GPUs lack deterministic kernels for some ops, so there

@@ -150,10 +150,26 @@ def test_human_normalized_score():
 
 @pytest.mark.parametrize("env_id, message", [
     ("Brekout", "did you mean Breakout"), ("NoSuchTask-v0", "name an Atari game as 'Breakout'"),
-    ("Pendulum-v1", "discrete actions only")])
+    ("FrozenLake-v1", "flat vector observation")])
 def test_bad_env_ids_fail_with_one_line(env_id, message):
     with pytest.raises(ValueError) as error:
         envs.make_env(env_id, 0, True)
     assert message in str(error.value) and "\n" not in str(error.value)
     with pytest.raises(ValueError):
         envs.env_spec(env_id, cfg.atari100k())
+
+
+def test_a_continuous_action_is_discretised_into_evenly_spaced_values():
+    config = cfg.classic()
+    spec = envs.env_spec("Pendulum-v1", config)
+    assert spec.num_actions == config.continuous_action_bins == 5
+    env = envs.make_env("Pendulum-v1", 3, True, config)
+    reference = gym.make("Pendulum-v1")
+    frame, _ = env.reset()
+    expected, _ = reference.reset(seed=3)
+    np.testing.assert_allclose(frame, expected)
+    for action, torque in [(4, 1.6), (0, -1.6), (2, 0.0), (3, 0.8)]:
+        frame, reward, *_ = env.step(action)
+        expected, expected_reward, *_ = reference.step(np.array([torque], np.float32))
+        np.testing.assert_allclose(frame, expected, rtol=1e-5, atol=1e-6)
+        assert reward == pytest.approx(expected_reward, rel=1e-5, abs=1e-6)

@@ -256,3 +256,52 @@ def test_same_seed_gives_the_same_first_losses(tmp_path):
                                 train_step=trainer.updates, rng=trainer.rng)
 
     assert first_losses(tmp_path / "a") == first_losses(tmp_path / "b")
+
+
+def test_augmentation_is_one_replicate_padded_shift_per_sample():
+    config, _, learner = _tiny_learner()
+    rng = np.random.default_rng(0)
+    B, P, H, W, C = 16, 3, 12, 10, 2
+    images = rng.integers(0, 256, size=(B, P, H, W, C), dtype=np.uint8)
+    shifted, intensity = learner._augment(images)
+    shifted, intensity = shifted.numpy(), intensity.numpy().reshape(B)
+    pad = config.shift_pad
+    padded = np.pad(images, [(0, 0), (0, 0), (pad, pad), (pad, pad), (0, 0)], mode="edge")
+    found = []
+    for b in range(B):
+        matches = [(dy, dx) for dy in range(-pad, pad + 1) for dx in range(-pad, pad + 1)
+                   if np.array_equal(shifted[b], padded[b, :, pad + dy:pad + dy + H,
+                                                         pad + dx:pad + dx + W])]
+        assert len(matches) == 1, (b, matches)
+        found.append(matches[0])
+    assert len(set(found)) > 4                      # shifts differ between samples
+    assert shifted.dtype == np.uint8
+    sigma = config.intensity_sigma
+    assert np.all(np.abs(intensity - 1.0) <= 2 * sigma + 1e-6) and np.std(intensity) > 0
+
+
+def test_bfloat16_mixed_precision_updates_like_float32():
+    """mixed_precision on a CPU computes in bfloat16 (float32 weights, no loss scaling): the first
+    losses match float32's to bfloat16 accuracy and the update still lowers the loss."""
+    import keras
+
+    import train
+
+    config = dataclasses.replace(cfg.classic(), mixed_precision=True)
+    assert train.precision_policy(config, on_gpu=False) == "mixed_bfloat16"
+    assert train.precision_policy(config, on_gpu=True) == "mixed_float16"
+    assert train.precision_policy(cfg.classic(), on_gpu=False) == "float32"
+
+    def losses(policy):
+        keras.mixed_precision.set_global_policy(policy)
+        try:
+            config, net, learner = _tiny_learner(learning_rate=0.05, warmup_fraction=0.0)
+            batch, targets = _fixed_batch(config)
+            assert not learner.dynamic_loss_scale and float(learner.loss_scale) == 1.0
+            return [learner.update(batch, targets, 100).scalars["losses/total"] for _ in range(8)]
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+
+    full, mixed = losses("float32"), losses("mixed_bfloat16")
+    assert abs(mixed[0] - full[0]) < 0.02 * abs(full[0]) + 0.01, (full[0], mixed[0])
+    assert mixed[-1] < 0.8 * mixed[0], mixed
