@@ -132,6 +132,9 @@ class Config:
     reward_loss_coeff: float = _f("weight of the value-prefix (reward) cross-entropy", 1.0,
                                   _NON_NEGATIVE)
     policy_loss_coeff: float = _f("weight of the policy cross-entropy", 1.0, _NON_NEGATIVE)
+    policy_target_smoothing: float = _f("weight of the uniform distribution mixed into every policy "
+                                        "target (0 = the paper): bounds the prior's logit gaps",
+                                        0.0, _FRACTION)
     value_loss_coeff: float = _f("weight of the value cross-entropy", 0.25, _NON_NEGATIVE)
     consistency_loss_coeff: float = _f("weight of the SimSiam consistency loss (paper: 2.0)", 2.0,
                                        _NON_NEGATIVE)

@@ -229,6 +229,8 @@ class Learner:
         K = config.unroll_steps
         batch = config.batch_size
         observations = self._stack(frames)                              # [B, K+1, ...] as stored
+        smoothing = config.policy_target_smoothing
+        policy_targets = (1.0 - smoothing) * policy_targets + smoothing / self.num_actions
         intensity = None
         if self.is_image and config.augmentation:
             observations, intensity = self._augment(observations)

@@ -305,3 +305,23 @@ def test_bfloat16_mixed_precision_updates_like_float32():
     full, mixed = losses("float32"), losses("mixed_bfloat16")
     assert abs(mixed[0] - full[0]) < 0.02 * abs(full[0]) + 0.01, (full[0], mixed[0])
     assert mixed[-1] < 0.8 * mixed[0], mixed
+
+
+def test_policy_target_smoothing_trains_toward_the_mixture_with_uniform():
+    smoothing = 0.2
+
+    def learner(**changes):                  # the same weights, the zero-initialised heads perturbed
+        config, net, learner = _tiny_learner(**changes)
+        rng = np.random.default_rng(5)
+        for variable in net.trainable_variables:
+            variable.assign(variable + rng.normal(0, 0.3, variable.shape).astype(np.float32))
+        return config, learner
+
+    config, smoothed = learner(policy_target_smoothing=smoothing)
+    batch, targets = _fixed_batch(config)
+    with_switch = smoothed.update(batch, targets, 0).scalars["losses/policy"]
+    mixed = (1 - smoothing) * targets.policies + smoothing / 2          # A = 2
+    by_hand = learner()[1].update(batch, targets._replace(policies=mixed), 0).scalars
+    without = learner()[1].update(batch, targets, 0).scalars
+    assert with_switch == pytest.approx(by_hand["losses/policy"], rel=1e-5)
+    assert abs(with_switch - without["losses/policy"]) > 1e-3
