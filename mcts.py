@@ -136,6 +136,24 @@ def _argmax_actions(scores: np.ndarray) -> np.ndarray:
     return num_actions - ((scores == scores.max(axis=0)) * descending_rank).max(axis=0)
 
 
+def _as_leaves(state) -> tuple:
+    """A state (an array or a tuple of arrays, batch first) as a tuple of NumPy arrays."""
+    return tuple(np.asarray(leaf) for leaf in (state if isinstance(state, tuple) else (state,)))
+
+
+def _gather_states(state_pool: list, nodes: np.ndarray) -> tuple:
+    """The state of node nodes[b] of tree b for every b; state_pool[j] holds node j of all trees."""
+    first = nodes[0]
+    if np.all(nodes == first):                       # e.g. the first simulation: every root
+        return state_pool[first]
+    gathered = tuple(np.empty_like(leaf) for leaf in state_pool[0])
+    for node in np.unique(nodes):
+        lanes = np.flatnonzero(nodes == node)
+        for out, leaf in zip(gathered, state_pool[node]):
+            out[lanes] = leaf[lanes]
+    return gathered
+
+
 class _Trees:
     """Struct-of-arrays storage of B trees with N nodes and A actions each, plus one scratch node.
 
@@ -283,14 +301,10 @@ def gumbel_search(prior_logits: np.ndarray, root_value: np.ndarray, root_state,
     root_completed = np.broadcast_to(node_value[:, 0], (num_actions, batch))
     scores = root_scores(root_sigma)
 
+    # Node states as the official code's state pool: state_pool[j] holds node j of every tree, the
+    # arrays as the model returned them (never copied in); a parent's state is gathered per tree.
     is_tuple = isinstance(root_state, tuple)
-    stored_states = []                                                     # each [B, N, ...]
-    for leaf in (root_state if is_tuple else (root_state,)):
-        leaf = np.asarray(leaf)
-        stored = np.zeros((batch, num_nodes, *leaf.shape[1:]), leaf.dtype)
-        stored[:, 0] = leaf
-        stored_states.append(stored)
-    flat_states = [stored.reshape(batch * num_nodes, *stored.shape[2:]) for stored in stored_states]
+    state_pool = [_as_leaves(root_state)]
 
     lanes = np.arange(batch)
     for simulation in range(num_simulations):
@@ -314,11 +328,10 @@ def gumbel_search(prior_logits: np.ndarray, root_value: np.ndarray, root_state,
         leaf_action, leaf_parent = np.divmod(leaf_edge, stride)
 
         # Expansion: one batched network call for the new node of every tree.
-        parent_states = tuple(flat[leaf_parent] for flat in flat_states)
+        parent_states = _gather_states(state_pool, leaf_parent - root)
         next_state, reward, value, child_logits = recurrent_fn(
             parent_states if is_tuple else parent_states[0], leaf_action)
-        for stored, leaf in zip(stored_states, next_state if is_tuple else (next_state,)):
-            stored[:, simulation + 1] = leaf
+        state_pool.append(_as_leaves(next_state))
         value = np.asarray(value, np.float32)
         expand(simulation + 1, np.asarray(child_logits, np.float32), value)
         child_flat[leaf_edge] = root + simulation + 1
