@@ -4,9 +4,10 @@ Usage: `python bench.py [all|search|buffer|update|selfplay|memory|projection] [-
 prints a table per section and merges the results into `bench-results.json` (keyed by section, so
 sections can be re-run one at a time). With `--mixed-precision` the networks compute as `train.py
 --set mixed_precision=true` would on this machine (bfloat16 on a CPU, float16 on a GPU) and the
-results are stored under `<section>-mixed`. Each section is a function in `SECTIONS` returning a dict of results. The
-numbers below are the benchmark's own settings, not training configuration (that lives in
-config.py); every section after `search` uses the full `atari100k` settings and network on Breakout.
+results are stored under `<section>-mixed`. Each section is a function in `SECTIONS` returning a
+dict of results. The numbers below are the benchmark's own settings, not training configuration
+(that lives in config.py); every section after `search` uses the full `atari100k` settings and
+network on Breakout.
 
 search: batched Gumbel MuZero search (mcts.py) with a trivially cheap NumPy `recurrent_fn` that
 hands back precomputed random rewards, values and logits, so the measured time is the tree work
@@ -124,15 +125,11 @@ def _atari_config():
     """The atari100k config, with the Keras dtype policy set as train.py would set it."""
     import dataclasses
 
-    import keras
-    import tensorflow as tf
-
     import config as config_module
-    from train import precision_policy
+    from train import use_precision
 
     config = dataclasses.replace(config_module.atari100k(), mixed_precision=mixed_precision)
-    on_gpu = bool(tf.config.list_physical_devices("GPU"))
-    keras.mixed_precision.set_global_policy(precision_policy(config, on_gpu))
+    use_precision(config)
     return config
 
 

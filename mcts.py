@@ -9,7 +9,8 @@ Shapes: B trees, A actions, N = num_simulations + 1 nodes per tree (node 0 is th
 creates node i + 1). Node j of tree b has the flat index k = b·N + j; per-node arrays are [T] with
 T = B·N + 1, per-edge arrays are action-major [A, T] (flat index of the edge of action a at node k:
 a·T + k). The extra node k = T - 1 is a scratch slot that absorbs the writes of trees whose path is
-shorter than the batch's longest. Search states are kept as [B, N, ...] per array of the state tuple.
+shorter than the batch's longest. Search states stay as the model returned them, one [B, ...]
+array per state leaf per simulation (a state pool, as the official code's), gathered per tree.
 
 - Root (sequential halving): m = min(max_num_considered_actions, valid actions); the table of
   `considered_visits_sequence(m, n)` says, at simulation i, which visit count an action must have to be

@@ -138,6 +138,19 @@ def learning_rate_at(config: Config, update: int) -> float:
     return rate
 
 
+def use_precision(config: Config) -> bool:
+    """Set the Keras dtype policy for `config` before any network is built; returns on_gpu."""
+    import keras
+    import tensorflow as tf
+
+    on_gpu = bool(tf.config.list_physical_devices("GPU"))
+    keras.mixed_precision.set_global_policy(precision_policy(config, on_gpu))
+    if config.mixed_precision and not on_gpu and not cpu_has_bfloat16():
+        print("warning: mixed_precision on a CPU without bfloat16 instructions (AMX or "
+              "AVX512-BF16) emulates bfloat16 and is slower than float32", file=sys.stderr)
+    return on_gpu
+
+
 def precision_policy(config: Config, on_gpu: bool) -> str:
     """The Keras dtype policy: float32, or with `mixed_precision` float16 compute on a GPU and
     bfloat16 compute on a CPU (the CPU's matrix units take bfloat16, not float16)."""
@@ -230,7 +243,8 @@ class Learner:
         batch = config.batch_size
         observations = self._stack(frames)                              # [B, K+1, ...] as stored
         smoothing = config.policy_target_smoothing
-        policy_targets = (1.0 - smoothing) * policy_targets + smoothing / self.num_actions
+        if smoothing > 0:
+            policy_targets = (1.0 - smoothing) * policy_targets + smoothing / self.num_actions
         intensity = None
         if self.is_image and config.augmentation:
             observations, intensity = self._augment(observations)
@@ -363,11 +377,7 @@ class Trainer:
         from buffer import ReplayBuffer
         from networks import EfficientZeroNet
 
-        on_gpu = bool(tf.config.list_physical_devices("GPU"))
-        keras.mixed_precision.set_global_policy(precision_policy(config, on_gpu))
-        if config.mixed_precision and not on_gpu and not cpu_has_bfloat16():
-            print("warning: mixed_precision on a CPU without bfloat16 instructions (AMX or "
-                  "AVX512-BF16) emulates bfloat16 and is slower than float32", file=sys.stderr)
+        on_gpu = use_precision(config)
         keras.utils.set_random_seed(config.seed)
         if not on_gpu:
             # Same seed, same run on CPU; GPUs lack deterministic kernels for some ops, so there
