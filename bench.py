@@ -14,7 +14,8 @@ hands back precomputed random rewards, values and logits, so the measured time i
 (selection, expansion bookkeeping, backup) plus a negligible model call. Reported as simulations per
 second, B · num_simulations / seconds per search, best of SEARCH_REPEATS.
 
-buffer: a ReplayBuffer filled to 100,000 transitions of random 96x96x3 frames through its public API
+buffer: a ReplayBuffer filled to 100,000 transitions of 96x96x3 Breakout frames (a pool of frames
+from random play, zlib-compressed as `frame_compression` = 1 stores them) through its public API
 (4 lockstep envs), then `sample(256)` (prioritized sampling and every target but the network ones),
 median of BUFFER_REPEATS; and one reanalysis of such a batch with the full network, split into
 network time and tree time.
@@ -106,6 +107,7 @@ def bench_search() -> dict:
 
 FULL_BUFFER_TRANSITIONS = 100_000     # a full Atari 100K buffer
 FILL_EPISODE_LENGTH = 400             # env steps per synthetic episode when filling a buffer
+FRAME_POOL = 256                      # distinct Breakout frames (random play) a filled buffer reuses
 BUFFER_BATCH_SIZE = 256
 BUFFER_REPEATS = 10                   # timed samples (median reported)
 UPDATE_FILL_TRANSITIONS = 4_000       # buffer content for the update benchmark
@@ -137,10 +139,28 @@ def _section_key(name: str) -> str:
     return f"{name}-mixed" if mixed_precision else name
 
 
-def _fill_random(buffer, transitions: int, rng: np.random.Generator) -> None:
-    """Store `transitions` steps of random frames through the public API, envs in lockstep."""
-    envs, frame_shape, num_actions = buffer.num_envs, buffer.frame_shape, buffer.num_actions
-    frames = rng.integers(0, 256, (64, *frame_shape), dtype=np.uint8)   # a pool, reused
+def _breakout_frames(config, count: int, rng: np.random.Generator) -> np.ndarray:
+    """`count` single frames [count, *frame] of Breakout under random play (as the buffer stores them,
+    so that frame compression sees real frames rather than incompressible noise)."""
+    from envs import make_env
+
+    env = make_env(config.env_id, seed=0, training=True, config=config)
+    frame, _ = env.reset(seed=0)
+    frames = [frame]
+    while len(frames) < count:
+        frame, _, terminated, truncated, _ = env.step(int(rng.integers(env.action_space.n)))
+        frames.append(frame)
+        if terminated or truncated:
+            frames.append(env.reset()[0])
+    env.close()
+    return np.stack(frames[:count])
+
+
+def _fill(buffer, transitions: int, rng: np.random.Generator) -> None:
+    """Store `transitions` steps of Breakout frames (a reused pool) through the public API, envs in
+    lockstep, with random actions, rewards and policies."""
+    envs, num_actions = buffer.num_envs, buffer.num_actions
+    frames = _breakout_frames(buffer.config, FRAME_POOL, rng)
     buffer.begin_episodes(np.arange(envs), frames[:envs])
     policies = np.full((envs, num_actions), 1.0 / num_actions, np.float32)
     for step in range(transitions // envs):
@@ -169,7 +189,7 @@ def bench_buffer() -> dict:
     rng = np.random.default_rng(0)
     buffer = ReplayBuffer(config, spec.frame_shape, spec.frame_dtype, spec.num_actions,
                           config.num_envs)
-    _fill_random(buffer, FULL_BUFFER_TRANSITIONS + FILL_EPISODE_LENGTH * config.num_envs, rng)
+    _fill(buffer, FULL_BUFFER_TRANSITIONS + FILL_EPISODE_LENGTH * config.num_envs, rng)
     buffer.sample(BUFFER_BATCH_SIZE, rng)                               # warm-up
     seconds = []
     for _ in range(BUFFER_REPEATS):
@@ -198,7 +218,7 @@ def bench_update() -> dict:
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = _atari_trainer(run_dir)
         config = trainer.config
-        _fill_random(trainer.buffer, UPDATE_FILL_TRANSITIONS, trainer.rng)
+        _fill(trainer.buffer, UPDATE_FILL_TRANSITIONS, trainer.rng)
         batch = trainer.buffer.sample(config.batch_size, trainer.rng)
         targets = reanalyze(batch, trainer.target_model, config=config, train_step=0,
                             rng=trainer.rng)
@@ -268,7 +288,7 @@ def _memory_process() -> None:
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = _atari_trainer(run_dir)
         config = trainer.config
-        _fill_random(trainer.buffer, FULL_BUFFER_TRANSITIONS + FILL_EPISODE_LENGTH * config.num_envs,
+        _fill(trainer.buffer, FULL_BUFFER_TRANSITIONS + FILL_EPISODE_LENGTH * config.num_envs,
                      trainer.rng)
         batch = trainer.buffer.sample(config.batch_size, trainer.rng)
         targets = reanalyze(batch, trainer.target_model, config=config, train_step=0,

@@ -2,8 +2,9 @@
 
 Storage. Self-play runs `num_envs` envs in lockstep; each env's episode is staged until it ends and is
 then written contiguously into a ring of `replay_capacity` frame slots: an episode of T transitions
-takes T + 1 slots (its observations o_0..o_T, each a single uint8 frame stored once; o_T is not a
-transition start). When the ring is full the oldest episodes leave whole.
+takes T + 1 slots (its observations o_0..o_T, each a single frame stored once, zlib-compressed when
+`frame_compression` > 0; o_T is not a transition start). When the ring is full the oldest episodes
+leave whole.
 
 Sampling. A sum tree over slots holds priority^α (new transitions get the running maximum); importance
 weights (N·P(i))^-β are normalised by their maximum. For a sampled position t the batch carries the
@@ -32,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import zlib
 from typing import NamedTuple
 
 import numpy as np
@@ -105,7 +107,81 @@ class _SumTree:
         return leaves
 
 
-_ARRAY_FIELDS = ("frames", "actions", "rewards", "root_values", "policies", "collected_at",
+class _FrameRing:
+    """The ring's frames, one per slot: a dense [C, *frame] array, or with `frame_compression` > 0 one
+    zlib blob per slot, decoded when gathered (each distinct slot once). Lossless either way."""
+
+    def __init__(self, capacity: int, frame_shape: tuple, frame_dtype, compression: int):
+        self.capacity, self.frame_shape, self.frame_dtype = capacity, frame_shape, frame_dtype
+        self.compression = compression
+        if compression:
+            self.blobs: list[bytes | None] = [None] * capacity
+            self.blob_bytes = 0
+        else:
+            self.dense = np.zeros((capacity, *frame_shape), frame_dtype)        # [C, *frame]
+
+    def put(self, slots: np.ndarray, frames: np.ndarray) -> None:
+        """Store frames [len(slots), *frame] into `slots`."""
+        if not self.compression:
+            self.dense[slots] = frames
+            return
+        for slot, frame in zip(slots.tolist(), frames):
+            old = self.blobs[slot]
+            self.blobs[slot] = zlib.compress(np.ascontiguousarray(frame).tobytes(), self.compression)
+            self.blob_bytes += len(self.blobs[slot]) - (len(old) if old is not None else 0)
+
+    def gather(self, slots: np.ndarray) -> np.ndarray:
+        """Frames [*slots.shape, *frame] of `slots` (any shape)."""
+        if not self.compression:
+            return self.dense[slots]
+        distinct, inverse = np.unique(slots, return_inverse=True)
+        frames = np.empty((len(distinct), *self.frame_shape), self.frame_dtype)
+        flat = frames.reshape(len(distinct), -1).view(np.uint8)
+        for row, slot in enumerate(distinct.tolist()):
+            flat[row] = np.frombuffer(zlib.decompress(self.blobs[slot]), np.uint8)
+        return frames[inverse.reshape(slots.shape)]
+
+    def nbytes(self) -> int:
+        return self.blob_bytes if self.compression else self.dense.nbytes
+
+    def save(self, folder: str) -> None:
+        """frames.npy: the dense array, or the blobs concatenated with frame-offsets.npy [C+1]."""
+        offsets_file = os.path.join(folder, "frame-offsets.npy")
+        if not self.compression:
+            np.save(os.path.join(folder, "frames.npy"), self.dense, allow_pickle=False)
+            if os.path.exists(offsets_file):
+                os.remove(offsets_file)
+            return
+        sizes = [len(blob) if blob is not None else 0 for blob in self.blobs]
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        data = np.frombuffer(b"".join(blob for blob in self.blobs if blob is not None), np.uint8)
+        np.save(os.path.join(folder, "frames.npy"), data, allow_pickle=False)
+        np.save(offsets_file, offsets, allow_pickle=False)
+
+    def load(self, folder: str) -> None:
+        """Read what `save` wrote, in either format, into this ring's format."""
+        data = np.load(os.path.join(folder, "frames.npy"), allow_pickle=False)
+        offsets_file = os.path.join(folder, "frame-offsets.npy")
+        if not os.path.exists(offsets_file):                                  # saved dense
+            if data.shape != (self.capacity, *self.frame_shape):
+                raise ValueError(f"replay buffer file frames.npy has shape {data.shape}")
+            self.put(np.arange(self.capacity), data.astype(self.frame_dtype, copy=False))
+            return
+        offsets = np.load(offsets_file, allow_pickle=False).tolist()
+        if len(offsets) != self.capacity + 1:
+            raise ValueError(f"replay buffer file frame-offsets.npy has {len(offsets)} entries")
+        data = data.tobytes()
+        blobs = [data[a:b] if b > a else None for a, b in zip(offsets[:-1], offsets[1:])]
+        if self.compression:
+            self.blobs, self.blob_bytes = blobs, offsets[-1]
+            return
+        for slot, blob in enumerate(blobs):
+            if blob is not None:
+                self.dense[slot] = np.frombuffer(zlib.decompress(blob), self.frame_dtype).reshape(
+                    self.frame_shape)
+
+
+_ARRAY_FIELDS = ("actions", "rewards", "root_values", "policies", "collected_at",
                  "episode_start", "episode_length", "episode_terminated")
 
 
@@ -117,7 +193,7 @@ class ReplayBuffer:
         capacity = config.replay_capacity
         self.config, self.capacity, self.num_actions = config, capacity, num_actions
         self.frame_shape, self.frame_dtype, self.num_envs = tuple(frame_shape), frame_dtype, num_envs
-        self.frames = np.zeros((capacity, *frame_shape), frame_dtype)        # [C, *frame]
+        self.frames = _FrameRing(capacity, self.frame_shape, frame_dtype, config.frame_compression)
         self.actions = np.zeros(capacity, np.int32)
         self.rewards = np.zeros(capacity, np.float32)
         self.root_values = np.zeros(capacity, np.float32)
@@ -171,7 +247,7 @@ class ReplayBuffer:
         start = self.head
         self._evict_before(start + length + 1 - self.capacity)
         slots = np.arange(start, start + length + 1) % self.capacity
-        self.frames[slots] = np.stack(staged["frames"])
+        self.frames.put(slots, np.stack(staged["frames"]))
         moves = slots[:-1]
         self.actions[moves] = staged["actions"]
         self.rewards[moves] = staged["rewards"]
@@ -200,7 +276,7 @@ class ReplayBuffer:
         return self._stored
 
     def nbytes(self) -> int:
-        stored = sum(getattr(self, name).nbytes for name in _ARRAY_FIELDS)
+        stored = self.frames.nbytes() + sum(getattr(self, name).nbytes for name in _ARRAY_FIELDS)
         staged = sum(sum(f.nbytes for f in s["frames"]) for s in self._staged if s is not None)
         return stored + self.priorities.nodes.nbytes + staged
 
@@ -230,7 +306,7 @@ class ReplayBuffer:
         # to the network's graph (networks.stack_frames), a 3x smaller host copy than stacked arrays.
         frame_offsets = offset[:, None] + np.arange(-S + 1, positions)
         frame_slots = (start[:, None] + np.clip(frame_offsets, 0, length[:, None])) % self.capacity
-        frames = self.frames[frame_slots]                                    # [B, S-1+P, *frame]
+        frames = self.frames.gather(frame_slots)                             # [B, S-1+P, *frame]
         inside = steps < length[:, None]                                     # [B, P]
         move_slots = (start[:, None] + np.minimum(steps, length[:, None] - 1)) % self.capacity
         rewards = np.where(inside, self.rewards[move_slots], 0.0)            # [B, P]
@@ -274,6 +350,7 @@ class ReplayBuffer:
 
     def save(self, folder: str) -> None:
         os.makedirs(folder, exist_ok=True)
+        self.frames.save(folder)
         for name in _ARRAY_FIELDS:
             np.save(os.path.join(folder, f"{name}.npy"), getattr(self, name), allow_pickle=False)
         np.save(os.path.join(folder, "priorities.npy"), self.priorities.nodes, allow_pickle=False)
@@ -314,6 +391,7 @@ class ReplayBuffer:
                 setattr(buffer, name, array)
             buffer.priorities.nodes = np.load(os.path.join(folder, "priorities.npy"),
                                               allow_pickle=False)
+            buffer.frames.load(folder)
             buffer.head, buffer.num_added = meta["head"], meta["num_added"]
             buffer.max_priority, buffer.newest_env_step = meta["max_priority"], \
                 meta["newest_env_step"]

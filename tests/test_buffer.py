@@ -315,6 +315,39 @@ def test_save_load_round_trip(tmp_path):
         ReplayBuffer.load(str(tmp_path / "missing"), config)
 
 
+def test_compressed_frames_sample_and_reload_exactly(tmp_path):
+    """frame_compression stores zlib blobs; every sample equals the raw ring's, across a wrap-around,
+    and a saved buffer loads into either format."""
+    rng = np.random.default_rng(0)
+    buffers = {}
+    for level in (0, 3):
+        config = make_config(replay_capacity=40, frame_compression=level)
+        buffers[level] = ReplayBuffer(config, (4, 4, 3), np.uint8, A, 2)
+    for _ in range(5):                                   # 2 lockstep envs, episodes of 9 and 9 steps
+        first = rng.integers(0, 4, (2, 4, 4, 3), dtype=np.uint8)
+        steps = [(rng.integers(0, A, 2), rng.integers(0, 4, (2, 4, 4, 3), dtype=np.uint8))
+                 for _ in range(9)]
+        for buffer in buffers.values():
+            buffer.begin_episodes(np.arange(2), first)
+            for t, (actions, frames) in enumerate(steps):
+                buffer.add_step(actions, np.ones(2, np.float32), frames, np.full(2, t == 8),
+                                np.zeros(2, bool), np.zeros(2), np.full((2, A), 1 / A, np.float32), t)
+    raw, compressed = buffers[0], buffers[3]
+    assert len(raw) == len(compressed) == 36 and raw.num_added == 90
+    assert compressed.nbytes() < raw.nbytes()
+
+    def assert_same_samples(a, b):
+        for x, y in zip(a.sample(64, np.random.default_rng(1)), b.sample(64, np.random.default_rng(1))):
+            np.testing.assert_array_equal(x, y)
+
+    assert_same_samples(raw, compressed)
+    for saved, level in ((compressed, 0), (raw, 3), (compressed, 3)):
+        folder = str(tmp_path / f"from{saved.config.frame_compression}-to{level}")
+        saved.save(folder)
+        loaded = ReplayBuffer.load(folder, make_config(replay_capacity=40, frame_compression=level))
+        assert_same_samples(raw, loaded)
+
+
 def test_atari_frames_stack_channels_oldest_first():
     config = dataclasses.replace(cfg.smoke(), frame_stack=4, unroll_steps=2, td_steps=2,
                                  replay_capacity=50)
