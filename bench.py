@@ -289,7 +289,7 @@ def _memory_process() -> None:
         trainer = _atari_trainer(run_dir)
         config = trainer.config
         _fill(trainer.buffer, FULL_BUFFER_TRANSITIONS + FILL_EPISODE_LENGTH * config.num_envs,
-                     trainer.rng)
+              trainer.rng)
         batch = trainer.buffer.sample(config.batch_size, trainer.rng)
         targets = reanalyze(batch, trainer.target_model, config=config, train_step=0,
                             rng=trainer.rng)
