@@ -116,7 +116,6 @@ class _FrameRing:
         self.compression = compression
         if compression:
             self.blobs: list[bytes | None] = [None] * capacity
-            self.blob_bytes = 0
         else:
             self.dense = np.zeros((capacity, *frame_shape), frame_dtype)        # [C, *frame]
 
@@ -126,9 +125,7 @@ class _FrameRing:
             self.dense[slots] = frames
             return
         for slot, frame in zip(slots.tolist(), frames):
-            old = self.blobs[slot]
             self.blobs[slot] = zlib.compress(np.ascontiguousarray(frame).tobytes(), self.compression)
-            self.blob_bytes += len(self.blobs[slot]) - (len(old) if old is not None else 0)
 
     def gather(self, slots: np.ndarray) -> np.ndarray:
         """Frames [*slots.shape, *frame] of `slots` (any shape)."""
@@ -142,7 +139,9 @@ class _FrameRing:
         return frames[inverse.reshape(slots.shape)]
 
     def nbytes(self) -> int:
-        return self.blob_bytes if self.compression else self.dense.nbytes
+        if not self.compression:
+            return self.dense.nbytes
+        return sum(len(blob) for blob in self.blobs if blob is not None)
 
     def save(self, folder: str) -> None:
         """frames.npy: the dense array, or the blobs concatenated with frame-offsets.npy [C+1]."""
@@ -173,7 +172,7 @@ class _FrameRing:
         data = data.tobytes()
         blobs = [data[a:b] if b > a else None for a, b in zip(offsets[:-1], offsets[1:])]
         if self.compression:
-            self.blobs, self.blob_bytes = blobs, offsets[-1]
+            self.blobs = blobs
             return
         for slot, blob in enumerate(blobs):
             if blob is not None:
