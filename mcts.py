@@ -33,10 +33,13 @@ node's next edge and the root's scores; the selection walk is then a few gathers
 Differences from EfficientZero V2's official tree (`ez/mcts/ctree/cnode.cpp`, `cminimax.cpp`,
 `ez/mcts/cy_mcts.py`), which this project does not follow (it follows mctx, checked against golden
 values from mctx 0.0.71 in tests/test_mcts.py):
-- Q normalisation: one running min/max per tree over every backed-up Q (range floored at
-  `value_delta_max`, result clipped to [0, 1]) instead of per node over the node's completed Q.
-  Available as a switch, `q_normalization="tree"` (default "node"); it is the only one of these
-  differences that is.
+- Q normalisation: one running min/max per tree (`CMinMaxStats`) instead of per node over the node's
+  completed Q. Each simulation folds in its own backed-up returns r + γ·G along the path and the
+  root's entry γ·G (the root has no reward); q̂ = (Q − min) / max(max − min, `value_delta_max`),
+  Q itself when the range is not positive, then clipped to [0, 1]. Available exactly as a switch,
+  `q_normalization="tree"`; it is the only one of these differences that is. (The official mixed
+  value for unvisited actions also differs, using the node's mean value and 1/(2 + ΣN); with the
+  switch on, this search keeps mctx's mixed value.)
 - Root: the candidates are fixed at the first simulation as the top m of g + prior logits; each phase
   visits the least-visited candidate, then keeps the top m_phase = m // 2^phase (down to 1, not "at
   least 2") by g + logits + σ(q̂); a phase lasts max(1, floor(n / (log2 m · m_phase))) · m_phase
@@ -195,23 +198,30 @@ class _Trees:
         """A per-edge array viewed as [A, B, N] (scratch node left out)."""
         return array[:, :self.scratch].reshape(self.num_actions, self.batch, -1)
 
-    def record_q(self, q: np.ndarray, on_path: np.ndarray) -> None:
-        """Fold the backed-up Q values [D, B] of this simulation's paths into the per-tree min/max."""
-        np.minimum(self.q_low, np.where(on_path, q, np.inf).min(axis=0), out=self.q_low)
-        np.maximum(self.q_high, np.where(on_path, q, -np.inf).max(axis=0), out=self.q_high)
+    def record_returns(self, returns: np.ndarray, on_path: np.ndarray) -> None:
+        """Fold one simulation's backed-up returns into the per-tree min/max, as the official tree's
+        back-propagation: returns [D, B] (row d: r + γ·G of the edge leaving path node d) and the
+        root's own entry γ·returns[0] (the root has no reward)."""
+        on_path_returns = np.where(on_path, returns, np.inf).min(axis=0)
+        root_entry = self.discount * returns[0]
+        np.minimum(self.q_low, np.minimum(on_path_returns, root_entry), out=self.q_low)
+        on_path_returns = np.where(on_path, returns, -np.inf).max(axis=0)
+        np.maximum(self.q_high, np.maximum(on_path_returns, root_entry), out=self.q_high)
 
     def rescale(self, completed: np.ndarray, nodes: np.ndarray) -> np.ndarray:
         """Completed Q [A, R] of nodes [R] -> q̂ in [0, 1].
 
-        "node" (mctx): by the node's own min and max. "tree" (official EZ V2): by the tree's running
-        min and max, the range floored at value_delta_max, the result clipped to [0, 1]."""
+        "node" (mctx): by the node's own min and max. "tree" (official EZ V2, `CMinMaxStats`): by
+        the tree's running min and max, divided by the range floored at value_delta_max; a range of
+        zero or less (one distinct return, or none yet) leaves Q unscaled; then clipped to [0, 1]."""
         if not self.tree_wide:
             low = completed.min(axis=0)
             return (completed - low) / np.maximum(completed.max(axis=0) - low, RESCALE_EPSILON)
         tree = nodes // self.num_nodes
         low, high = self.q_low[tree], self.q_high[tree]
-        scale = np.maximum(high - low, self.value_delta_max)
-        return np.clip((completed - low) / scale, 0.0, 1.0)
+        spread = high - low
+        scaled = (completed - low) / np.maximum(spread, self.value_delta_max)
+        return np.clip(np.where(spread > 0, scaled, completed), 0.0, 1.0)
 
     def refresh(self, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Recompute σ(q̂) at nodes [R] after a backup and cache their interior choice
@@ -359,7 +369,7 @@ def gumbel_search(prior_logits: np.ndarray, root_value: np.ndarray, root_state,
         backed_up_q = rewards + gamma * child_values
         edge_q_flat[edges] = backed_up_q
         if trees.tree_wide:
-            trees.record_q(backed_up_q, on_path)
+            trees.record_returns(returns, on_path)
         edge_visits_flat[edges] = edge_visits_flat.take(edges) + 1
 
         # Refresh σ on every path node (roots are the first B, their cached next edge unused).

@@ -282,22 +282,72 @@ def _bandit(rewards_by_row, logits, **switches):
                          discount=0.0, **switches)
 
 
-def test_tree_wide_normalisation_with_a_floored_range_by_hand():
-    """q_normalization='tree' (official EZ V2): q̂ = clip((q - tree min) / max(range, δ), 0, 1).
-    With δ = 10 above the reward range 0.8, σ stays small: visits as in the mctx bandit, policy in
-    closed form."""
-    rewards = np.array([0.1, 0.9, 0.5, 0.3], np.float32)
-    logits = np.array([[0.0, 0.2, 0.1, -0.1]], np.float32)
-    out = _bandit(rewards[None], logits, q_normalization="tree", value_delta_max=10.0)
-    np.testing.assert_array_equal(out.visit_counts[0], [2, 6, 6, 2])
-    sigma = (50 + 6) * 0.1 * (rewards - rewards.min()) / 10.0
-    np.testing.assert_allclose(out.improved_policy[0], softmax(logits[0] + sigma), atol=1e-6)
-    assert out.action[0] == 1
-    # A range above δ: every root action is visited, so tree-wide and per-node rescaling agree.
-    node = _bandit(rewards[None], logits)
-    tree = _bandit(rewards[None], logits, q_normalization="tree", value_delta_max=0.01)
-    np.testing.assert_array_equal(tree.visit_counts, node.visit_counts)
-    np.testing.assert_allclose(tree.improved_policy, node.improved_policy, atol=1e-6)
+def _table_search(discount, root_value, root_logits, children, num_simulations):
+    """One tree over a lookup table: children[(node, action)] = (child, reward, value, logits);
+    the state is the node id. q_normalization='tree', c_visit 50, c_scale 0.1, δ 0.01, no noise."""
+
+    def recurrent_fn(state, actions):
+        rows = [children[(int(node), int(action))] for node, action in zip(state[:, 0], actions)]
+        return (np.array([[r[0]] for r in rows]), np.array([r[1] for r in rows], np.float32),
+                np.array([r[2] for r in rows], np.float32), np.array([r[3] for r in rows],
+                                                                      np.float32))
+
+    return gumbel_search(np.array([root_logits], np.float32), np.array([root_value], np.float32),
+                         np.zeros((1, 1), np.int64), recurrent_fn, num_simulations=num_simulations,
+                         max_num_considered_actions=2, gumbel=np.zeros((1, 2), np.float32),
+                         discount=discount, q_normalization="tree", value_delta_max=0.01)
+
+
+# Expected values below follow the official C++ tree by hand (ez/mcts/ctree: CMinMaxStats::update
+# and normalize, back_propagate): each simulation folds r + γ·G of every edge on its path and the
+# root's own γ·G into one min/max per tree.
+
+def test_tree_normalisation_folds_returns_and_the_root_entry_by_hand():
+    """γ = 0.5, v̂(root) = 1, logits [1, 0]. Simulation 1: a0 (r 1, v 2) folds 1 + 0.5·2 = 2 and the
+    root's 0.5·2 = 1; simulation 2: a1 (r 0, v 1) folds 0.5 and 0.25. min 0.25, max 2."""
+    children = {(0, 0): (1, 1.0, 2.0, [0.0, 0.0]), (0, 1): (2, 0.0, 1.0, [0.0, 0.0])}
+    out = _table_search(0.5, 1.0, [1.0, 0.0], children, 2)
+    np.testing.assert_allclose(out.completed_q[0], [2.0, 0.5], rtol=1e-6)
+    q_hat = np.array([1.0, (0.5 - 0.25) / 1.75])
+    np.testing.assert_allclose(out.improved_policy[0], softmax(np.array([1.0, 0.0]) + 5.1 * q_hat),
+                               rtol=1e-5)
+    np.testing.assert_allclose(out.root_value[0], (1.0 + 2.0 + 0.5) / 3, rtol=1e-6)
+
+
+def test_tree_normalisation_on_a_two_level_tree_by_hand():
+    """γ = 0.997, v̂(root) = 0.4, logits [0.2, 0]; a0 (r 0.5, v 1), a1 (r −0.2, v 0.3), and a0's child
+    by action 0 (r 0.3, v 2). Folded: 1.497, 1.492509 | 0.0991, 0.0988027 | 2.294, 2.787118,
+    2.778757: min 0.0988027, max 2.787118. Q = [0.5 + 0.997·(1 + 2.294)/2, 0.0991]."""
+    children = {(0, 0): (1, 0.5, 1.0, [0.0, 0.0]), (0, 1): (2, -0.2, 0.3, [0.0, 0.0]),
+                (1, 0): (3, 0.3, 2.0, [0.0, 0.0]), (1, 1): (4, 0.0, 0.0, [0.0, 0.0])}
+    out = _table_search(0.997, 0.4, [0.2, 0.0], children, 3)
+    np.testing.assert_array_equal(out.visit_counts[0], [2, 1])
+    q = np.array([0.5 + 0.997 * (1.0 + 2.294) / 2, 0.0991])
+    np.testing.assert_allclose(out.completed_q[0], q, rtol=1e-5)
+    low, high = 0.0988027, 2.787118
+    q_hat = (q - low) / (high - low)                     # [0.760051, 0.000111]
+    np.testing.assert_allclose(out.improved_policy[0],
+                               softmax(np.array([0.2, 0.0]) + 5.2 * q_hat), rtol=1e-5)
+    np.testing.assert_allclose(out.improved_policy[0], [0.984506, 0.015494], atol=1e-5)
+    np.testing.assert_allclose(out.root_value[0], (0.4 + 1.497 + 0.0991 + 2.787118) / 4, rtol=1e-5)
+
+
+def test_tree_normalisation_floors_a_small_range_and_leaves_a_zero_range_unscaled():
+    """One simulation, γ = 0.997, v̂(root) = 0.5, logits [1, 0], a0 visited.
+    (r 1, v 1): folded 1.997 and 1.991009, a range of 0.005991 < δ: q̂(a0) = 0.005991 / 0.01; the
+    unvisited a1's mixed value (0.5 + 1.997) / 2 = 1.2485 lies below the min: clipped to 0.
+    (r 0, v 0): folded 0 and 0, a zero range: Q is used unscaled, then clipped: q̂(a0) = 0, and the
+    mixed value of a1, (0.5 + 0) / 2 = 0.25 (mctx's mixed value; the official tree's differs), is
+    q̂(a1) = 0.25, so the unvisited action gets the larger σ."""
+    small = _table_search(0.997, 0.5, [1.0, 0.0], {(0, 0): (1, 1.0, 1.0, [0.0, 0.0])}, 1)
+    q_hat = np.array([(1.997 - 1.991009) / 0.01, 0.0])
+    np.testing.assert_allclose(small.improved_policy[0],
+                               softmax(np.array([1.0, 0.0]) + 5.1 * q_hat), rtol=1e-4)
+    np.testing.assert_allclose(small.root_value[0], 1.2485, rtol=1e-6)
+    zero = _table_search(0.997, 0.5, [1.0, 0.0], {(0, 0): (1, 0.0, 0.0, [0.0, 0.0])}, 1)
+    np.testing.assert_allclose(zero.improved_policy[0],
+                               softmax(np.array([1.0, 0.0]) + 5.1 * np.array([0.0, 0.25])),
+                               rtol=1e-6)
 
 
 def test_tree_wide_statistics_are_kept_per_tree():
