@@ -6,15 +6,24 @@ takes T + 1 slots (its observations o_0..o_T, each a single frame stored once, z
 `frame_compression` > 0; o_T is not a transition start). When the ring is full the oldest episodes
 leave whole.
 
-Sampling. A sum tree over slots holds priority^α (new transitions get the running maximum); importance
-weights (N·P(i))^-β are normalised by their maximum. For a sampled position t the batch carries the
+Sampling. A sum tree over slots holds priority^α; new transitions get the largest priority currently in
+the buffer (1 when it is empty), as the official `ez/data/replay_buffer.py`. Importance weights
+(N·P(i))^-β are normalised by the batch maximum and clipped to [`priority_weight_min`, 1]. For a sampled position t the batch carries the
 single frames t-S+1..t+K+n (S = frame_stack, K = unroll_steps, n = td_steps): frames before the
 episode's start repeat its first frame, past its end its final frame. The network stacks them, S frames
 along the last axis, oldest first, as envs.FrameStacker does (networks.stack_frames, inside the graph).
-The batch also carries what the targets need:
-- masks[k] = 1 while t+k < T (a real transition with an action and a policy); past the end the policy
-  and consistency losses are masked, actions are uniform random, rewards and value targets are 0;
-- value-prefix targets: running sums of clipped rewards from t, restarting every `lstm_horizon_len`;
+The batch also carries what the targets need, with the official code's episode-end semantics (no
+loss of any kind after the last real action):
+- transition_masks[k] = 1 while t+k < T: position t+k has an action, a reward and an acting policy.
+  The policy loss at k uses transition_masks[k]; unroll step k (which predicts o_{t+k} from
+  a_{t+k-1}) is real while t+k-1 < T, so its value-prefix and consistency losses use
+  transition_masks[k-1], and the step that predicts o_T is trained. Past the end actions are uniform
+  random and rewards 0, all masked.
+- value_masks[k] = 1 while t+k < T, and at t+k = T when the episode terminated: a terminal o_T is
+  absorbing and its value target is 0; a truncated episode's o_T is an ordinary state that is never
+  trained toward 0 (the TD targets before it bootstrap from v(o_T)).
+- reward targets: with `value_prefix`, running sums of clipped rewards from t, restarting every
+  `lstm_horizon_len`; without it, the per-step rewards (what the plain reward head predicts);
 - TD: z = Σ_{i<n} γ^i u_{t+k+i} + γ^n v(o_{t+k+n}); no bootstrap past a terminal; past a truncation
   the bootstrap is v(o_T) with γ^(T-t-k).
 
@@ -44,8 +53,9 @@ from config import Config
 class Batch(NamedTuple):
     frames: np.ndarray                  # [B, S-1+K+n+1, *frame] single frames at t-S+1..t+K+n
     actions: np.ndarray                 # [B, K] int32 actions at t..t+K-1
-    reward_targets: np.ndarray          # [B, K] value-prefix targets of unroll steps 1..K
-    masks: np.ndarray                   # [B, K+1] 1 where t+k is a transition of the episode
+    reward_targets: np.ndarray          # [B, K] value-prefix (or reward) targets of steps 1..K
+    transition_masks: np.ndarray        # [B, K+1] 1 where t+k < T (an action, a reward, a policy)
+    value_masks: np.ndarray             # [B, K+1] 1 where t+k < T, or t+k = T of a terminated episode
     importance_weights: np.ndarray      # [B] float32, max 1
     indices: np.ndarray                 # [B] int64 slots, for update_priorities
     stored_policies: np.ndarray         # [B, K+1, A] the acting search's policies (uniform past end)
@@ -60,6 +70,7 @@ class Targets(NamedTuple):
     values: np.ndarray                  # [B, K+1] mixed value targets
     policies: np.ndarray                # [B, K+1, A] improved policies (uniform past the end)
     sve_fraction: float                 # share of value targets from the search
+    diagnostics: dict                   # diagnostics/* of the reanalysis search (search_diagnostics)
     network_seconds: float              # reanalysis time in network calls
     tree_seconds: float                 # reanalysis time in the tree search itself
 
@@ -83,6 +94,9 @@ class _SumTree:
 
     def get(self, indices: np.ndarray) -> np.ndarray:
         return self.nodes[np.asarray(indices, np.int64) + self.leaves]
+
+    def max(self) -> float:
+        return float(self.nodes[self.leaves:].max())
 
     @property
     def total(self) -> float:
@@ -204,7 +218,6 @@ class ReplayBuffer:
         self.priorities = _SumTree(capacity)
         self.head = 0                    # absolute ordinal of the next slot to write
         self.num_added = 0               # transitions ever stored
-        self.max_priority = 1.0
         self.newest_env_step = 0
         self._episodes: list[tuple[int, int]] = []          # (start ordinal, T), oldest first
         self._stored = 0                                      # transitions in stored episodes
@@ -256,7 +269,7 @@ class ReplayBuffer:
         self.episode_start[slots] = start
         self.episode_length[slots] = length
         self.episode_terminated[slots] = terminated
-        self.priorities.set(moves, np.full(length, self.max_priority))
+        self.priorities.set(moves, np.full(length, self.max_priority()))
         self.priorities.set(slots[-1:], np.zeros(1))
         self._episodes.append((start, length))
         self._stored += length
@@ -273,6 +286,10 @@ class ReplayBuffer:
 
     def __len__(self) -> int:
         return self._stored
+
+    def max_priority(self) -> float:
+        """The largest priority^α now in the buffer, 1 when it is empty (what new transitions get)."""
+        return float(self.priorities.max()) if self._stored else 1.0
 
     def nbytes(self) -> int:
         stored = self.frames.nbytes() + sum(getattr(self, name).nbytes for name in _ARRAY_FIELDS)
@@ -291,7 +308,8 @@ class ReplayBuffer:
             slots = self.priorities.sample(batch_size, rng)
             probabilities = self.priorities.get(slots) / self.priorities.total
             weights = (len(self) * probabilities) ** (-config.priority_beta)
-            weights = (weights / weights.max()).astype(np.float32)
+            weights = np.clip(weights / weights.max(), config.priority_weight_min, 1.0)
+            weights = weights.astype(np.float32)
         else:
             valid = np.flatnonzero(self.priorities.get(np.arange(self.capacity)) > 0)
             slots = rng.choice(valid, batch_size)
@@ -313,37 +331,49 @@ class ReplayBuffer:
                            rng.integers(0, self.num_actions, (batch_size, K)))
         stored_policies = np.where(inside[:, :K + 1, None], self.policies[move_slots[:, :K + 1]],
                                    np.float32(1.0 / self.num_actions))
-        # Value prefix: rewards summed from the last restart (every lstm_horizon_len steps).
-        horizon = config.lstm_horizon_len
-        prefix = np.zeros((batch_size, K), np.float32)
-        running = np.zeros(batch_size, np.float32)
-        for k in range(K):
-            if k % horizon == 0:
-                running = np.zeros(batch_size, np.float32)
-            running = running + rewards[:, k]
-            prefix[:, k] = running
+        reward_targets = self._reward_targets(rewards[:, :K])
         # n-step TD pieces for k = 0..K.
         discounts = config.discount ** np.arange(n)
         td_rewards = np.stack([rewards[:, k:k + n] @ discounts for k in range(K + 1)], axis=1)
+        terminated = self.episode_terminated[slots][:, None]                 # [B, 1]
         bootstrap_step = np.minimum(steps[:, :K + 1] + n, length[:, None])      # [B, K+1]
         bootstrap_positions = bootstrap_step - offset[:, None]
         bootstrap_discounts = config.discount ** (bootstrap_step - steps[:, :K + 1])
-        no_bootstrap = ~inside[:, :K + 1] | (self.episode_terminated[slots][:, None]
-                                             & (steps[:, :K + 1] + n >= length[:, None]))
+        no_bootstrap = ~inside[:, :K + 1] | (terminated & (steps[:, :K + 1] + n >= length[:, None]))
         bootstrap_discounts = np.where(no_bootstrap, 0.0, bootstrap_discounts)
-        return Batch(frames, actions.astype(np.int32), prefix,
-                     inside[:, :K + 1].astype(np.float32), weights, slots.astype(np.int64),
-                     stored_policies.astype(np.float32), td_rewards.astype(np.float32),
-                     bootstrap_positions,
-                     bootstrap_discounts.astype(np.float32), self.collected_at[slots],
-                     self.newest_env_step)
+        value_masks = inside[:, :K + 1] | (terminated & (steps[:, :K + 1] == length[:, None]))
+        return Batch(frames=frames, actions=actions.astype(np.int32),
+                     reward_targets=reward_targets,
+                     transition_masks=inside[:, :K + 1].astype(np.float32),
+                     value_masks=value_masks.astype(np.float32), importance_weights=weights,
+                     indices=slots.astype(np.int64),
+                     stored_policies=stored_policies.astype(np.float32),
+                     td_rewards=td_rewards.astype(np.float32),
+                     bootstrap_positions=bootstrap_positions,
+                     bootstrap_discounts=bootstrap_discounts.astype(np.float32),
+                     collected_at=self.collected_at[slots], newest_env_step=self.newest_env_step)
+
+    def _reward_targets(self, rewards: np.ndarray) -> np.ndarray:
+        """Rewards u_t..u_{t+K-1} [B, K] -> what the reward head of unroll steps 1..K predicts: the
+        value prefix (the sum since the last restart, every `lstm_horizon_len` steps) or, without
+        `value_prefix`, the reward itself."""
+        if not self.config.value_prefix:
+            return rewards.astype(np.float32)
+        horizon = self.config.lstm_horizon_len
+        prefix = np.zeros_like(rewards, np.float32)
+        running = np.zeros(len(rewards), np.float32)
+        for k in range(rewards.shape[1]):
+            if k % horizon == 0:
+                running = np.zeros(len(rewards), np.float32)
+            running = running + rewards[:, k]
+            prefix[:, k] = running
+        return prefix
 
     def update_priorities(self, indices: np.ndarray, priorities: np.ndarray) -> None:
         if not self.config.use_priority:
             return
         values = np.asarray(priorities, np.float64) ** self.config.priority_alpha
         self.priorities.set(indices, values)
-        self.max_priority = max(self.max_priority, float(values.max()))
 
     # --- persistence (no pickle) ----------------------------------------------------------------------
 
@@ -368,7 +398,7 @@ class ReplayBuffer:
         meta = {"capacity": self.capacity, "num_actions": self.num_actions,
                 "frame_shape": list(self.frame_shape), "frame_dtype": np.dtype(self.frame_dtype).str,
                 "num_envs": self.num_envs, "head": self.head, "num_added": self.num_added,
-                "max_priority": self.max_priority, "newest_env_step": self.newest_env_step,
+                "newest_env_step": self.newest_env_step,
                 "episodes": self._episodes, "staged": staged}
         with open(os.path.join(folder, "buffer.json"), "w") as file:
             json.dump(meta, file)
@@ -392,8 +422,7 @@ class ReplayBuffer:
                                               allow_pickle=False)
             buffer.frames.load(folder)
             buffer.head, buffer.num_added = meta["head"], meta["num_added"]
-            buffer.max_priority, buffer.newest_env_step = meta["max_priority"], \
-                meta["newest_env_step"]
+            buffer.newest_env_step = meta["newest_env_step"]
             buffer._episodes = [tuple(e) for e in meta["episodes"]]
             buffer._stored = sum(length for _, length in buffer._episodes)
             for env, episode in enumerate(meta["staged"]):
@@ -481,12 +510,42 @@ def reanalyze(batch: Batch, model, *, config: Config, train_step: int,
         gumbel = sample_gumbel(rng, root.policy_logits.shape, config.gumbel_scale)
         search = search_with_model(timed, root, gumbel, **config.search_options())
         uniform = np.float32(1.0 / A)
-        policies[rows] = np.where(batch.masks[rows, :, None] > 0,
+        policies[rows] = np.where(batch.transition_masks[rows, :, None] > 0,
                                   search.improved_policy.reshape(len(rows), K + 1, A), uniform)
         search_values[rows] = search.root_value.reshape(len(rows), K + 1)
+        real = batch.transition_masks[rows].ravel() > 0
+        diagnostics = search_diagnostics(root.policy_logits[real], search.improved_policy[real],
+                                         search.completed_q[real])
+    else:
+        diagnostics = {}
     total = time.perf_counter() - start
     sve = reanalysed & use_search_value(config, train_step, batch.collected_at,
                                         batch.newest_env_step)
-    mixed = np.where(sve[:, None], search_values, td_values) * batch.masks
-    return Targets(mixed.astype(np.float32), policies.astype(np.float32), float(sve.mean()),
-                   timed.seconds, total - timed.seconds)
+    # Past the last transition the target is 0: the absorbing value of a terminal o_T (trained), and
+    # masked out for a truncated o_T and beyond (value_masks).
+    mixed = np.where(sve[:, None], search_values, td_values) * batch.transition_masks
+    return Targets(values=mixed.astype(np.float32), policies=policies.astype(np.float32),
+                   sve_fraction=float(sve.mean()), diagnostics=diagnostics,
+                   network_seconds=timed.seconds, tree_seconds=total - timed.seconds)
+
+
+def _entropy(probabilities: np.ndarray) -> np.ndarray:
+    """[R, A] -> [R] nats."""
+    return -(probabilities * np.log(np.maximum(probabilities, 1e-30))).sum(axis=-1)
+
+
+def search_diagnostics(prior_logits: np.ndarray, improved_policy: np.ndarray,
+                       completed_q: np.ndarray) -> dict:
+    """What reveals a policy collapse while it happens, over R reanalysed roots: the entropy of the
+    target model's prior and of the improved policy (nats), the mean max − min prior logit, and the
+    mean gap between the best and the second-best completed Q. Inputs [R, A]."""
+    if len(prior_logits) == 0:
+        return {}
+    logits = prior_logits - prior_logits.max(axis=-1, keepdims=True)
+    prior = np.exp(logits) / np.exp(logits).sum(axis=-1, keepdims=True)
+    ordered_q = np.sort(completed_q, axis=-1)
+    return {"diagnostics/prior_entropy": float(_entropy(prior).mean()),
+            "diagnostics/logit_gap": float((prior_logits.max(-1) - prior_logits.min(-1)).mean()),
+            "diagnostics/improved_policy_entropy": float(_entropy(improved_policy).mean()),
+            "diagnostics/root_q_gap": float((ordered_q[:, -1] - ordered_q[:, -2]).mean())
+            if completed_q.shape[-1] > 1 else 0.0}

@@ -92,6 +92,14 @@ class Config:
     normalization: str = _f("'batch' (BatchNorm, the paper) or 'group' (GroupNorm, the blog)",
                             "batch")
     group_norm_groups: int = _f("groups of GroupNorm when normalization='group'", 8, _POSITIVE)
+    batch_renorm: bool = _f("BatchNorm trains on batch statistics corrected toward its moving "
+                            "statistics (Batch Renormalization), so inference computes what "
+                            "training computes", False)
+    batch_renorm_max_scale: float = _f("Batch Renormalization: r = σ_batch / σ_moving is clipped "
+                                       "to [1 / this, this]", 3.0,
+                                       (lambda v: v >= 1.0, ">= 1"))
+    batch_renorm_max_shift: float = _f("Batch Renormalization: d = (μ_batch − μ_moving) / σ_moving "
+                                       "is clipped to [−this, this]", 5.0, _NON_NEGATIVE)
     value_prefix: bool = _f("predict value prefixes with an LSTM (EZ) instead of per-step rewards",
                             True)
     lstm_hidden_size: int = _f("hidden size of the value-prefix LSTM", 512, _POSITIVE)
@@ -142,6 +150,9 @@ class Config:
     consistency_loss_coeff: float = _f("weight of the SimSiam consistency loss (paper: 2.0)", 2.0,
                                        _NON_NEGATIVE)
 
+    state_gradient_scale: float = _f("the gradient into every unrolled latent state is scaled by this "
+                                     "(MuZero, EZ: 0.5)", 0.5, _FRACTION)
+
     # --- optimisation ----------------------------------------------------------------------------
     batch_size: int = _f("samples per update", 256, _POSITIVE)
     learning_rate: float = _f("SGD learning rate after warm-up", 0.2, _POSITIVE)
@@ -160,6 +171,8 @@ class Config:
     priority_alpha: float = _f("priority exponent alpha", 1.0, _NON_NEGATIVE)
     priority_beta: float = _f("importance-weight exponent beta", 1.0, _FRACTION)
     priority_epsilon: float = _f("added to |v - z| so no priority is zero", 1e-6, _POSITIVE)
+    priority_weight_min: float = _f("importance weights, normalised by the batch maximum, are clipped "
+                                    "to [this, 1] (official replay buffer: 0.1)", 0.1, _FRACTION)
 
     # --- augmentation ----------------------------------------------------------------------------
     augmentation: bool = _f("random shift and intensity jitter on image observations", True)

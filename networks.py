@@ -109,7 +109,20 @@ class BatchNorm(keras.layers.Layer):
 
     About 1.4x faster than keras.layers.BatchNormalization on CPU (forward and backward of h at batch
     256). Moving statistics as in PyTorch: weight 1 - NORM_MOMENTUM on the batch, unbiased variance.
+
+    With `renorm` (Batch Renormalization, Ioffe 2017) the training forward normalises by the batch
+    statistics times stop-gradient corrections r = σ_B / σ, d = (μ_B − μ) / σ toward the moving
+    statistics, clipped to [1/max_scale, max_scale] and [−max_shift, max_shift]: unclipped, training
+    computes exactly what inference computes, (x − μ) / σ · γ + β, with gradients through the batch
+    statistics. Plain BatchNorm trains on each call's own batch statistics; in EfficientZero the
+    moving statistics then blend the root and every unrolled step, so the inference root sees
+    features normalised by statistics it was never trained with.
     """
+
+    def __init__(self, renorm: bool = False, max_scale: float = 3.0, max_shift: float = 5.0,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.renorm, self.max_scale, self.max_shift = renorm, max_scale, max_shift
 
     def build(self, input_shape):
         channels = input_shape[-1]
@@ -129,8 +142,19 @@ class BatchNorm(keras.layers.Layer):
         if flat:
             x = x[:, None, None, :]                       # [B, C] -> [B, 1, 1, C] for the 4-D kernel
         if training:
+            scale, offset = self.gamma, self.beta
+            if self.renorm:
+                # y = (x̂ r + d) γ + β = x̂ (γ r) + (γ d + β), x̂ normalised by the batch statistics.
+                batch_mean, batch_variance = tf.nn.moments(tf.cast(x, tf.float32), axes=[0, 1, 2])
+                moving_std = tf.sqrt(self.moving_variance + NORM_EPSILON)
+                r = tf.stop_gradient(tf.clip_by_value(
+                    tf.sqrt(batch_variance + NORM_EPSILON) / moving_std, 1.0 / self.max_scale,
+                    self.max_scale))
+                d = tf.stop_gradient(tf.clip_by_value(
+                    (batch_mean - self.moving_mean) / moving_std, -self.max_shift, self.max_shift))
+                scale, offset = self.gamma * r, self.gamma * d + self.beta
             y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-                x, self.gamma, self.beta, epsilon=NORM_EPSILON, is_training=True)
+                x, scale, offset, epsilon=NORM_EPSILON, is_training=True)
             self.moving_mean.assign(NORM_MOMENTUM * self.moving_mean + (1 - NORM_MOMENTUM) * mean)
             self.moving_variance.assign(NORM_MOMENTUM * self.moving_variance
                                         + (1 - NORM_MOMENTUM) * variance)
@@ -147,7 +171,8 @@ def _normalization(config: Config, width: int):
     GroupNorm uses gcd(group_norm_groups, width) groups, so narrow head layers stay valid.
     """
     if config.normalization == "batch":
-        return BatchNorm()
+        return BatchNorm(config.batch_renorm, config.batch_renorm_max_scale,
+                         config.batch_renorm_max_shift)
     return keras.layers.GroupNormalization(groups=math.gcd(config.group_norm_groups, width),
                                            epsilon=NORM_EPSILON)
 
@@ -411,6 +436,36 @@ class ProjectionHead(_Block):
         return self.out(tf.nn.relu(self.norm(self.hidden(x), training=training)))
 
 
+# --- initialisation ---------------------------------------------------------------------------------
+
+def torch_default_initialisation(block: keras.layers.Layer) -> None:
+    """Re-draw the weights of every Conv2D, Dense and LSTMCell inside `block` as PyTorch initialises
+    them, which the official code relies on: kernels and biases uniform in ±1/sqrt(fan_in)
+    (kaiming_uniform with a = sqrt(5)); an LSTM's weights and its two biases (summed here into Keras'
+    one) uniform in ±1/sqrt(hidden). Layers built with a zero kernel (the last layer of each head)
+    stay zero. Keras' defaults (Glorot kernels, zero biases) differ, and a zero bias makes the action
+    plane a/A of ConvDynamics give the same LayerNorm-ed embedding for every action a > 0.
+    Draws from TensorFlow's global generator, so keras.utils.set_random_seed fixes them."""
+    for layer in block._flatten_layers(include_self=True, recursive=True):
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
+            if isinstance(layer.kernel_initializer, keras.initializers.Zeros):
+                continue
+            fan_in = int(np.prod(layer.kernel.shape[:-1]))
+            _uniform(layer.kernel, 1.0 / math.sqrt(fan_in))
+            if layer.use_bias:
+                _uniform(layer.bias, 1.0 / math.sqrt(fan_in))
+        elif isinstance(layer, keras.layers.LSTMCell):
+            bound = 1.0 / math.sqrt(layer.units)
+            _uniform(layer.kernel, bound)
+            _uniform(layer.recurrent_kernel, bound)
+            layer.bias.assign(tf.random.uniform(layer.bias.shape, -bound, bound)
+                              + tf.random.uniform(layer.bias.shape, -bound, bound))
+
+
+def _uniform(variable, bound: float) -> None:
+    variable.assign(tf.random.uniform(variable.shape, -bound, bound, dtype=variable.dtype))
+
+
 # --- the network ------------------------------------------------------------------------------------
 
 class EfficientZeroNet:
@@ -462,7 +517,8 @@ class EfficientZeroNet:
             self._recurrent_graph, input_signature=[state_spec, tf.TensorSpec([None], tf.int32)])
 
     def _build(self):
-        """Create every weight with one batch of zeros (inference mode) and record the latent shape."""
+        """Create every weight with one batch of zeros (inference mode), give it PyTorch's default
+        initialisation and record the latent shape."""
         batch = 2
         observations = np.zeros((batch, *self.observation_shape),
                                 np.uint8 if self.is_image else np.float32)
@@ -472,6 +528,9 @@ class EfficientZeroNet:
                       training=False)
         self.predict(latent, training=False)
         self.predict_projection(self.project(latent, training=False), training=False)
+        for layers in self._parts.values():
+            for layer in layers:
+                torch_default_initialisation(layer)
 
     # --- training-side building blocks (TF tensors in and out) ---------------------------------------
 
@@ -493,10 +552,16 @@ class EfficientZeroNet:
         zeros = tf.zeros([batch, self.config.lstm_hidden_size], tf.float32)
         return (zeros, zeros)
 
-    def dynamics(self, latent, actions, lstm_state, training):
+    def dynamics(self, latent, actions, lstm_state, training, state_gradient_scale=1.0):
         """g: (latent [B, ...], actions [B] int32, lstm_state) -> (next latent, reward logits
-        [B, 2S+1] float32 (the value prefix since the last LSTM reset, or the reward), lstm_state)."""
+        [B, 2S+1] float32 (the value prefix since the last LSTM reset, or the reward), lstm_state).
+
+        `state_gradient_scale` scales the gradient flowing back into the next latent from all its
+        readers, the reward head included (the forward value is unchanged)."""
         next_latent = self.transition(latent, actions, training=training)
+        if state_gradient_scale != 1.0:
+            next_latent = (state_gradient_scale * next_latent
+                           + (1.0 - state_gradient_scale) * tf.stop_gradient(next_latent))
         reward_logits, lstm_state = self.reward_head(next_latent, lstm_state, training=training)
         return next_latent, tf.cast(reward_logits, tf.float32), lstm_state
 

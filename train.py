@@ -37,6 +37,8 @@ from config import Config  # noqa: E402
 
 EXIT_USAGE = 2
 EXIT_NON_FINITE = 1
+# train.py warns once when more than this share of an update's value targets is outside the support.
+CLIPPED_WARNING_FRACTION = 0.01
 
 
 class UsageError(Exception):
@@ -182,13 +184,14 @@ class Learner:
         import keras
         import tensorflow as tf
 
-        from networks import logits_to_scalar, scalar_to_two_hot, stack_frames
+        from networks import logits_to_scalar, scalar_to_two_hot, scalar_transform, stack_frames
 
         self.config, self.net, self.num_actions = config, net, num_actions
         self._tf = tf
         self._stack = lambda frames: stack_frames(frames, config.frame_stack)
         self._two_hot = lambda x: scalar_to_two_hot(x, config.support_size)
         self._to_scalar = lambda logits: logits_to_scalar(logits, config.support_size)
+        self._transform = scalar_transform
         self.optimizer = keras.optimizers.SGD(learning_rate=config.learning_rate,
                                               momentum=config.momentum)
         self.optimizer.build(net.trainable_variables)
@@ -211,19 +214,23 @@ class Learner:
             tf.TensorSpec([config.batch_size, K], tf.float32),         # reward (value-prefix) targets
             tf.TensorSpec([config.batch_size, K + 1], tf.float32),     # value targets
             tf.TensorSpec([config.batch_size, K + 1, A], tf.float32),  # policy targets
-            tf.TensorSpec([config.batch_size, K + 1], tf.float32),     # masks
+            tf.TensorSpec([config.batch_size, K + 1], tf.float32),     # transition masks
+            tf.TensorSpec([config.batch_size, K + 1], tf.float32),     # value masks
             tf.TensorSpec([config.batch_size], tf.float32),            # importance weights
         ]
         self._gradients = tf.function(self._compute_gradients, input_signature=signature)
         self._apply = tf.function(self._apply_gradients)
+        self._root_outputs_graph = tf.function(self._root_outputs)
 
-    # Random shift (replicate-pad `shift_pad`, random crop) and intensity jitter, the same transform
-    # for all K+1 observations of a sample, as EfficientZero augments a whole stacked sequence. The
-    # shift gathers uint8 rows and columns at clamped indices, which is exactly replicate padding
-    # followed by a crop, and costs a quarter of the memory of floats; the intensity factor is applied
-    # after preprocessing, one observation at a time.
+    # Random shift (replicate-pad `shift_pad`, random crop) and intensity jitter. The official code
+    # augments the online input o_t and the consistency targets o_{t+1..t+K} independently, each
+    # sample's targets sharing one transform (they are one stacked tensor there). The shift gathers
+    # uint8 rows and columns at clamped indices, which is exactly replicate padding followed by a
+    # crop, and costs a quarter of the memory of floats; the intensity factor is applied after
+    # preprocessing, one observation at a time.
     def _augment(self, observations):
-        """uint8 [B, K+1, H, W, C] -> (shifted uint8 [B, K+1, H, W, C], intensity [B, 1, 1, 1])."""
+        """uint8 [B, P, H, W, C] -> (shifted uint8 [B, P, H, W, C], intensity [B, 1, 1, 1]): one
+        shift and one intensity factor per sample, shared by its P observations."""
         tf = self._tf
         batch, _, height, width, _ = observations.shape
         pad = self.config.shift_pad
@@ -235,23 +242,38 @@ class Learner:
         noise = tf.clip_by_value(self.augment_rng.normal([batch, 1, 1, 1]), -2.0, 2.0)
         return shifted, 1.0 + self.config.intensity_sigma * noise
 
+    def _network_inputs(self, frames):
+        """Single frames [B, S+K, *frame] -> a function k -> float32 network input of o_{t+k} [B, *obs],
+        augmented (images, `augmentation`): o_t with one draw, o_{t+1..t+K} with another."""
+        net = self.net
+        observations = self._stack(frames)                              # [B, K+1, ...] as stored
+        if not (self.is_image and self.config.augmentation):
+            return lambda k: net.preprocess(observations[:, k])
+        online, online_intensity = self._augment(observations[:, :1])
+        targets, target_intensity = self._augment(observations[:, 1:])
+
+        def inputs_at(k):
+            if k == 0:
+                return net.preprocess(online[:, 0]) * online_intensity
+            return net.preprocess(targets[:, k - 1]) * target_intensity
+        return inputs_at
+
     def _compute_gradients(self, frames, actions, reward_targets, value_targets,
-                           policy_targets, masks, weights):
+                           policy_targets, transition_masks, value_masks, weights):
+        """The EfficientZero V2 loss of one batch and its gradients (DESIGN: §7 of the paper).
+
+        Unroll step k = 1..K predicts o_{t+k} from a_{t+k-1}: its value-prefix and consistency losses
+        count while that action is real (transition_masks[:, k-1]); the policy loss at position k
+        while o_{t+k} has an acting policy (transition_masks[:, k]); the value loss at k where
+        value_masks[:, k] (a terminal o_T's absorbing 0 included, a truncated o_T excluded)."""
         tf, config, net = self._tf, self.config, self.net
         self.trace_count += 1
         K = config.unroll_steps
         batch = config.batch_size
-        observations = self._stack(frames)                              # [B, K+1, ...] as stored
         smoothing = config.policy_target_smoothing
         if smoothing > 0:
             policy_targets = (1.0 - smoothing) * policy_targets + smoothing / self.num_actions
-        intensity = None
-        if self.is_image and config.augmentation:
-            observations, intensity = self._augment(observations)
-
-        def inputs_at(k):                                               # [B, *obs] float32
-            inputs = net.preprocess(observations[:, k])
-            return inputs if intensity is None else inputs * intensity
+        inputs_at = self._network_inputs(frames)
 
         # SimSiam targets: stop-gradient projections of the real observations t+1..t+K, one call
         # per step k as the official code does (BatchNorm statistics per step; peak memory of B
@@ -271,26 +293,32 @@ class Learner:
             latent = net.represent(inputs_at(0), training=True)
             value_logits, policy_logits = net.predict(latent, training=True)
             predicted_root_value = self._to_scalar(value_logits)           # [B], for priorities
-            value_loss = cross_entropy(value_logits, self._two_hot(value_targets[:, 0]))
-            policy_loss = cross_entropy(policy_logits, policy_targets[:, 0]) * masks[:, 0]
+            value_loss = cross_entropy(value_logits, self._two_hot(value_targets[:, 0])) \
+                * value_masks[:, 0]
+            policy_loss = cross_entropy(policy_logits, policy_targets[:, 0]) * transition_masks[:, 0]
             reward_loss = tf.zeros([batch])
             consistency_loss = tf.zeros([batch])
             lstm_state = net.initial_lstm_state(batch)
             for k in range(1, K + 1):
-                latent, reward_logits, lstm_state = net.dynamics(latent, actions[:, k - 1],
-                                                                 lstm_state, training=True)
+                # The gradient into every unrolled state is halved (the official hook on the state),
+                # so what this step's own heads send back is halved too.
+                latent, reward_logits, lstm_state = net.dynamics(
+                    latent, actions[:, k - 1], lstm_state, training=True,
+                    state_gradient_scale=config.state_gradient_scale)
                 if k % config.lstm_horizon_len == 0:       # the value prefix restarts here
                     lstm_state = net.initial_lstm_state(batch)
                 value_logits, policy_logits = net.predict(latent, training=True)
                 prediction = net.predict_projection(net.project(latent, training=True),
                                                     training=True)
+                step_is_real = transition_masks[:, k - 1]
                 consistency_loss += negative_cosine(prediction, target_projection[k - 1]) \
-                    * masks[:, k]
-                reward_loss += cross_entropy(reward_logits, self._two_hot(reward_targets[:, k - 1]))
-                value_loss += cross_entropy(value_logits, self._two_hot(value_targets[:, k]))
-                policy_loss += cross_entropy(policy_logits, policy_targets[:, k]) * masks[:, k]
-                # Halve the gradient flowing back through the hidden state (MuZero).
-                latent = 0.5 * latent + 0.5 * tf.stop_gradient(latent)
+                    * step_is_real
+                reward_loss += cross_entropy(reward_logits, self._two_hot(reward_targets[:, k - 1])) \
+                    * step_is_real
+                value_loss += cross_entropy(value_logits, self._two_hot(value_targets[:, k])) \
+                    * value_masks[:, k]
+                policy_loss += cross_entropy(policy_logits, policy_targets[:, k]) \
+                    * transition_masks[:, k]
             per_sample = (config.reward_loss_coeff * reward_loss
                           + config.policy_loss_coeff * policy_loss
                           + config.value_loss_coeff * value_loss
@@ -301,6 +329,8 @@ class Learner:
         gradients = [g / self.loss_scale for g in gradients]
         gradients, grad_norm = tf.clip_by_global_norm(gradients, config.max_grad_norm)
         priorities = tf.abs(predicted_root_value - value_targets[:, 0]) + config.priority_epsilon
+        # Value targets beyond the categorical support are clipped by the two-hot encoding.
+        clipped = tf.cast(tf.abs(self._transform(value_targets)) > config.support_size, tf.float32)
         scalars = {
             "losses/total": loss,
             "losses/reward": tf.reduce_mean(reward_loss) / K,
@@ -309,9 +339,30 @@ class Learner:
             "losses/consistency": tf.reduce_mean(consistency_loss) / K,
             "losses/grad_norm": grad_norm,
             "targets/mean_value_target": tf.reduce_mean(value_targets[:, 0]),
+            "targets/clipped_fraction": tf.reduce_sum(clipped * value_masks)
+                                        / tf.maximum(tf.reduce_sum(value_masks), 1.0),
             "targets/mean_predicted_value": tf.reduce_mean(predicted_root_value),
         }
         return gradients, priorities, scalars
+
+    def _root_outputs(self, frames, training):
+        """Root frames [B, S, *frame] -> (value [B], policy logits [B, A]) of o_t, no augmentation."""
+        net = self.net
+        latent = net.represent(net.preprocess(self._stack(frames)[:, 0]), training=training)
+        value_logits, policy_logits = net.predict(latent, training=training)
+        return self._to_scalar(value_logits), policy_logits
+
+    def normalization_gap(self, frames: np.ndarray) -> dict[str, float]:
+        """How far inference (BatchNorm's moving statistics) is from training (batch statistics) at
+        the roots of a fixed batch: mean |Δ policy logit| and mean |Δ value|; 0 with GroupNorm.
+        The training-mode pass leaves the moving statistics as they were."""
+        statistics = [v.numpy() for v in self._statistics]
+        value_train, logits_train = self._root_outputs_graph(frames, True)
+        for variable, value in zip(self._statistics, statistics):
+            variable.assign(value)
+        value_infer, logits_infer = self._root_outputs_graph(frames, False)
+        return {"diagnostics/bn_logit_gap": float(np.abs(logits_train - logits_infer).mean()),
+                "diagnostics/bn_value_gap": float(np.abs(value_train - value_infer).mean())}
 
     def _apply_gradients(self, gradients):
         variables = self.net.trainable_variables
@@ -325,8 +376,8 @@ class Learner:
             batch.frames[:, :self.config.frame_stack + self.config.unroll_steps],
             batch.actions.astype(np.int32),
             batch.reward_targets.astype(np.float32), targets.values.astype(np.float32),
-            targets.policies.astype(np.float32), batch.masks.astype(np.float32),
-            batch.importance_weights.astype(np.float32))
+            targets.policies.astype(np.float32), batch.transition_masks.astype(np.float32),
+            batch.value_masks.astype(np.float32), batch.importance_weights.astype(np.float32))
         scalars = {key: float(value) for key, value in scalars.items()}
         finite = math.isfinite(scalars["losses/total"]) and math.isfinite(scalars["losses/grad_norm"])
         if not finite:
@@ -408,6 +459,9 @@ class Trainer:
                                          self.spec.frame_dtype)
         self.logger = MetricsLogger(run_dir, self.updates if resume_from is not None else None)
         self.recent_returns: list[float] = []
+        self.warned_clipping = False
+        # Root frames of the first logged batch: the fixed batch of diagnostics/bn_*_gap.
+        self.fixed_frames: np.ndarray | None = None
 
     # -- checkpoints --
     def _restore(self, checkpoint: checkpoints.Checkpoint) -> None:
@@ -507,8 +561,18 @@ class Trainer:
             self.selfplay_model.set_weights(self.online.get_weights())
         if self.updates % config.target_update_interval == 0:
             self.target_model.set_weights(self.online.get_weights())
+        if result.scalars["targets/clipped_fraction"] > CLIPPED_WARNING_FRACTION \
+                and not self.warned_clipping:
+            self.warned_clipping = True
+            print(f"warning: {result.scalars['targets/clipped_fraction']:.1%} of the value targets "
+                  f"lie outside the support (support_size={config.support_size}); raise "
+                  "support_size", file=sys.stderr)
         if self.updates % config.log_interval == 0:
+            if self.fixed_frames is None:
+                self.fixed_frames = batch.frames[:, :config.frame_stack]
             scalars = dict(result.scalars)
+            scalars.update(targets.diagnostics)
+            scalars.update(self.learner.normalization_gap(self.fixed_frames))
             scalars["targets/sve_fraction"] = targets.sve_fraction
             scalars["perf/sample_ms"] = 1000 * (sampled - start)
             scalars["perf/reanalyze_ms"] = 1000 * (reanalysed - sampled)

@@ -54,6 +54,9 @@ def reference_targets(config, length, terminated, t, episode_id, values_of):
     obs = [[episode_id * 1000.0 + min(max(j - S + 1 + s, 0), length) for s in range(S)]
            for j in range(t, t + K + n + 1)]
     masks = [1.0 if t + k < length else 0.0 for k in range(K + 1)]
+    # The value loss also covers a terminal o_T (absorbing, target 0), never a truncated one.
+    value_masks = [1.0 if t + k < length or (t + k == length and terminated) else 0.0
+                   for k in range(K + 1)]
     prefix, running = [], 0.0
     for k in range(K):
         if k % config.lstm_horizon_len == 0:
@@ -75,7 +78,7 @@ def reference_targets(config, length, terminated, t, episode_id, values_of):
         elif not terminated:
             total += gamma ** (length - j) * values_of(length)
         td.append(total)
-    return obs, masks, prefix, td
+    return obs, masks, value_masks, prefix, td
 
 
 @pytest.mark.parametrize("terminated", [True, False])
@@ -90,10 +93,11 @@ def test_sampled_positions_match_the_reference(terminated):
     for b in range(64):
         first = observations[b, 0, -1]
         episode_id, t = int(first // 1000), int(first % 1000)
-        obs, masks, prefix, td_plain = reference_targets(
+        obs, masks, value_masks, prefix, td_plain = reference_targets(
             config, lengths[episode_id], terminated, t, episode_id, lambda j: 0.0)
         np.testing.assert_array_equal(observations[b], obs)
-        np.testing.assert_array_equal(batch.masks[b], masks)
+        np.testing.assert_array_equal(batch.transition_masks[b], masks)
+        np.testing.assert_array_equal(batch.value_masks[b], value_masks)
         for k in range(config.unroll_steps + 1):
             expected = acting_policy(t + k) if masks[k] else np.full(A, 1.0 / A, np.float32)
             np.testing.assert_allclose(batch.stored_policies[b, k], expected)
@@ -146,7 +150,7 @@ def test_reanalysis_targets(terminated):
     for b in range(16):
         first = observations[b, 0, -1]
         episode_id, t = int(first // 1000), int(first % 1000)
-        _, masks, _, td = reference_targets(config, lengths[episode_id], terminated, t, episode_id,
+        _, masks, _, _, td = reference_targets(config, lengths[episode_id], terminated, t, episode_id,
                                             lambda j: (episode_id * 1000.0 + j) / 100.0)
         np.testing.assert_allclose(targets.values[b], td, rtol=1e-5)
         for k in range(K + 1):
@@ -159,14 +163,14 @@ def test_reanalysis_targets(terminated):
     search = mcts.search_with_model(IndexModel(), root, gumbel, num_simulations=4,
                                     max_num_considered_actions=2, discount=0.9, c_visit=50.0,
                                     c_scale=0.1)
-    inside = batch.masks > 0
+    inside = batch.transition_masks > 0
     np.testing.assert_allclose(targets.policies[inside],
                                search.improved_policy.reshape(16, K + 1, A)[inside], rtol=1e-6)
     late = reanalyze(batch, IndexModel(), config=config, train_step=10_000,
                      rng=np.random.default_rng(2))
     sve = use_search_value(config, 10_000, batch.collected_at, batch.newest_env_step)
     expected = np.where(sve[:, None], search.root_value.reshape(16, K + 1), targets.values) \
-        * batch.masks
+        * batch.transition_masks
     np.testing.assert_allclose(late.values, expected, rtol=1e-5)
     assert late.sve_fraction == pytest.approx(sve.mean())
 
@@ -208,9 +212,9 @@ def test_reanalyze_ratio_keeps_stored_policies_for_the_rest():
                                     max_num_considered_actions=2, discount=0.9, c_visit=50.0,
                                     c_scale=0.1)
     np.testing.assert_allclose(targets.values[fresh],
-                               search.root_value.reshape(len(fresh), K + 1) * batch.masks[fresh],
+                               search.root_value.reshape(len(fresh), K + 1) * batch.transition_masks[fresh],
                                rtol=1e-5)
-    inside = batch.masks[fresh] > 0
+    inside = batch.transition_masks[fresh] > 0
     np.testing.assert_allclose(targets.policies[fresh][inside],
                                search.improved_policy.reshape(len(fresh), K + 1, A)[inside],
                                rtol=1e-6)
@@ -240,15 +244,64 @@ def test_priority_sampling_frequencies_and_weights():
         batch = buffer.sample(50, rng)
         counts += np.bincount(batch.indices, minlength=64)[:10]
         draws += 50
-        # Importance weights: (N P(i))^-β normalised by the batch maximum.
+        # Importance weights: (N P(i))^-β normalised by the batch maximum, clipped to [0.1, 1].
         p = priorities[batch.indices] ** 0.5 / (priorities ** 0.5).sum()
         w = (10 * p) ** -0.7
-        np.testing.assert_allclose(batch.importance_weights, w / w.max(), rtol=1e-5)
+        np.testing.assert_allclose(batch.importance_weights, np.clip(w / w.max(), 0.1, 1),
+                                   rtol=1e-5)
     expected = priorities ** 0.5 / (priorities ** 0.5).sum()
     # 20,000 stratified draws: every frequency within 0.01 of its probability (std ≈ 0.003).
     np.testing.assert_allclose(counts / draws, expected, atol=0.01)
     buffer.update_priorities(np.array([0]), np.array([1e6]))
     assert np.mean(buffer.sample(1000, rng).indices == 0) > 0.8
+
+
+def test_importance_weights_are_clipped_at_the_official_floor():
+    config = make_config(replay_capacity=64, priority_alpha=1.0, priority_beta=1.0)
+    buffer = ReplayBuffer(config, (1,), np.float32, A, 1)
+    fill(buffer, [(10, True)])
+    buffer.update_priorities(np.arange(10), np.array([1.0] * 9 + [1000.0]))
+    batch = buffer.sample(200, np.random.default_rng(0))
+    rare = buffer.priorities.get(batch.indices) == 1.0
+    assert rare.any() and (~rare).any()
+    # Unclipped, a rare sample weighs 1000 times a frequent one: the frequent ones are raised to 0.1.
+    np.testing.assert_allclose(batch.importance_weights[rare], 1.0)
+    np.testing.assert_allclose(batch.importance_weights[~rare], 0.1)
+
+
+def test_new_transitions_get_the_current_not_the_all_time_maximum_priority():
+    config = make_config(replay_capacity=64)
+    buffer = ReplayBuffer(config, (1,), np.float32, A, 1)
+    assert buffer.max_priority() == 1.0                       # empty buffer
+    fill(buffer, [(5, True)])
+    np.testing.assert_array_equal(buffer.priorities.get(np.arange(5)), 1.0)
+    buffer.update_priorities(np.arange(5), np.array([9.0, 0.5, 0.5, 0.5, 0.5]))
+    buffer.update_priorities(np.array([0]), np.array([3.0]))  # the all-time maximum 9 is gone
+    fill(buffer, [(4, True)])                                  # slots 6..9 (slot 5 holds o_T)
+    np.testing.assert_array_equal(buffer.priorities.get(np.arange(6, 10)), 3.0)
+    assert buffer.priorities.get(np.array([5, 10])).tolist() == [0.0, 0.0]   # final observations
+
+
+def test_without_value_prefix_the_reward_targets_are_the_rewards():
+    """value_prefix=False: the plain reward head predicts u_{t+k-1} at unroll step k, which is what
+    the search reads as the reward of that edge (networks: reward = the decoded head output)."""
+    config = make_config(value_prefix=False, replay_capacity=64)
+    buffer = ReplayBuffer(config, (1,), np.float32, A, 1)
+    buffer.begin_episodes(np.array([0]), np.array([[0.0]], np.float32))
+    rewards = [0.5, -1.0, 2.0, 0.0, 3.0, 1.5, 4.0]
+    for t, reward in enumerate(rewards):
+        buffer.add_step(np.array([0]), np.array([reward], np.float32),
+                        np.array([[t + 1.0]], np.float32), np.array([t == 6]), np.array([False]),
+                        np.array([0.0]), acting_policy(t)[None], t)
+    batch = buffer.sample(32, np.random.default_rng(0))
+    observations = stacked(batch, config)
+    for b in range(32):
+        t = int(observations[b, 0, -1])
+        expected = [rewards[t + k] if t + k < 7 else 0.0 for k in range(config.unroll_steps)]
+        np.testing.assert_allclose(batch.reward_targets[b], expected)
+    prefixed = ReplayBuffer(make_config(replay_capacity=64), (1,), np.float32, A, 1)
+    prefix = prefixed._reward_targets(np.array([rewards[:5]], np.float32))
+    np.testing.assert_allclose(prefix, [[0.5, -0.5, 2.0, 2.0, 3.0]])   # restarts every 2 steps
 
 
 def test_wrap_around_evicts_whole_oldest_episodes():
@@ -263,9 +316,9 @@ def test_wrap_around_evicts_whole_oldest_episodes():
     for b in range(200):
         first = observations[b, 0, -1]
         episode_id, t = int(first // 1000), int(first % 1000)
-        obs, masks, prefix, _ = reference_targets(config, 6, True, t, episode_id, lambda j: 0.0)
+        obs, masks, _, prefix, _ = reference_targets(config, 6, True, t, episode_id, lambda j: 0.0)
         np.testing.assert_array_equal(observations[b], obs)
-        np.testing.assert_array_equal(batch.masks[b], masks)
+        np.testing.assert_array_equal(batch.transition_masks[b], masks)
 
 
 def test_lockstep_envs_and_closing_an_open_episode():

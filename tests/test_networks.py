@@ -316,3 +316,133 @@ def test_fused_batch_norm_statistics_follow_pytorch():
     flat = x.reshape(-1, 5)[:6]
     expected = (flat - norm.moving_mean.numpy()) / np.sqrt(norm.moving_variance.numpy() + NORM_EPSILON)
     np.testing.assert_allclose(norm(flat, training=False).numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+# --- initialisation (PyTorch's defaults, as the official code) ---------------------------------------
+
+def test_dynamics_tell_every_pair_of_actions_apart_at_initialisation():
+    """The action plane a/A goes through conv1x1 -> LayerNorm over the plane. With a zero conv bias
+    (Keras' default) every a > 0 gives the same normalised embedding up to LayerNorm's epsilon, so
+    g(s, 1), g(s, 2) and g(s, 3) start equal; PyTorch's uniform bias separates them."""
+    tf.keras.utils.set_random_seed(0)
+    net = EfficientZeroNet(cfg.smoke(), ATARI_SHAPE, 4)
+    latent = net.represent(net.preprocess(random_observations(np.random.default_rng(0), 2)),
+                           training=False)
+
+    def smallest_gap():
+        nexts = [net.transition(latent, tf.fill([2], a), training=False).numpy() for a in range(4)]
+        return min(np.abs(nexts[a] - nexts[b]).max() for a in range(4) for b in range(a + 1, 4))
+
+    initialised = smallest_gap()
+    bias = net.transition.action_conv.bias
+    bias.assign(tf.zeros_like(bias))
+    with_zero_bias = smallest_gap()
+    assert with_zero_bias < 2e-3
+    assert initialised > 0.01 and initialised > 10 * with_zero_bias, (initialised, with_zero_bias)
+
+
+def test_layers_start_as_pytorch_initialises_them():
+    """Kernels and biases uniform in ±1/sqrt(fan_in) (last head layers zero), LSTM weights in
+    ±1/sqrt(hidden) with two summed biases: checked by bounds and by the spread of the draws."""
+    import keras
+
+    config = smoke_config(lstm_hidden_size=32)
+    net = EfficientZeroNet(config, ATARI_SHAPE, 4)
+    checked = 0
+    for part in ("representation", "dynamics", "prediction", "projection"):
+        for block in net._parts[part]:
+            for layer in block._flatten_layers(include_self=True, recursive=True):
+                if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
+                    kernel = layer.kernel.numpy()
+                    if isinstance(layer.kernel_initializer, keras.initializers.Zeros):
+                        assert not kernel.any() and not layer.bias.numpy().any()
+                        continue
+                    bound = 1 / np.sqrt(np.prod(kernel.shape[:-1]))
+                    assert np.abs(kernel).max() <= bound
+                    if kernel.size >= 256:   # uniform(±b): standard deviation b / sqrt(3)
+                        assert kernel.std() == pytest.approx(bound / np.sqrt(3), rel=0.1)
+                    if layer.use_bias:
+                        assert np.abs(layer.bias.numpy()).max() <= bound
+                        assert np.abs(layer.bias.numpy()).max() > 0.2 * bound
+                    checked += 1
+                elif isinstance(layer, keras.layers.LSTMCell):
+                    bound = 1 / np.sqrt(32)
+                    assert np.abs(layer.kernel.numpy()).max() <= bound
+                    assert np.abs(layer.recurrent_kernel.numpy()).max() <= bound
+                    assert np.abs(layer.bias.numpy()).max() <= 2 * bound
+                    checked += 1
+    assert checked > 20
+
+
+def test_the_state_gradient_scale_halves_everything_an_unrolled_state_sends_back():
+    """The official hook on the unrolled state: the gradient reaching g from that step's own heads is
+    halved, not only the part that flows through the next dynamics step."""
+    net = EfficientZeroNet(cfg.classic(), (4,), 2)
+    observations = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
+    actions = tf.constant([0, 1] * 4)
+
+    def gradients(scale):
+        with tf.GradientTape() as tape:
+            latent = net.represent(observations, training=True)
+            latent, reward_logits, _ = net.dynamics(latent, actions, net.initial_lstm_state(8),
+                                                    training=True, state_gradient_scale=scale)
+            value_logits, policy_logits = net.predict(latent, training=True)
+            loss = tf.reduce_sum(value_logits * tf.range(61, dtype=tf.float32)) \
+                + tf.reduce_sum(policy_logits * tf.constant([1.0, -2.0])) \
+                + tf.reduce_sum(reward_logits * tf.range(61, dtype=tf.float32)) \
+                + tf.reduce_sum(latent ** 2)
+        variables = net.transition.trainable_weights + net.prediction.trainable_weights
+        return [g.numpy() for g in tape.gradient(loss, variables)], len(net.transition.trainable_weights)
+
+    full, count = gradients(1.0)
+    half, _ = gradients(0.5)
+    for f, h in zip(full[:count], half[:count]):               # dynamics: everything halved
+        np.testing.assert_allclose(h, 0.5 * f, rtol=1e-5, atol=1e-7)
+    for f, h in zip(full[count:], half[count:]):               # the heads themselves: unchanged
+        np.testing.assert_allclose(h, f, rtol=1e-6, atol=1e-7)
+
+
+def test_batch_renormalization_trains_on_what_inference_computes():
+    """Unclipped, the renorm training forward is (x − μ) / σ · γ + β with the moving statistics, the
+    inference function, while its gradient is plain BatchNorm's scaled by r = σ_B / σ; clipped, r and
+    d stop at their bounds."""
+    from networks import NORM_EPSILON, BatchNorm
+
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(3.0, 2.0, size=(64, 8)).astype(np.float32))
+    moving_mean = rng.normal(3.0, 0.5, size=8).astype(np.float32)
+    moving_variance = rng.uniform(2.0, 6.0, size=8).astype(np.float32)
+
+    def layer(renorm, mean=moving_mean, variance=moving_variance):
+        norm = BatchNorm(renorm=renorm, max_scale=3.0, max_shift=5.0)
+        norm.build((None, 8))
+        norm.gamma.assign(rng.uniform(0.5, 1.5, 8).astype(np.float32))
+        norm.beta.assign(rng.normal(size=8).astype(np.float32))
+        norm.moving_mean.assign(mean)
+        norm.moving_variance.assign(variance)
+        return norm
+
+    renorm = layer(True)
+    gamma, beta = renorm.gamma.numpy(), renorm.beta.numpy()
+    inference = (x.numpy() - moving_mean) / np.sqrt(moving_variance + NORM_EPSILON) * gamma + beta
+    np.testing.assert_allclose(renorm(x, training=False).numpy(), inference, rtol=1e-4, atol=1e-4)
+    weights = tf.constant(rng.normal(size=(64, 8)).astype(np.float32))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        renorm_out = renorm(x, training=True)
+        plain = layer(False)
+        plain.gamma.assign(gamma)
+        plain_out = plain(x, training=True)
+        renorm_loss = tf.reduce_sum(renorm_out * weights)
+        plain_loss = tf.reduce_sum(plain_out * weights)
+    np.testing.assert_allclose(renorm_out.numpy(), inference, rtol=1e-4, atol=1e-4)
+    assert np.abs(plain_out.numpy() - inference).max() > 0.1          # plain BN trains elsewhere
+    r = np.sqrt(x.numpy().var(0) + NORM_EPSILON) / np.sqrt(moving_variance + NORM_EPSILON)
+    np.testing.assert_allclose(tape.gradient(renorm_loss, x).numpy(),
+                               tape.gradient(plain_loss, x).numpy() * r, rtol=1e-3, atol=1e-5)
+    # Moving variance 100x the batch's: r is clipped to 1/3, d to ±5.
+    far = layer(True, mean=moving_mean - 400.0, variance=np.full(8, 100.0 * 4.0, np.float32))
+    gamma, beta = far.gamma.numpy(), far.beta.numpy()
+    normalised = (x.numpy() - x.numpy().mean(0)) / np.sqrt(x.numpy().var(0) + NORM_EPSILON)
+    expected = (normalised / 3.0 + 5.0) * gamma + beta
+    np.testing.assert_allclose(far(x, training=True).numpy(), expected, rtol=1e-3, atol=1e-3)

@@ -184,7 +184,7 @@ def _tiny_learner(seed=0, **changes):
     import train
     from networks import EfficientZeroNet
 
-    config = dataclasses.replace(cfg.classic(), batch_size=16, seed=seed, **changes)
+    config = dataclasses.replace(cfg.classic(), seed=seed, **{"batch_size": 16, **changes})
     keras.utils.set_random_seed(seed)
     net = EfficientZeroNet(config, (4,), 2)
     return config, net, train.Learner(config, net, (4,), 2)
@@ -199,7 +199,8 @@ def _fixed_batch(config, seed=0):
     fields.update(frames=rng.normal(size=(B, K + 1, 4)).astype(np.float32),
                   actions=rng.integers(0, A, size=(B, K)).astype(np.int32),
                   reward_targets=np.cumsum(np.ones((B, K), np.float32), axis=1),
-                  masks=np.ones((B, K + 1), np.float32),
+                  transition_masks=np.ones((B, K + 1), np.float32),
+                  value_masks=np.ones((B, K + 1), np.float32),
                   importance_weights=np.ones(B, np.float32), indices=np.arange(B))
     policies = rng.dirichlet(np.ones(A), size=(B, K + 1)).astype(np.float32)
     target_fields = {name: 0.0 for name in Targets._fields}
@@ -325,3 +326,136 @@ def test_policy_target_smoothing_trains_toward_the_mixture_with_uniform():
     without = learner()[1].update(batch, targets, 0).scalars
     assert with_switch == pytest.approx(by_hand["losses/policy"], rel=1e-5)
     assert abs(with_switch - without["losses/policy"]) > 1e-3
+
+
+def test_online_input_and_consistency_targets_are_augmented_independently():
+    """As the official code: o_t gets one shift and intensity, o_{t+1..t+K} share another."""
+    import train
+    from networks import EfficientZeroNet
+
+    config = dataclasses.replace(cfg.smoke(), frame_stack=1, shift_pad=4)
+    net = EfficientZeroNet(config, (16, 16, 3), 4)
+    learner = train.Learner(config, net, (16, 16, 3), 4)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(32, 1, 16, 16, 3), dtype=np.uint8)
+    frames = np.repeat(image, 1 + config.unroll_steps, axis=1)       # o_t = o_{t+1} = ... pixelwise
+    inputs_at = learner._network_inputs(frames)
+    online, first, second = (inputs_at(k).numpy() for k in (0, 1, 2))
+    np.testing.assert_array_equal(first, second)              # the targets share one transform
+    differs = [not np.allclose(online[b], first[b]) for b in range(32)]
+    assert sum(differs) >= 28                                   # (1/81 chance of an equal shift)
+
+
+def _numpy_two_hot(x, support_size):
+    x = np.asarray(x, np.float64)
+    y = np.sign(x) * (np.sqrt(np.abs(x) + 1) - 1) + 0.001 * x
+    y = np.clip(y, -support_size, support_size)
+    low = np.floor(y)
+    out = np.zeros((*x.shape, 2 * support_size + 1))
+    index = (low + support_size).astype(int)
+    np.put_along_axis(out, index[..., None], (1 - (y - low))[..., None], axis=-1)
+    upper = np.minimum(index + 1, 2 * support_size)
+    np.put_along_axis(out, upper[..., None], np.take_along_axis(out, upper[..., None], -1)
+                      + np.where(index + 1 <= 2 * support_size, y - low, 0)[..., None], axis=-1)
+    return out
+
+
+def _numpy_log_softmax(logits):
+    logits = np.asarray(logits, np.float64)
+    shifted = logits - logits.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
+def test_every_loss_term_equals_a_plain_numpy_computation():
+    """A tiny batch with episodes ending inside the unroll (terminated and truncated): the masks, the
+    /K, the value-prefix alignment (step k predicts the target of k-1, the LSTM restarting every
+    lstm_horizon_len steps) and the SimSiam targets, stop-gradient projections of o_{t+k}."""
+    import tensorflow as tf
+
+    config, net, learner = _tiny_learner(lstm_horizon_len=2, batch_size=6)
+    rng = np.random.default_rng(4)
+    for variable in net.trainable_variables:                  # heads away from their zero start
+        variable.assign(variable + rng.normal(0, 0.2, variable.shape).astype(np.float32))
+    batch, targets = _fixed_batch(config, seed=3)
+    B, K = 6, config.unroll_steps
+    remaining = np.array([1, 2, 3, 6, 9, 4])                    # T - t of each sample
+    terminated = np.array([True, False, True, False, True, False])
+    k = np.arange(K + 1)
+    transition = (k[None] < remaining[:, None]).astype(np.float32)
+    value = (transition + (terminated[:, None] & (k[None] == remaining[:, None]))).astype(np.float32)
+    weights = np.array([1.0, 0.5, 0.1, 0.8, 1.0, 0.3], np.float32)
+    batch = batch._replace(transition_masks=transition, value_masks=value,
+                           importance_weights=weights,
+                           reward_targets=rng.uniform(-3, 3, (B, K)).astype(np.float32))
+
+    # The forward pass, step by step, in training mode (batch statistics, as the update).
+    observations = batch.frames                                 # frame_stack 1: [B, K+1, 4]
+    with tf.GradientTape() as tape:
+        latent = net.represent(observations[:, 0], training=True)
+        value_logits, policy_logits = net.predict(latent, training=True)
+        values, policies, rewards, predictions = [value_logits], [policy_logits], [], []
+        lstm = net.initial_lstm_state(B)
+        for step in range(1, K + 1):
+            latent, reward_logits, lstm = net.dynamics(latent, batch.actions[:, step - 1], lstm,
+                                                       training=True, state_gradient_scale=0.5)
+            if step % 2 == 0:
+                lstm = net.initial_lstm_state(B)
+            value_logits, policy_logits = net.predict(latent, training=True)
+            values.append(value_logits)
+            policies.append(policy_logits)
+            rewards.append(reward_logits)
+            predictions.append(net.predict_projection(net.project(latent, training=True),
+                                                      training=True))
+        projections = [net.project(net.represent(observations[:, step], training=True),
+                                   training=True).numpy() for step in range(1, K + 1)]
+
+        def consistency_of(prediction, target):
+            unit = tf.math.l2_normalize(prediction, -1) * tf.math.l2_normalize(target, -1)
+            return -tf.reduce_sum(unit, -1)
+        # Reference gradient of the consistency term with the targets as constants.
+        consistency_term = tf.add_n([consistency_of(predictions[s], projections[s])
+                                     * transition[:, s] for s in range(K)])
+        reference_objective = tf.reduce_mean(weights * 2.0 * consistency_term) / K
+
+    def cross_entropy(logits, target):
+        return -(np.asarray(target, np.float64) * _numpy_log_softmax(logits)).sum(-1)
+
+    S = config.support_size
+    value_loss = sum(cross_entropy(values[s].numpy(), _numpy_two_hot(targets.values[:, s], S))
+                     * value[:, s] for s in range(K + 1))
+    policy_loss = sum(cross_entropy(policies[s].numpy(), targets.policies[:, s]) * transition[:, s]
+                      for s in range(K + 1))
+    reward_loss = sum(cross_entropy(rewards[s - 1].numpy(),
+                                    _numpy_two_hot(batch.reward_targets[:, s - 1], S))
+                      * transition[:, s - 1] for s in range(1, K + 1))
+
+    def unit(x):
+        x = np.asarray(x, np.float64)
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+    consistency = sum(-(unit(predictions[s - 1].numpy()) * unit(projections[s - 1])).sum(-1)
+                      * transition[:, s - 1] for s in range(1, K + 1))
+    total = np.mean(weights * (reward_loss + policy_loss + 0.25 * value_loss + 2.0 * consistency)) / K
+
+    gradients, _, scalars = learner._gradients(
+        batch.frames, batch.actions, batch.reward_targets, targets.values, targets.policies,
+        transition, value, weights)
+    assert float(scalars["losses/value"]) == pytest.approx(value_loss.mean() / K, rel=1e-4)
+    assert float(scalars["losses/policy"]) == pytest.approx(policy_loss.mean() / K, rel=1e-4)
+    assert float(scalars["losses/reward"]) == pytest.approx(reward_loss.mean() / K, rel=1e-4)
+    assert float(scalars["losses/consistency"]) == pytest.approx(consistency.mean() / K, rel=1e-4)
+    assert float(scalars["losses/total"]) == pytest.approx(total, rel=1e-4)
+    # The SimSiam targets are stop-gradient: the representation's gradient from the consistency
+    # term alone equals the reference gradient taken with constant targets.
+    only_consistency = dataclasses.replace(config, reward_loss_coeff=0.0, policy_loss_coeff=0.0,
+                                           value_loss_coeff=0.0, weight_decay=0.0)
+    learner.config = only_consistency
+    learner._gradients = tf.function(learner._compute_gradients)
+    gradients, _, _ = learner._gradients(
+        batch.frames, batch.actions, batch.reward_targets, targets.values, targets.policies,
+        transition, value, weights)
+    reference = tape.gradient(reference_objective, net.trainable_variables)
+    reference, _ = tf.clip_by_global_norm([r if r is not None else tf.zeros_like(v) for r, v in
+                                           zip(reference, net.trainable_variables)],
+                                          config.max_grad_norm)
+    for ours, expected in zip(gradients, reference):
+        np.testing.assert_allclose(ours.numpy(), expected.numpy(), rtol=2e-3, atol=1e-6)
