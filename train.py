@@ -51,7 +51,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Train EfficientZero V2 (TensorFlow/Keras).")
     parser.add_argument("--config", default="atari100k", choices=sorted(config_module.PRESETS),
                         help="preset: atari100k (full settings), atari1h (reduced, one hour on CPU), "
-                             "smoke (one minute), classic (MLP, vector tasks)")
+                             "smoke (one minute), classic (MLP, vector tasks; CartPole-v1), "
+                             "acrobot (classic with Acrobot-v1's budget)")
     parser.add_argument("--env", default=None,
                         help="environment: 'Breakout' (default of Atari presets) or e.g. CartPole-v1")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: the preset's)")

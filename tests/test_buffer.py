@@ -162,7 +162,7 @@ def test_reanalysis_targets(terminated):
     gumbel = mcts.sample_gumbel(np.random.default_rng(2), (16 * (K + 1), A), 1.0)
     search = mcts.search_with_model(IndexModel(), root, gumbel, num_simulations=4,
                                     max_num_considered_actions=2, discount=0.9, c_visit=50.0,
-                                    c_scale=0.1)
+                                    c_scale=0.1, q_normalization="tree", value_delta_max=0.01)
     inside = batch.transition_masks > 0
     np.testing.assert_allclose(targets.policies[inside],
                                search.improved_policy.reshape(16, K + 1, A)[inside], rtol=1e-6)
@@ -210,7 +210,7 @@ def test_reanalyze_ratio_keeps_stored_policies_for_the_rest():
     gumbel = mcts.sample_gumbel(rng, (len(fresh) * (K + 1), A), 1.0)
     search = mcts.search_with_model(IndexModel(), root, gumbel, num_simulations=4,
                                     max_num_considered_actions=2, discount=0.9, c_visit=50.0,
-                                    c_scale=0.1)
+                                    c_scale=0.1, q_normalization="tree", value_delta_max=0.01)
     np.testing.assert_allclose(targets.values[fresh],
                                search.root_value.reshape(len(fresh), K + 1) * batch.transition_masks[fresh],
                                rtol=1e-5)

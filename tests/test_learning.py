@@ -1,8 +1,8 @@
-"""It learns: the command a user would type solves CartPole-v1 (issue 6).
+"""It learns and it holds: the command a user would type solves CartPole-v1 (issue 12).
 
-`python train.py --env CartPole-v1 --config classic --seed 2` must reach a mean greedy evaluation
-return of at least 195 over 10 episodes within 20,000 env steps. The run takes about 7 minutes on a
-2-core CPU; the README records all three seeds' curves.
+`python train.py --env CartPole-v1 --config classic --seed SEED` must end, after its 20,000 env steps,
+with a final greedy evaluation (10 episodes) of at least 400, not only reach a peak. The run takes about
+10 minutes on a 2-core CPU; the README records every seed's curve.
 """
 
 import glob
@@ -14,16 +14,17 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SOLVED = 195.0
+FINAL_AT_LEAST = 400.0
+SEED = "1"
 ENV_STEP_BUDGET = 20_000
 RUN_TIMEOUT_SECONDS = 1_080
 
 
 @pytest.mark.slow
-def test_classic_preset_solves_cartpole(tmp_path):
+def test_classic_preset_solves_cartpole_and_stays_solved(tmp_path):
     run_dir = tmp_path / "cartpole"
     command = [sys.executable, os.path.join(ROOT, "train.py"), "--env", "CartPole-v1",
-               "--config", "classic", "--seed", "2", "--run-dir", str(run_dir)]
+               "--config", "classic", "--seed", SEED, "--run-dir", str(run_dir)]
     finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
                               timeout=RUN_TIMEOUT_SECONDS)
     assert finished.returncode == 0, finished.stderr[-2000:]
@@ -35,6 +36,8 @@ def test_classic_preset_solves_cartpole(tmp_path):
     for evaluation in evaluations:
         assert len(evaluation["returns"]) == 10
         assert evaluation["mean"] == pytest.approx(sum(evaluation["returns"]) / 10)
-    solved = [e for e in evaluations if e["mean"] >= SOLVED and e["env_steps"] <= ENV_STEP_BUDGET]
+    final = evaluations[-1]
+    assert final["env_steps"] == ENV_STEP_BUDGET
     best = max(e["mean"] for e in evaluations)
-    assert solved, f"best evaluation mean {best:.1f} < {SOLVED}"
+    assert final["mean"] >= FINAL_AT_LEAST, \
+        f"final evaluation mean {final['mean']:.1f} < {FINAL_AT_LEAST} (best {best:.1f})"
