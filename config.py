@@ -95,11 +95,6 @@ class Config:
     batch_renorm: bool = _f("BatchNorm trains on batch statistics corrected toward its moving "
                             "statistics (Batch Renormalization), so inference computes what "
                             "training computes (false: plain BatchNorm, the paper)", True)
-    batch_renorm_max_scale: float = _f("Batch Renormalization: r = σ_batch / σ_moving is clipped "
-                                       "to [1 / this, this]", 3.0,
-                                       (lambda v: v >= 1.0, ">= 1"))
-    batch_renorm_max_shift: float = _f("Batch Renormalization: d = (μ_batch − μ_moving) / σ_moving "
-                                       "is clipped to [−this, this]", 5.0, _NON_NEGATIVE)
     value_prefix: bool = _f("predict value prefixes with an LSTM (EZ) instead of per-step rewards",
                             True)
     lstm_hidden_size: int = _f("hidden size of the value-prefix LSTM", 512, _POSITIVE)
