@@ -83,6 +83,13 @@ def inverse_scalar_transform(y):
     return tf.sign(y) * d * (d + 2.0)
 
 
+def support_size_for(max_abs_value: float) -> int:
+    """The smallest support_size whose support [-S, S] holds h(max_abs_value), e.g. 16 for CartPole's
+    values (≤ 260) and 51 for Pendulum's (≥ −2,410 with γ = 0.997 over 200 steps)."""
+    h = math.sqrt(max_abs_value + 1.0) - 1.0 + TRANSFORM_EPSILON * max_abs_value
+    return max(1, math.ceil(h))
+
+
 def scalar_to_two_hot(x, support_size: int):
     """Transform x, clip to [-S, S], split between the two nearest integers: [...] -> [..., 2S+1]."""
     y = tf.clip_by_value(scalar_transform(x), -float(support_size), float(support_size))

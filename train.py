@@ -342,6 +342,7 @@ class Learner:
             "targets/mean_value_target": tf.reduce_mean(value_targets[:, 0]),
             "targets/clipped_fraction": tf.reduce_sum(clipped * value_masks)
                                         / tf.maximum(tf.reduce_sum(value_masks), 1.0),
+            "targets/max_abs_value_target": tf.reduce_max(tf.abs(value_targets) * value_masks),
             "targets/mean_predicted_value": tf.reduce_mean(predicted_root_value),
         }
         return gradients, priorities, scalars
@@ -565,9 +566,13 @@ class Trainer:
         if result.scalars["targets/clipped_fraction"] > CLIPPED_WARNING_FRACTION \
                 and not self.warned_clipping:
             self.warned_clipping = True
+            from networks import support_size_for
+
+            largest = result.scalars["targets/max_abs_value_target"]
             print(f"warning: {result.scalars['targets/clipped_fraction']:.1%} of the value targets "
-                  f"lie outside the support (support_size={config.support_size}); raise "
-                  "support_size", file=sys.stderr)
+                  f"lie outside the support (support_size={config.support_size}); the largest, "
+                  f"|{largest:.0f}|, needs --set support_size={support_size_for(largest)}",
+                  file=sys.stderr)
         if self.updates % config.log_interval == 0:
             if self.fixed_frames is None:
                 self.fixed_frames = batch.frames[:, :config.frame_stack]

@@ -459,3 +459,21 @@ def test_every_loss_term_equals_a_plain_numpy_computation():
                                           config.max_grad_norm)
     for ours, expected in zip(gradients, reference):
         np.testing.assert_allclose(ours.numpy(), expected.numpy(), rtol=2e-3, atol=1e-6)
+
+
+def test_clipped_value_targets_are_counted_and_the_needed_support_is_named():
+    from networks import support_size_for
+
+    assert support_size_for(259.0) == 16 and support_size_for(2410.0) == 51
+    assert support_size_for(0.0) == 1
+    config, _, learner = _tiny_learner(support_size=1)
+    batch, targets = _fixed_batch(config)                      # value targets uniform in [0, 5]
+    value_masks = np.ones_like(targets.values)
+    value_masks[:, 3:] = 0.0
+    result = learner.update(batch._replace(value_masks=value_masks), targets, 0)
+    z = targets.values.astype(np.float64)
+    outside = (np.sqrt(z + 1) - 1 + 0.001 * z) > 1                  # h(z) beyond the support [-1, 1]
+    expected = outside[:, :3].mean()
+    assert 0 < expected < 1
+    assert result.scalars["targets/clipped_fraction"] == pytest.approx(expected, rel=1e-6)
+    assert result.scalars["targets/max_abs_value_target"] == pytest.approx(z[:, :3].max(), rel=1e-6)
