@@ -145,6 +145,9 @@ class Config:
     value_loss_coeff: float = _f("weight of the value cross-entropy", 0.25, _NON_NEGATIVE)
     consistency_loss_coeff: float = _f("weight of the SimSiam consistency loss (paper: 2.0)", 2.0,
                                        _NON_NEGATIVE)
+    entropy_loss_coeff: float = _f("weight of the policy-entropy bonus subtracted from the loss; the "
+                                   "official code applies it to DMC and Gym tasks (5e-2 in "
+                                   "dmc_state.yaml), not to Atari", 0.0, _NON_NEGATIVE)
 
     state_gradient_scale: float = _f("the gradient into every unrolled latent state is scaled by this "
                                      "(MuZero, EZ: 0.5)", 0.5, _FRACTION)
@@ -302,7 +305,8 @@ def classic() -> Config:
     are h(260) ≈ 15.4 after the transform, so a support of ±30 covers them. The target model is
     refreshed every 50 updates = 200 env steps at this replay ratio of 0.25, as often per env step as
     Atari's 200 updates at ratio 1: n-step TD values climb n steps per refresh, and with 200 updates
-    CartPole's values reached half the height in the same run."""
+    CartPole's values reached half the height in the same run. The policy-entropy bonus of 5e-2 is the
+    official code's for non-Atari tasks (`ez/agents/base.py` adds it for DMC and Gym)."""
     return Config(
         preset="classic", env_id="CartPole-v1", network="mlp", frame_stack=1, clip_rewards=False,
         terminal_on_life_loss=False, augmentation=False, max_episode_steps=500,
@@ -313,8 +317,8 @@ def classic() -> Config:
         projection_hidden_size=128, projection_output_size=128, prediction_head_hidden_size=64,
         support_size=30, num_simulations=8, batch_size=128, learning_rate=0.1,
         sve_start_updates=3_000, td_newest_transitions=1_000, lr_decay_updates=4_000,
-        target_update_interval=50, eval_interval=500, eval_episodes=10, checkpoint_interval=1_000,
-        log_interval=50)
+        target_update_interval=50, entropy_loss_coeff=0.05, eval_interval=500, eval_episodes=10,
+        checkpoint_interval=1_000, log_interval=50)
 
 
 def acrobot() -> Config:

@@ -286,6 +286,9 @@ class Learner:
         def cross_entropy(logits, target_probs):
             return -tf.reduce_sum(target_probs * tf.nn.log_softmax(logits), axis=-1)   # [B]
 
+        def policy_entropy(logits):
+            return -tf.reduce_sum(tf.nn.softmax(logits) * tf.nn.log_softmax(logits), axis=-1)  # [B]
+
         def negative_cosine(prediction, target):
             return -tf.reduce_sum(tf.math.l2_normalize(prediction, axis=-1)
                                   * tf.math.l2_normalize(target, axis=-1), axis=-1)  # [B]
@@ -297,6 +300,7 @@ class Learner:
             value_loss = cross_entropy(value_logits, self._two_hot(value_targets[:, 0])) \
                 * value_masks[:, 0]
             policy_loss = cross_entropy(policy_logits, policy_targets[:, 0]) * transition_masks[:, 0]
+            entropy = policy_entropy(policy_logits) * transition_masks[:, 0]
             reward_loss = tf.zeros([batch])
             consistency_loss = tf.zeros([batch])
             lstm_state = net.initial_lstm_state(batch)
@@ -320,10 +324,12 @@ class Learner:
                     * value_masks[:, k]
                 policy_loss += cross_entropy(policy_logits, policy_targets[:, k]) \
                     * transition_masks[:, k]
+                entropy += policy_entropy(policy_logits) * transition_masks[:, k]
             per_sample = (config.reward_loss_coeff * reward_loss
                           + config.policy_loss_coeff * policy_loss
                           + config.value_loss_coeff * value_loss
-                          + config.consistency_loss_coeff * consistency_loss)
+                          + config.consistency_loss_coeff * consistency_loss
+                          - config.entropy_loss_coeff * entropy)
             loss = tf.reduce_mean(weights * per_sample) / K
             scaled_loss = loss * self.loss_scale
         gradients = tape.gradient(scaled_loss, net.trainable_variables)
@@ -338,6 +344,7 @@ class Learner:
             "losses/policy": tf.reduce_mean(policy_loss) / K,
             "losses/value": tf.reduce_mean(value_loss) / K,
             "losses/consistency": tf.reduce_mean(consistency_loss) / K,
+            "losses/policy_entropy": tf.reduce_mean(entropy) / K,
             "losses/grad_norm": grad_norm,
             "targets/mean_value_target": tf.reduce_mean(value_targets[:, 0]),
             "targets/clipped_fraction": tf.reduce_sum(clipped * value_masks)

@@ -388,8 +388,13 @@ def test_every_loss_term_equals_a_plain_numpy_computation():
                            importance_weights=weights,
                            reward_targets=rng.uniform(-3, 3, (B, K)).astype(np.float32))
 
-    # The forward pass, step by step, in training mode (batch statistics, as the update).
+    # The forward pass, step by step, in training mode, in the update's order of calls (with
+    # batch_renorm the moving statistics each call updates enter the next one's output); the update
+    # then starts from the same moving statistics.
     observations = batch.frames                                 # frame_stack 1: [B, K+1, 4]
+    statistics = [v.numpy() for v in learner._statistics]
+    projections = [net.project(net.represent(observations[:, step], training=True),
+                               training=True).numpy() for step in range(1, K + 1)]
     with tf.GradientTape() as tape:
         latent = net.represent(observations[:, 0], training=True)
         value_logits, policy_logits = net.predict(latent, training=True)
@@ -406,8 +411,6 @@ def test_every_loss_term_equals_a_plain_numpy_computation():
             rewards.append(reward_logits)
             predictions.append(net.predict_projection(net.project(latent, training=True),
                                                       training=True))
-        projections = [net.project(net.represent(observations[:, step], training=True),
-                                   training=True).numpy() for step in range(1, K + 1)]
 
         def consistency_of(prediction, target):
             unit = tf.math.l2_normalize(prediction, -1) * tf.math.l2_normalize(target, -1)
@@ -434,8 +437,16 @@ def test_every_loss_term_equals_a_plain_numpy_computation():
         return x / np.linalg.norm(x, axis=-1, keepdims=True)
     consistency = sum(-(unit(predictions[s - 1].numpy()) * unit(projections[s - 1])).sum(-1)
                       * transition[:, s - 1] for s in range(1, K + 1))
-    total = np.mean(weights * (reward_loss + policy_loss + 0.25 * value_loss + 2.0 * consistency)) / K
+    def entropy_of(logits):
+        log_p = _numpy_log_softmax(logits)
+        return -(np.exp(log_p) * log_p).sum(-1)
+    entropy = sum(entropy_of(policies[s].numpy()) * transition[:, s] for s in range(K + 1))
+    assert config.entropy_loss_coeff == 0.05                      # the classic preset's bonus
+    total = np.mean(weights * (reward_loss + policy_loss + 0.25 * value_loss + 2.0 * consistency
+                               - 0.05 * entropy)) / K
 
+    for variable, saved in zip(learner._statistics, statistics):
+        variable.assign(saved)
     gradients, _, scalars = learner._gradients(
         batch.frames, batch.actions, batch.reward_targets, targets.values, targets.policies,
         transition, value, weights)
@@ -443,13 +454,17 @@ def test_every_loss_term_equals_a_plain_numpy_computation():
     assert float(scalars["losses/policy"]) == pytest.approx(policy_loss.mean() / K, rel=1e-4)
     assert float(scalars["losses/reward"]) == pytest.approx(reward_loss.mean() / K, rel=1e-4)
     assert float(scalars["losses/consistency"]) == pytest.approx(consistency.mean() / K, rel=1e-4)
+    assert float(scalars["losses/policy_entropy"]) == pytest.approx(entropy.mean() / K, rel=1e-4)
     assert float(scalars["losses/total"]) == pytest.approx(total, rel=1e-4)
     # The SimSiam targets are stop-gradient: the representation's gradient from the consistency
     # term alone equals the reference gradient taken with constant targets.
     only_consistency = dataclasses.replace(config, reward_loss_coeff=0.0, policy_loss_coeff=0.0,
-                                           value_loss_coeff=0.0, weight_decay=0.0)
+                                           value_loss_coeff=0.0, entropy_loss_coeff=0.0,
+                                           weight_decay=0.0)
     learner.config = only_consistency
     learner._gradients = tf.function(learner._compute_gradients)
+    for variable, saved in zip(learner._statistics, statistics):
+        variable.assign(saved)
     gradients, _, _ = learner._gradients(
         batch.frames, batch.actions, batch.reward_targets, targets.values, targets.policies,
         transition, value, weights)
