@@ -221,7 +221,7 @@ class Learner:
         ]
         self._gradients = tf.function(self._compute_gradients, input_signature=signature)
         self._apply = tf.function(self._apply_gradients)
-        self._root_outputs_graph = tf.function(self._root_outputs)
+        self._root_outputs_graph = tf.function(self._root_outputs_both_modes)
 
     # Random shift (replicate-pad `shift_pad`, random crop) and intensity jitter. The official code
     # augments the online input o_t and the consistency targets o_{t+1..t+K} independently, each
@@ -354,22 +354,27 @@ class Learner:
         }
         return gradients, priorities, scalars
 
-    def _root_outputs(self, frames, training):
-        """Root frames [B, S, *frame] -> (value [B], policy logits [B, A]) of o_t, no augmentation."""
+    def _root_outputs_both_modes(self, frames):
+        """Root frames [B, S, *frame] -> value [B] and policy logits [B, A] of o_t in inference mode,
+        then in training mode (which moves BatchNorm's statistics: the caller restores them)."""
         net = self.net
-        latent = net.represent(net.preprocess(self._stack(frames)[:, 0]), training=training)
-        value_logits, policy_logits = net.predict(latent, training=training)
-        return self._to_scalar(value_logits), policy_logits
+        inputs = net.preprocess(self._stack(frames)[:, 0])
+        outputs = []
+        for training in (False, True):
+            value_logits, policy_logits = net.predict(net.represent(inputs, training=training),
+                                                      training=training)
+            outputs += [self._to_scalar(value_logits), policy_logits]
+        return outputs
 
     def normalization_gap(self, frames: np.ndarray) -> dict[str, float]:
         """How far inference (BatchNorm's moving statistics) is from training (batch statistics) at
         the roots of a fixed batch: mean |Δ policy logit| and mean |Δ value|; 0 with GroupNorm.
         The training-mode pass leaves the moving statistics as they were."""
         statistics = [v.numpy() for v in self._statistics]
-        value_train, logits_train = self._root_outputs_graph(frames, True)
+        value_infer, logits_infer, value_train, logits_train = (
+            x.numpy() for x in self._root_outputs_graph(frames))
         for variable, value in zip(self._statistics, statistics):
             variable.assign(value)
-        value_infer, logits_infer = self._root_outputs_graph(frames, False)
         return {"diagnostics/bn_logit_gap": float(np.abs(logits_train - logits_infer).mean()),
                 "diagnostics/bn_value_gap": float(np.abs(value_train - value_infer).mean())}
 

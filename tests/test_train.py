@@ -43,8 +43,7 @@ def smoke_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_smoke_run_writes_everything_a_user_relies_on(smoke_run):
-    run_dir, seconds, result = smoke_run
-    assert seconds < 90, f"the smoke run took {seconds:.0f} s"
+    run_dir, _, result = smoke_run          # its speed is bench.py's business, not a test's
     assert cfg.Config.from_json(open(os.path.join(run_dir, "config.json")).read()) == cfg.smoke()
     assert glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))
     with open(os.path.join(run_dir, "metrics.csv")) as file:
