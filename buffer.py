@@ -1,4 +1,4 @@
-"""Prioritized replay, reanalysis and EfficientZero V2's search-based value targets (DESIGN.md §7).
+"""Prioritized replay, reanalysis and EfficientZero V2's search-based value targets (EfficientZero V2, arXiv 2403.00564).
 
 Storage. Self-play runs `num_envs` envs in lockstep; each env's episode is staged until it ends and is
 then written contiguously into a ring of `replay_capacity` frame slots: an episode of T transitions

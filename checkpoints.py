@@ -1,4 +1,4 @@
-"""Checkpoints of a training run (DESIGN.md §9): numbered, atomic, pickle-free, the last N kept.
+"""Checkpoints of a training run: numbered, atomic, pickle-free, the last N kept.
 
 A checkpoint is a folder `<run>/checkpoints/ckpt-<updates:08d>/` holding
     weights.npz   every array: online, self-play and target network weights, optimiser variables

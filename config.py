@@ -1,7 +1,7 @@
 """Every hyperparameter of the project, in one frozen dataclass, with presets.
 
 The numbers of `atari100k()` are the full EfficientZero V2 settings for the Atari 100K benchmark
-(Wang et al. 2024, Table 7 and the official `ez/config/exp/atari.yaml`; DESIGN.md §3-7). Units are
+(Wang et al. 2024, Table 7 and the official `ez/config/exp/atari.yaml`). Units are
 stated per field: *env steps* are agent steps (one action, = 4 frames on Atari), *frames* are raw
 emulator frames, *updates* are gradient steps of the online network, *transitions* are stored env steps.
 
@@ -44,7 +44,7 @@ class Config:
                      "vector task id ('CartPole-v1')", "Breakout")
     seed: int = _f("random seed for envs, noise, sampling and weight init", 0, _NON_NEGATIVE)
 
-    # --- environment (Atari 100K protocol, DESIGN.md §3) ----------------------------------------
+    # --- environment (Atari 100K protocol) ----------------------------------------
     frame_skip: int = _f("frames per agent step, max-pooled over the last two (frames)", 4, _POSITIVE)
     noop_max: int = _f("maximum random no-op actions at episode start (env steps)", 30, _NON_NEGATIVE)
     frame_size: int = _f("side of the square resized Atari frame (pixels)", 96, _POSITIVE)
@@ -77,7 +77,7 @@ class Config:
                                 "lossless, Breakout frames shrink ~33x (2.8 GB -> 85 MB at 100K)", 1,
                                 (lambda v: 0 <= v <= 9, "an integer in [0, 9]"))
 
-    # --- networks (DESIGN.md §4) -----------------------------------------------------------------
+    # --- networks (EZ V2 appendix, network architecture) -----------------------------------------------------------------
     network: str = _f("'conv' (Atari residual stack) or 'mlp' (vector observations)", "conv")
     num_channels: int = _f("channels of the latent state (conv); the first conv has half", 64,
                            _POSITIVE)
@@ -106,7 +106,7 @@ class Config:
     projection_output_size: int = _f("SimSiam projection output width", 1024, _POSITIVE)
     prediction_head_hidden_size: int = _f("SimSiam prediction head hidden width", 256, _POSITIVE)
 
-    # --- search (DESIGN.md §5, blog topic 1) ----------------------------------------------------
+    # --- search (Gumbel MuZero, blog topic 1) ----------------------------------------------------
     num_simulations: int = _f("simulations per search (self-play, evaluation and reanalysis)", 16,
                               _POSITIVE)
     max_num_considered_actions: int = _f("root actions sampled by Gumbel top-k (m)", 4, _POSITIVE)
@@ -121,7 +121,7 @@ class Config:
                              _NON_NEGATIVE)
     discount: float = _f("per env step discount gamma", 0.997, _DISCOUNT)
 
-    # --- targets (DESIGN.md §7) ------------------------------------------------------------------
+    # --- targets (EZ V2: value prefix, SVE, mixed value) ------------------------------------------------------------------
     unroll_steps: int = _f("K: dynamics unroll length in training (env steps)", 5, _POSITIVE)
     td_steps: int = _f("n of the n-step TD value target (env steps)", 5, _POSITIVE)
     reanalysis_chunk_size: int = _f("most observations per representation call in reanalysis; "
@@ -270,7 +270,7 @@ def _check_type(key: str, value, expected: type) -> None:
 # --- presets ---------------------------------------------------------------------------------------
 
 def atari100k() -> Config:
-    """The full EfficientZero V2 Atari 100K settings (DESIGN.md §3-7), no simplifications."""
+    """The full EfficientZero V2 Atari 100K settings, no simplifications."""
     return Config()
 
 

@@ -1,4 +1,4 @@
-"""Environments: the Atari 100K protocol (DESIGN.md §3) and plain vector-observation gymnasium tasks.
+"""Environments: the Atari 100K protocol (Kaiser et al. 2020, as EZ V2 evaluates) and plain vector-observation gymnasium tasks.
 
 Atari (`'Breakout'` or `'ALE/Breakout-v5'`): `ALE/<Game>-v5` with `frameskip=1` and
 `repeat_action_probability=0` — the Atari 100K benchmark (as in Dopamine's 100K config and the EZ papers)

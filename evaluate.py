@@ -1,6 +1,6 @@
 """Evaluation of a trained agent: greedy Gumbel search, raw scores, human-normalised score, video.
 
-Protocol (DESIGN.md §8): evaluation envs never end an episode on a life loss, rewards are raw, the cap is
+Protocol: evaluation envs never end an episode on a life loss, rewards are raw, the cap is
 `eval_max_episode_steps` (27,000 env steps = 108K frames on Atari), and the search runs without Gumbel
 noise, so the action is the argmax of logits + sigma(q) among the most-visited root actions.
 

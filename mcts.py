@@ -2,7 +2,7 @@
 
 Implements the search of "Policy improvement by planning with Gumbel" (Danihelka et al., ICLR 2022,
 Appendix D) with the semantics of DeepMind's mctx `gumbel_muzero_policy` and
-`qtransform_completed_by_mix_value` (DESIGN.md §5). B trees advance in lockstep, so each simulation makes
+`qtransform_completed_by_mix_value`. B trees advance in lockstep, so each simulation makes
 one batched `recurrent_fn` call for all of them: 4 trees when acting, B·(K+1) = 1,536 in reanalysis.
 
 Shapes: B trees, A actions, N = num_simulations + 1 nodes per tree (node 0 is the root; simulation i

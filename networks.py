@@ -1,6 +1,6 @@
 """The EfficientZero V2 networks in Keras: representation h, dynamics g, prediction f, SimSiam heads.
 
-Implements DESIGN.md §4 (EfficientZero V2, Wang et al. 2024, Appendix "Network Architecture"; the layer
+Implements the networks of EfficientZero V2 (Wang et al. 2024, Appendix "Network Architecture"; the layer
 layout follows the official `ez/agents/models/base_model.py` and `ez/config/exp/atari.yaml`):
 
 - h (representation): observation [B, 96, 96, 12] -> latent state [B, 6, 6, C], a residual stack with two
@@ -225,7 +225,7 @@ class ResidualBlock(_Block):
 class MLPHead(_Block):
     """Dense-norm-ELU per hidden size, then a zero-initialised float32 Dense: [B, D] -> [B, out].
 
-    ELU is the official `mlp()` activation (DESIGN.md §4 says ReLU; we follow the code); the zero
+    ELU is the official `mlp()` activation (the paper's figure says ReLU; we follow the code); the zero
     init makes the head output 0 at the start.
     """
 

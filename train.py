@@ -1,6 +1,6 @@
 """EfficientZero V2 training: self-play, reanalysis, the compiled update, evaluation, checkpoints.
 
-One process, read top to bottom (DESIGN.md §2):
+One process, read top to bottom:
     envs (num_envs, lockstep) -> self-play Gumbel search (mcts.py, blog topic ①) -> replay buffer
     buffer.sample -> reanalysis with the target model (policy targets, SVE / TD values) -> update
     update: unroll K steps of the dynamics, value-prefix / policy / value cross-entropies and the
@@ -130,7 +130,7 @@ class MetricsLogger:
         self._file.close()
 
 
-# --- the learner: losses and the compiled update (DESIGN.md §7) -----------------------------------
+# --- the learner: losses and the compiled update (EZ V2 losses) -----------------------------------
 
 def learning_rate_at(config: Config, update: int) -> float:
     """Linear warm-up over `warmup_fraction` of all updates, then x`lr_decay_factor` after decay."""
@@ -261,7 +261,7 @@ class Learner:
 
     def _compute_gradients(self, frames, actions, reward_targets, value_targets,
                            policy_targets, transition_masks, value_masks, weights):
-        """The EfficientZero V2 loss of one batch and its gradients (DESIGN: §7 of the paper).
+        """The EfficientZero V2 loss of one batch and its gradients (EfficientZero V2).
 
         Unroll step k = 1..K predicts o_{t+k} from a_{t+k-1}: its value-prefix and consistency losses
         count while that action is real (transition_masks[:, k-1]); the policy loss at position k
