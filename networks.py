@@ -86,8 +86,7 @@ def inverse_scalar_transform(y):
 def support_size_for(max_abs_value: float) -> int:
     """The smallest support_size whose support [-S, S] holds h(max_abs_value), e.g. 16 for CartPole's
     values (≤ 260) and 51 for Pendulum's (≥ −2,410 with γ = 0.997 over 200 steps)."""
-    h = math.sqrt(max_abs_value + 1.0) - 1.0 + TRANSFORM_EPSILON * max_abs_value
-    return max(1, math.ceil(h))
+    return max(1, math.ceil(float(scalar_transform(max_abs_value))))
 
 
 def scalar_to_two_hot(x, support_size: int):
