@@ -1,6 +1,7 @@
 """Benchmarks of the pieces whose speed bounds training, and the projected cost of a full run.
 
-Usage: `python bench.py [all|search|buffer|update|selfplay|memory|projection] [--mixed-precision]`
+Usage: `python bench.py [all|search|buffer|update|selfplay|memory|projection|minatar]
+[--mixed-precision]`
 prints a table per section and merges the results into `bench-results.json` (keyed by section, so
 sections can be re-run one at a time). With `--mixed-precision` the networks compute as `train.py
 --set mixed_precision=true` would on this machine (bfloat16 on a CPU, float16 on a GPU) and the
@@ -32,6 +33,10 @@ with a full 100,000-transition buffer after one sample, reanalysis and update.
 
 projection: wall-clock hours of the whole Breakout 100K run on this machine, from the measured
 parts: 100K env steps at the self-play rate, plus 120K full updates, plus 12 evaluations.
+
+minatar: the `minatar` preset on MinAtar Breakout: self-play env steps/s and updates/s, each split
+into network calls, tree, sampling and the rest, and the projected minutes of a 100K-step run
+(self-play plus updates; evaluations excluded).
 """
 
 from __future__ import annotations
@@ -252,22 +257,18 @@ def bench_update() -> dict:
 
 def bench_selfplay() -> dict:
     """Env steps/s of lockstep self-play (4 envs, 16 simulations) and the tree share of acting."""
-    from buffer import _TimedModel
     from evaluate import search_actions
-
-    class _TimedActingModel(_TimedModel):
-        def initial_inference(self, observations):
-            return self._timed(self.model.initial_inference, observations)
+    from networks import TimedModel
 
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = _atari_trainer(run_dir)
         config = trainer.config
-        trainer._start_games(list(range(config.num_envs)))
+        trainer.start_games(list(range(config.num_envs)))
         trainer.selfplay_step()                                         # traces the inference
         start = time.perf_counter()
         search_seconds = sum(trainer.selfplay_step() for _ in range(SELFPLAY_STEPS))
         seconds = time.perf_counter() - start
-        timed = _TimedActingModel(trainer.selfplay_model)
+        timed = TimedModel(trainer.selfplay_model)
         observations = trainer.stacker.observations()
         start = time.perf_counter()
         for _ in range(SELFPLAY_STEPS):
@@ -328,8 +329,83 @@ def bench_projection() -> dict:
                            "total_days": (selfplay_hours + update_hours + eval_hours) / 24}}
 
 
+MINATAR_ENV = "MinAtar/Breakout-v1"
+MINATAR_SELFPLAY_STEPS = 60           # timed lockstep self-play steps (x num_envs env steps)
+MINATAR_UPDATES = 10                  # timed full updates (median reported)
+
+
+def bench_minatar(config=None) -> dict:
+    """Self-play and updates of the `minatar` preset on MinAtar Breakout, each split into where the
+    time goes, and the projected minutes of the whole run.
+
+    Self-play: ms per lockstep step of all envs = network calls (the search's initial and recurrent
+    inference) + tree (the rest of the search) + envs and buffer (the rest of the step). Update: ms
+    = sampling + reanalysis network calls + reanalysis tree + the learner's compiled update. The
+    buffer is filled by self-play to `start_transitions` first (an untrained network, so real
+    MinAtar frames and episode ends)."""
+    import dataclasses
+
+    import config as config_module
+    from buffer import reanalyze
+    from networks import TimedModel
+    from train import Trainer, use_precision
+
+    if config is None:
+        config = dataclasses.replace(config_module.minatar(), env_id=MINATAR_ENV,
+                                     mixed_precision=mixed_precision)
+    use_precision(config)
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = Trainer(config, run_dir, None)
+        trainer.start_games(list(range(config.num_envs)))
+        trainer.selfplay_step()                                         # traces the inference
+        timed = TimedModel(trainer.selfplay_model)
+        trainer.selfplay_model = timed
+        search = 0.0
+        start = time.perf_counter()
+        for _ in range(MINATAR_SELFPLAY_STEPS):
+            search += trainer.selfplay_step()
+        selfplay, network = time.perf_counter() - start, timed.seconds
+        while len(trainer.buffer) < config.start_transitions:
+            trainer.selfplay_step()
+        batch = trainer.buffer.sample(config.batch_size, trainer.rng)
+        targets = reanalyze(batch, trainer.target_model, config=config, train_step=0,
+                            rng=trainer.rng)
+        trainer.learner.update(batch, targets, 0)                       # traces the update
+        parts = {"sample": [], "reanalysis_network": [], "reanalysis_tree": [], "learner": [],
+                 "total": []}
+        for i in range(MINATAR_UPDATES):
+            start = time.perf_counter()
+            batch = trainer.buffer.sample(config.batch_size, trainer.rng)
+            sampled = time.perf_counter()
+            targets = reanalyze(batch, trainer.target_model, config=config, train_step=i,
+                                rng=trainer.rng)
+            reanalysed = time.perf_counter()
+            trainer.learner.update(batch, targets, i)
+            done = time.perf_counter()
+            parts["sample"].append(sampled - start)
+            parts["reanalysis_network"].append(targets.network_seconds)
+            parts["reanalysis_tree"].append(reanalysed - sampled - targets.network_seconds)
+            parts["learner"].append(done - reanalysed)
+            parts["total"].append(done - start)
+    steps = MINATAR_SELFPLAY_STEPS
+    step_ms = 1000 * selfplay / steps
+    update_ms = {name: 1000 * float(np.median(values)) for name, values in parts.items()}
+    selfplay_minutes = config.env_steps / (steps * config.num_envs / selfplay) / 60
+    update_minutes = config.total_updates * update_ms["total"] / 1000 / 60
+    return {"selfplay": {"env_steps_per_second": steps * config.num_envs / selfplay,
+                         "step_ms": step_ms, "network_ms": 1000 * network / steps,
+                         "tree_ms": 1000 * (search - network) / steps,
+                         "envs_and_buffer_ms": 1000 * (selfplay - search) / steps},
+            "update": {"updates_per_second": 1000 / update_ms["total"], **{
+                f"{name}_ms": value for name, value in update_ms.items()}},
+            "projection": {"env_steps": config.env_steps, "updates": config.total_updates,
+                           "selfplay_minutes": selfplay_minutes, "update_minutes": update_minutes,
+                           "total_minutes": selfplay_minutes + update_minutes}}
+
+
 SECTIONS = {"search": bench_search, "buffer": bench_buffer, "update": bench_update,
-            "selfplay": bench_selfplay, "memory": bench_memory, "projection": bench_projection}
+            "selfplay": bench_selfplay, "memory": bench_memory, "projection": bench_projection,
+            "minatar": bench_minatar}
 
 
 def _load_results() -> dict:

@@ -440,25 +440,6 @@ class ReplayBuffer:
 
 # --- reanalysis ------------------------------------------------------------------------------------
 
-class _TimedModel:
-    """Counts the seconds a model spends in its network calls."""
-
-    def __init__(self, model):
-        self.model, self.seconds = model, 0.0
-
-    def _timed(self, call, *args):
-        start = time.perf_counter()
-        output = call(*args)
-        self.seconds += time.perf_counter() - start
-        return output
-
-    def initial_inference_sequence(self, frames):
-        return self._timed(self.model.initial_inference_sequence, frames)
-
-    def recurrent_inference(self, state, actions):
-        return self._timed(self.model.recurrent_inference, state, actions)
-
-
 def _concatenate(outputs: list):
     """Network outputs of consecutive chunks (fields: a state tuple, then arrays) -> one output."""
     first = outputs[0]
@@ -484,10 +465,11 @@ def reanalyze(batch: Batch, model, *, config: Config, train_step: int,
     the same initial inference over all its K+n+1 positions.
     """
     from mcts import sample_gumbel, search_with_model
+    from networks import TimedModel
 
     K = config.unroll_steps
     B, A = batch.stored_policies.shape[0], batch.stored_policies.shape[-1]
-    timed = _TimedModel(model)
+    timed = TimedModel(model)
     start = time.perf_counter()
     P = batch.frames.shape[1] - config.frame_stack + 1                   # K+n+1 positions
     rows_per_call = max(1, config.reanalysis_chunk_size // P)

@@ -1,4 +1,5 @@
-"""Environments: the Atari 100K protocol (Kaiser et al. 2020, as EZ V2 evaluates) and plain vector-observation gymnasium tasks.
+"""Environments: the Atari 100K protocol (Kaiser et al. 2020, as EZ V2 evaluates), MinAtar (Young & Tian
+2019, the CPU-scale Atari) and plain vector-observation gymnasium tasks.
 
 Atari (`'Breakout'` or `'ALE/Breakout-v5'`): `ALE/<Game>-v5` with `frameskip=1` and
 `repeat_action_probability=0` — the Atari 100K benchmark (as in Dopamine's 100K config and the EZ papers)
@@ -13,8 +14,14 @@ skip 4 with a max over the last two frames, up to 30 random no-ops at a reset an
   steps) are set; the cap counts agent steps of a whole game (3,000 in training, 27,000 = 108K frames in
   evaluation) and ends it as `truncated`.
 
-Frames are returned one at a time (uint8 [96, 96, 3], or [96, 96, 1] grayscale; float32 [D] for vector
-tasks). `FrameStacker` and the replay buffer stack `frame_stack` of them along the last axis, oldest
+MinAtar (`'MinAtar/Breakout-v1'`, also Asterix, Freeway, Seaquest, SpaceInvaders; `-v1` has the minimal
+action set): the game's own rules, sticky actions (probability 0.1) and difficulty ramping, unchanged.
+Its observation is a 10x10 grid of C binary channels (one per object kind); frames are uint8 with 0 and
+255, so the network's pixel scaling maps them to exactly 0 and 1. Rewards are 0 or 1 and a game is one
+episode (no lives); the step caps above apply as they do to Atari.
+
+Frames are returned one at a time (uint8 [96, 96, 3], or [96, 96, 1] grayscale; uint8 [10, 10, C] for
+MinAtar; float32 [D] for vector tasks). `FrameStacker` and the replay buffer stack `frame_stack` of them along the last axis, oldest
 first: channels s*C:(s+1)*C of an observation hold frame s (vectors are concatenated the same way).
 """
 
@@ -47,8 +54,15 @@ class EnvSpec(NamedTuple):
     frame_shape: tuple           # one frame: (H, W, C) uint8 for Atari, (D,) float32 for vector tasks
     observation_shape: tuple     # frame_stack frames stacked along the last axis
     num_actions: int
-    is_atari: bool
+    kind: str                    # 'atari', 'minatar' or 'vector'
     frame_dtype: type
+
+
+MINATAR_PREFIX = "MinAtar/"
+# Distinct colours (RGB) of a MinAtar video, one per channel; a cell shows its highest set channel.
+MINATAR_PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200],
+                            [245, 130, 48], [145, 30, 180], [70, 240, 240], [240, 50, 230],
+                            [210, 245, 60], [250, 190, 212]], np.uint8)
 
 
 def _registered_ids() -> list[str]:
@@ -56,6 +70,16 @@ def _registered_ids() -> list[str]:
 
     gym.register_envs(ale_py)
     return list(gym.registry)
+
+
+def _minatar_ids() -> list[str]:
+    """The registered MinAtar ids (the minatar package registers them on request; importing it is slow,
+    so only MinAtar ids pay for it)."""
+    if not any(i.startswith(MINATAR_PREFIX) for i in gym.registry):
+        from minatar.gym import register_envs
+
+        register_envs()
+    return sorted(i for i in gym.registry if i.startswith(MINATAR_PREFIX))
 
 
 def _atari_game(env_id: str) -> str | None:
@@ -66,6 +90,12 @@ def _atari_game(env_id: str) -> str | None:
 
 
 def _unknown(env_id: str) -> ValueError:
+    if env_id.startswith(MINATAR_PREFIX):
+        known = _minatar_ids()
+        close = difflib.get_close_matches(env_id, known, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        return ValueError(f"unknown MinAtar environment '{env_id}'{hint}: choose from "
+                          f"{', '.join(i for i in known if i.endswith('-v1'))}")
     games = sorted({i[4:].split("-v")[0] for i in _registered_ids() if i.startswith("ALE/")})
     close = difflib.get_close_matches(env_id.replace("ALE/", "").split("-v")[0], games, n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
@@ -88,13 +118,14 @@ def env_spec(env_id: str, config: Config) -> EnvSpec:
         num_actions = int(env.action_space.n)
         env.close()
         return EnvSpec(frame_shape, stacked_shape(frame_shape, config.frame_stack), num_actions,
-                       True, np.uint8)
-    env = _make_vector(env_id, config)
+                       "atari", np.uint8)
+    minatar = env_id.startswith(MINATAR_PREFIX)
+    env = _make_minatar(env_id) if minatar else _make_vector(env_id, config)
     frame_shape = tuple(int(d) for d in env.observation_space.shape)
     num_actions = int(env.action_space.n)
     env.close()
-    return EnvSpec(frame_shape, stacked_shape(frame_shape, config.frame_stack), num_actions, False,
-                   np.float32)
+    return EnvSpec(frame_shape, stacked_shape(frame_shape, config.frame_stack), num_actions,
+                   "minatar" if minatar else "vector", np.uint8 if minatar else np.float32)
 
 
 def _make_ale(game: str, config: Config) -> gym.Env:
@@ -105,6 +136,27 @@ def _make_ale(game: str, config: Config) -> gym.Env:
     return AtariPreprocessing(env, noop_max=config.noop_max, frame_skip=config.frame_skip,
                               screen_size=config.frame_size, terminal_on_life_loss=False,
                               grayscale_obs=config.grayscale, grayscale_newaxis=True)
+
+
+def _make_minatar(env_id: str) -> gym.Env:
+    """A MinAtar game whose observations are uint8 0/255 frames [10, 10, C]."""
+    if env_id not in _minatar_ids():
+        raise _unknown(env_id)
+    env = gym.make(env_id)
+    space = env.observation_space
+    frames = gym.spaces.Box(0, 255, space.shape, np.uint8)
+    return gym.wrappers.TransformObservation(env, lambda o: np.asarray(o, np.uint8) * np.uint8(255),
+                                             frames)
+
+
+def minatar_rgb(frame: np.ndarray) -> np.ndarray:
+    """A MinAtar frame [H, W, C] (0/255) -> RGB [H, W, 3] uint8: each cell in the colour of its
+    highest set channel (MINATAR_PALETTE), black where no channel is set."""
+    channels = frame.shape[-1]
+    palette = np.concatenate([np.zeros((1, 3), np.uint8),
+                              MINATAR_PALETTE[np.arange(channels) % len(MINATAR_PALETTE)]])
+    top = np.max((frame > 0) * np.arange(1, channels + 1), axis=-1)       # [H, W], 0 = empty
+    return palette[top]
 
 
 def _make_vector(env_id: str, config: Config) -> gym.Env:
@@ -187,9 +239,16 @@ def make_env(env_id: str, seed: int, training: bool, config: Config | None = Non
     if config is None:
         import config as config_module
 
-        config = config_module.atari100k() if game is not None else config_module.classic()
+        if game is not None:
+            config = config_module.atari100k()
+        elif env_id.startswith(MINATAR_PREFIX):
+            config = config_module.minatar()
+        else:
+            config = config_module.classic()
     if game is not None:
         env = _make_ale(game, config)
+    elif env_id.startswith(MINATAR_PREFIX):
+        env = _make_minatar(env_id)
     else:
         env = _make_vector(env_id, config)
         env = gym.wrappers.TransformObservation(env, lambda o: np.asarray(o, np.float32),

@@ -24,8 +24,8 @@ import checkpoints  # noqa: E402
 from config import Config  # noqa: E402
 
 EXIT_USAGE = 2
-VIDEO_SCALE = 4           # the 96x96 observation frames are upscaled for viewing
-VIDEO_FPS = 15            # one video frame per agent step (4 emulator frames at 60 Hz)
+VIDEO_SIDE = 384          # frames are upscaled by a whole factor to about this many pixels a side
+VIDEO_FPS = 15            # one video frame per agent step (4 emulator frames at 60 Hz on Atari)
 
 
 def search_actions(model, observations: np.ndarray, config: Config, rng: np.random.Generator | None,
@@ -61,7 +61,7 @@ def play_episodes(model, config: Config, env_id: str, num_episodes: int, seed: i
     for i, env in enumerate(games):
         frame, _ = env.reset(seed=seed + i)
         stacker.reset(i, frame)
-    video = _open_video(video_path, frame) if video_path else None
+    video = _open_video(video_path, frame, spec.kind) if video_path else None
     returns: list[float | None] = [None] * num_episodes
     lengths = [0] * num_episodes
     running = list(range(num_episodes))
@@ -72,7 +72,7 @@ def play_episodes(model, config: Config, env_id: str, num_episodes: int, seed: i
         for row, i in enumerate(running):
             frame, _, terminated, truncated, info = games[i].step(int(actions[row]))
             if i == 0 and video is not None:
-                _write_video_frame(video, frame)
+                _write_video_frame(video, frame, spec.kind)
             if "game_return" in info:
                 returns[i], lengths[i] = float(info["game_return"]), int(info["game_length"])
             elif terminated or truncated:
@@ -86,25 +86,38 @@ def play_episodes(model, config: Config, env_id: str, num_episodes: int, seed: i
     return EpisodeResults([float(r) for r in returns], lengths)
 
 
-def _open_video(path: str, frame: np.ndarray):
+def video_rgb(frame: np.ndarray, kind: str) -> np.ndarray:
+    """One env frame as the RGB picture of a video frame [H', W', 3] uint8, upscaled by a whole factor
+    to about VIDEO_SIDE pixels: Atari RGB as it is, grayscale repeated, MinAtar one colour per channel."""
     import cv2
 
-    if frame.ndim != 3:
-        raise ValueError("--video needs an image-observation (Atari) environment")
-    height, width = frame.shape[0] * VIDEO_SCALE, frame.shape[1] * VIDEO_SCALE
+    import envs
+
+    if kind == "minatar":
+        rgb = envs.minatar_rgb(frame)
+    else:
+        rgb = frame if frame.shape[-1] == 3 else np.repeat(frame, 3, axis=-1)
+    scale = max(1, VIDEO_SIDE // max(frame.shape[:2]))
+    return cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+
+
+def _open_video(path: str, frame: np.ndarray, kind: str):
+    import cv2
+
+    if kind == "vector":
+        raise ValueError("--video needs an image-observation (Atari or MinAtar) environment")
+    height, width = video_rgb(frame, kind).shape[:2]
     writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), VIDEO_FPS, (width, height))
     if not writer.isOpened():
         raise ValueError(f"cannot write video '{path}'")
-    _write_video_frame(writer, frame)
+    _write_video_frame(writer, frame, kind)
     return writer
 
 
-def _write_video_frame(writer, frame: np.ndarray) -> None:
+def _write_video_frame(writer, frame: np.ndarray, kind: str) -> None:
     import cv2
 
-    rgb = frame if frame.shape[-1] == 3 else np.repeat(frame, 3, axis=-1)
-    large = cv2.resize(rgb, None, fx=VIDEO_SCALE, fy=VIDEO_SCALE, interpolation=cv2.INTER_NEAREST)
-    writer.write(cv2.cvtColor(large, cv2.COLOR_RGB2BGR))
+    writer.write(cv2.cvtColor(video_rgb(frame, kind), cv2.COLOR_RGB2BGR))
 
 
 def summarize(env_id: str, returns: list[float]) -> dict:

@@ -4,7 +4,8 @@ Implements the networks of EfficientZero V2 (Wang et al. 2024, Appendix "Network
 layout follows the official `ez/agents/models/base_model.py` and `ez/config/exp/atari.yaml`):
 
 - h (representation): observation [B, 96, 96, 12] -> latent state [B, 6, 6, C], a residual stack with two
-  stride-2 stages and two average pools. Vector observations [B, D] -> flat latent [B, mlp_state_size].
+  stride-2 stages and two average pools; a small grid (MinAtar [B, 10, 10, C']) keeps its size
+  (`downsample` off). Vector observations [B, D] -> flat latent [B, mlp_state_size].
 - g (dynamics): (latent, action) -> next latent, plus the value-prefix head: an LSTM carried along the
   unroll that predicts the sum of rewards since its last reset (EfficientZero's "value prefix"), or a
   plain per-step reward head when `value_prefix` is off.
@@ -28,6 +29,7 @@ stacked array on the host). The trainer calls the building blocks `represent`, `
 from __future__ import annotations
 
 import math
+import time
 from typing import NamedTuple
 
 import keras
@@ -259,9 +261,10 @@ class Reduce(_Block):
 
 
 class ConvRepresentation(_Block):
-    """h: [B, 96, 96, 12] -> [B, 6, 6, C] (official RepresentationNetwork with DownSample):
-    conv3x3 s2 -> C/2, norm, ReLU; residual block (C/2); residual block s2 -> C; residual block;
-    avg-pool 3 s2; residual block; avg-pool 3 s2; num_blocks residual blocks."""
+    """h (official RepresentationNetwork). With `downsample` (Atari): [B, 96, 96, 12] -> [B, 6, 6, C]
+    through DownSample: conv3x3 s2 -> C/2, norm, ReLU; residual block (C/2); residual block s2 -> C;
+    residual block; avg-pool 3 s2; residual block; avg-pool 3 s2. Without it (small grids such as
+    MinAtar's 10x10): conv3x3 s1 -> C, norm, ReLU, keeping the grid. Then num_blocks residual blocks."""
 
     KERNEL = 3
     STRIDE = 2
@@ -269,25 +272,34 @@ class ConvRepresentation(_Block):
     def __init__(self, config: Config, **kwargs):
         super().__init__(**kwargs)
         channels = config.num_channels
-        self.stem = keras.layers.Conv2D(channels // 2, self.KERNEL, strides=self.STRIDE,
-                                        padding="valid", use_bias=False)
-        self.stem_norm = _normalization(config, channels // 2)
-        self.half_block = ResidualBlock(config, channels // 2)
-        self.downsample_block = ResidualBlock(config, channels, stride=self.STRIDE)
-        self.full_block = ResidualBlock(config, channels)
-        # PyTorch AvgPool2d(3, 2, padding=1) counts the zero padding in the mean: pad, then pool.
-        self.pool = keras.layers.AveragePooling2D(self.KERNEL, strides=self.STRIDE, padding="valid")
-        self.pooled_block = ResidualBlock(config, channels)
+        self.downsample = config.downsample
+        if self.downsample:
+            self.stem = keras.layers.Conv2D(channels // 2, self.KERNEL, strides=self.STRIDE,
+                                            padding="valid", use_bias=False)
+            self.stem_norm = _normalization(config, channels // 2)
+            self.half_block = ResidualBlock(config, channels // 2)
+            self.downsample_block = ResidualBlock(config, channels, stride=self.STRIDE)
+            self.full_block = ResidualBlock(config, channels)
+            # PyTorch AvgPool2d(3, 2, padding=1) counts the zero padding in the mean: pad, then pool.
+            self.pool = keras.layers.AveragePooling2D(self.KERNEL, strides=self.STRIDE,
+                                                      padding="valid")
+            self.pooled_block = ResidualBlock(config, channels)
+        else:
+            self.stem = keras.layers.Conv2D(channels, self.KERNEL, padding="same", use_bias=False)
+            self.stem_norm = _normalization(config, channels)
         self.tower = [ResidualBlock(config, channels) for _ in range(config.num_blocks)]
 
     def call(self, x, training=False):
-        x = tf.nn.relu(self.stem_norm(self.stem(_pad_same(x, self.KERNEL)), training=training))
-        x = self.half_block(x, training=training)
-        x = self.downsample_block(x, training=training)
-        x = self.full_block(x, training=training)
-        x = self.pool(_pad_same(x, self.KERNEL))
-        x = self.pooled_block(x, training=training)
-        x = self.pool(_pad_same(x, self.KERNEL))
+        if self.downsample:
+            x = tf.nn.relu(self.stem_norm(self.stem(_pad_same(x, self.KERNEL)), training=training))
+            x = self.half_block(x, training=training)
+            x = self.downsample_block(x, training=training)
+            x = self.full_block(x, training=training)
+            x = self.pool(_pad_same(x, self.KERNEL))
+            x = self.pooled_block(x, training=training)
+            x = self.pool(_pad_same(x, self.KERNEL))
+        else:
+            x = tf.nn.relu(self.stem_norm(self.stem(x), training=training))
         for block in self.tower:
             x = block(x, training=training)
         return x
@@ -469,6 +481,29 @@ def _uniform(variable, bound: float) -> None:
 
 
 # --- the network ------------------------------------------------------------------------------------
+
+class TimedModel:
+    """A model whose inference calls (the search-side adapter below) add their seconds to `seconds`:
+    reanalysis and the benchmarks split search time into network and tree time with it."""
+
+    def __init__(self, model):
+        self.model, self.seconds = model, 0.0
+
+    def _timed(self, call, *args):
+        start = time.perf_counter()
+        output = call(*args)
+        self.seconds += time.perf_counter() - start
+        return output
+
+    def initial_inference(self, observations):
+        return self._timed(self.model.initial_inference, observations)
+
+    def initial_inference_sequence(self, frames):
+        return self._timed(self.model.initial_inference_sequence, frames)
+
+    def recurrent_inference(self, state, actions):
+        return self._timed(self.model.recurrent_inference, state, actions)
+
 
 class EfficientZeroNet:
     """h, g (with the value-prefix head), f and the SimSiam heads, plus the search-side adapter.

@@ -13,6 +13,7 @@ The self-play model is refreshed every `selfplay_update_interval` updates, the t
     python train.py                                   # Breakout, Atari 100K, full EZ V2 settings
     python train.py --config smoke                    # a one-minute end-to-end run
     python train.py --env CartPole-v1 --config classic
+    python train.py --config minatar --env MinAtar/Asterix-v1
     python train.py --resume runs/<run>               # continue from the newest checkpoint
 """
 
@@ -52,9 +53,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", default="atari100k", choices=sorted(config_module.PRESETS),
                         help="preset: atari100k (full settings), atari1h (reduced, one hour on CPU), "
                              "smoke (one minute), classic (MLP, vector tasks; CartPole-v1), "
-                             "acrobot (classic with Acrobot-v1's budget)")
+                             "acrobot (classic with Acrobot-v1's budget), minatar (MinAtar games, "
+                             "an hour on CPU)")
     parser.add_argument("--env", default=None,
-                        help="environment: 'Breakout' (default of Atari presets) or e.g. CartPole-v1")
+                        help="environment: 'Breakout' (default of Atari presets), "
+                             "'MinAtar/Asterix-v1' or e.g. CartPole-v1")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: the preset's)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a config field (repeatable)")
@@ -509,7 +512,7 @@ class Trainer:
             self.buffer.save, self.config.keep_checkpoints)
 
     # -- self-play --
-    def _start_games(self, env_ids: list[int]) -> None:
+    def start_games(self, env_ids: list[int]) -> None:
         first_frames = []
         for i in env_ids:
             frame, _ = self.envs[i].reset(seed=self.config.seed + 1000 * self.games + i)
@@ -549,7 +552,7 @@ class Trainer:
             if i not in ended:
                 self.stacker.push(i, next_frames[i])
         if ended:
-            self._start_games(ended)
+            self.start_games(ended)
         return search_seconds
 
     # -- learning --
@@ -636,7 +639,7 @@ class Trainer:
         from tqdm import tqdm
 
         config = self.config
-        self._start_games(list(range(config.num_envs)))
+        self.start_games(list(range(config.num_envs)))
         online_updates = int(math.ceil(max(0, config.env_steps - config.start_transitions)
                                        * config.updates_per_env_step))
         progress = tqdm(total=config.env_steps, initial=min(self.env_steps, config.env_steps),

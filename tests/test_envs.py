@@ -23,7 +23,7 @@ def play_until(env, stop, seed=0, max_steps=5000):
 def test_atari_frames_and_spec():
     config = cfg.atari100k()
     spec = envs.env_spec("Breakout", config)
-    assert spec == envs.EnvSpec((96, 96, 3), (96, 96, 12), 4, True, np.uint8)
+    assert spec == envs.EnvSpec((96, 96, 3), (96, 96, 12), 4, "atari", np.uint8)
     assert envs.env_spec("ALE/Breakout-v5", config) == spec
     env = envs.make_env("Breakout", 0, True, config)
     frame, _ = env.reset()
@@ -113,7 +113,7 @@ def test_step_cap_truncates_the_game(training):
 def test_cartpole_vector_task():
     config = dataclasses.replace(cfg.classic(), max_episode_steps=20)
     spec = envs.env_spec("CartPole-v1", config)
-    assert spec == envs.EnvSpec((4,), (4,), 2, False, np.float32)
+    assert spec == envs.EnvSpec((4,), (4,), 2, "vector", np.float32)
     env = envs.make_env("CartPole-v1", 0, True, config)
     frame, _ = env.reset()
     assert frame.shape == (4,) and frame.dtype == np.float32
@@ -173,3 +173,66 @@ def test_a_continuous_action_is_discretised_into_evenly_spaced_values():
         expected, expected_reward, *_ = reference.step(np.array([torque], np.float32))
         np.testing.assert_allclose(frame, expected, rtol=1e-5, atol=1e-6)
         assert reward == pytest.approx(expected_reward, rel=1e-5, abs=1e-6)
+
+
+# MinAtar (Young & Tian 2019): channels and minimal action sets of the five games.
+MINATAR_GAMES = {"Breakout": (4, 3), "Asterix": (4, 5), "Freeway": (7, 3), "Seaquest": (10, 6),
+                 "SpaceInvaders": (6, 4)}
+
+
+@pytest.mark.parametrize("game", sorted(MINATAR_GAMES))
+def test_minatar_specs(game):
+    channels, actions = MINATAR_GAMES[game]
+    spec = envs.env_spec(f"MinAtar/{game}-v1", cfg.minatar())
+    assert spec == envs.EnvSpec((10, 10, channels), (10, 10, channels), actions, "minatar", np.uint8)
+
+
+def test_minatar_frames_are_the_game_state_at_0_and_255_under_its_own_rules():
+    """Same seed, same actions: our env's frames and rewards are MinAtar's own (sticky actions,
+    ramping) with the booleans scaled to 0/255, and the game's end is one terminated episode."""
+    from minatar import Environment
+
+    config = cfg.minatar()
+    env = envs.make_env("MinAtar/Breakout-v1", 5, True, config)
+    reference = Environment("breakout")
+    reference.seed(5)
+    reference.reset()
+    frame, _ = env.reset(seed=5)
+    actions = env.unwrapped.action_set                     # minimal set: no-op, left, right
+    rng = np.random.default_rng(0)
+    total = 0.0
+    for step in range(1, 2000):
+        assert frame.dtype == np.uint8 and set(np.unique(frame)) <= {0, 255}
+        np.testing.assert_array_equal(frame, reference.state().astype(np.uint8) * 255)
+        action = int(rng.integers(3))
+        frame, reward, terminated, truncated, info = env.step(action)
+        expected_reward, expected_done = reference.act(actions[action])
+        assert reward == expected_reward and terminated == expected_done and not truncated
+        total += reward
+        if terminated:
+            assert info["game_return"] == total and info["game_length"] == step
+            break
+    else:
+        raise AssertionError("a random Breakout game never ended")
+
+
+def test_unknown_minatar_id_names_the_games():
+    with pytest.raises(ValueError) as error:
+        envs.make_env("MinAtar/Brekout-v1", 0, True)
+    message = str(error.value)
+    assert "did you mean MinAtar/Breakout-v1" in message and "MinAtar/SpaceInvaders-v1" in message
+    assert "\n" not in message
+
+
+def test_minatar_video_colours_each_cell_by_its_highest_channel():
+    frame = np.zeros((10, 10, 4), np.uint8)
+    frame[0, 0, 0] = 255
+    frame[1, 1, 2] = 255
+    frame[2, 2, [0, 3]] = 255
+    rgb = envs.minatar_rgb(frame)
+    assert rgb.shape == (10, 10, 3) and rgb.dtype == np.uint8
+    palette = envs.MINATAR_PALETTE
+    np.testing.assert_array_equal(rgb[0, 0], palette[0])
+    np.testing.assert_array_equal(rgb[1, 1], palette[2])
+    np.testing.assert_array_equal(rgb[2, 2], palette[3])
+    assert rgb.sum() == palette[[0, 2, 3]].sum()          # every other cell is black

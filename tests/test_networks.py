@@ -449,3 +449,23 @@ def test_batch_renormalization_trains_on_what_inference_computes():
     gamma, beta = far.gamma.numpy(), far.beta.numpy()
     expected = (x.numpy() - (moving_mean - 400.0)) / np.sqrt(400.0 + NORM_EPSILON) * gamma + beta
     np.testing.assert_allclose(far(x, training=True).numpy(), expected, rtol=1e-4, atol=1e-3)
+
+
+def test_minatar_representation_keeps_the_grid_and_dynamics_tell_actions_apart():
+    """downsample off: conv3x3 s1 -> C, norm, ReLU, then num_blocks residual blocks on the 10x10 grid."""
+    tf.keras.utils.set_random_seed(0)
+    config = dataclasses.replace(cfg.minatar(), num_channels=8)        # reduced_channels 8
+    net = EfficientZeroNet(config, (10, 10, 4), 3)
+    assert net.latent_shape == (10, 10, 8)
+    stem = net.representation.stem
+    assert stem.kernel.shape == (3, 3, 4, 8) and stem.strides == (1, 1) and not stem.use_bias
+    assert len(net.representation.tower) == config.num_blocks
+    assert not hasattr(net.representation, "pool")
+    observations = np.zeros((2, 10, 10, 4), np.uint8)
+    observations[0, 3, 4, 1] = observations[1, 7, 2, 0] = 255
+    latent = net.represent(net.preprocess(observations), training=False)
+    nexts = [net.transition(latent, tf.fill([2], a), training=False).numpy() for a in range(3)]
+    assert all(next_.shape == (2, 10, 10, 8) for next_ in nexts)
+    assert min(np.abs(nexts[a] - nexts[b]).max() for a in range(3) for b in range(a + 1, 3)) > 0.01
+    output = net.initial_inference(observations)
+    assert output.policy_logits.shape == (2, 3)

@@ -75,6 +75,38 @@ def test_evaluate_plays_a_checkpoint_and_writes_json(smoke_run, tmp_path):
     assert os.path.getsize(video) > 1000
 
 
+# The minatar preset with a tiny network and budget: every part of a MinAtar run in about a minute.
+MINATAR_TINY = ["env_steps=320", "start_transitions=96", "num_envs=4", "num_channels=8",
+                "reduced_channels=2", "head_hidden_sizes=8", "lstm_hidden_size=16",
+                "projection_hidden_size=32", "projection_output_size=32",
+                "prediction_head_hidden_size=16", "num_simulations=4", "batch_size=16",
+                "sve_start_updates=20", "td_newest_transitions=50", "eval_interval=40",
+                "checkpoint_interval=40", "eval_episodes=2", "eval_max_episode_steps=200",
+                "log_interval=10"]
+
+
+@pytest.mark.slow
+def test_a_short_minatar_run_trains_evaluates_and_films_in_colour(tmp_path):
+    import cv2
+
+    run_dir = str(tmp_path / "run")
+    overrides = [arg for item in MINATAR_TINY for arg in ("--set", item)]
+    result = run_script("train.py", "--config", "minatar", "--env", "MinAtar/Asterix-v1",
+                        "--run-dir", run_dir, *overrides)
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = cfg.Config.from_json(open(os.path.join(run_dir, "config.json")).read())
+    assert config.env_id == "MinAtar/Asterix-v1" and not config.downsample
+    assert len(glob.glob(os.path.join(run_dir, "eval", "eval-*.json"))) == 2
+    video = str(tmp_path / "asterix.mp4")
+    result = run_script("evaluate.py", "--checkpoint", run_dir, "--episodes", "2", "--video", video)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "MinAtar/Asterix-v1" in result.stdout and "human-normalised" not in result.stdout
+    capture = cv2.VideoCapture(video)
+    ok, picture = capture.read()
+    assert ok and picture.shape == (380, 380, 3)              # 10x10 cells of 38 pixels
+    assert (np.abs(picture.astype(int) - picture[..., ::-1]).max() > 50)   # colours, not gray
+
+
 @pytest.mark.slow
 def test_a_killed_run_resumes_with_counters_and_buffer(tmp_path):
     run_dir = str(tmp_path / "run")
@@ -243,7 +275,7 @@ def test_same_seed_gives_the_same_first_losses(tmp_path):
                                      batch_size=16, num_simulations=4, log_interval=5,
                                      eval_interval=10_000, checkpoint_interval=10_000)
         trainer = train.Trainer(config, str(folder), None)
-        trainer._start_games(list(range(config.num_envs)))
+        trainer.start_games(list(range(config.num_envs)))
         while len(trainer.buffer) < config.start_transitions:
             trainer.selfplay_step()
         return [trainer.learner.update(*_sample(trainer), trainer.updates).scalars["losses/total"]
