@@ -133,7 +133,7 @@ def _atari_config():
     import dataclasses
 
     import config as config_module
-    from train import use_precision
+    from learner import use_precision
 
     config = dataclasses.replace(config_module.atari100k(), mixed_precision=mixed_precision)
     use_precision(config)
@@ -185,7 +185,8 @@ def _atari_trainer(run_dir: str):
 
 def bench_buffer() -> dict:
     """Sampling + target assembly from a full 100K Atari buffer; reanalysis network vs tree time."""
-    from buffer import ReplayBuffer, reanalyze
+    from buffer import ReplayBuffer
+    from targets import reanalyze
     from envs import env_spec
     from networks import EfficientZeroNet
 
@@ -202,9 +203,9 @@ def bench_buffer() -> dict:
         batch = buffer.sample(BUFFER_BATCH_SIZE, rng)
         seconds.append(time.perf_counter() - start)
     model = EfficientZeroNet(config, spec.observation_shape, spec.num_actions)
-    reanalyze(batch, model, config=config, train_step=0, rng=rng)       # traces the graphs
+    reanalyze(batch, model, config=config, updates=0, rng=rng)       # traces the graphs
     start = time.perf_counter()
-    targets = reanalyze(batch, model, config=config, train_step=0, rng=rng)
+    targets = reanalyze(batch, model, config=config, updates=0, rng=rng)
     total = time.perf_counter() - start
     return {"sample": {"transitions": len(buffer), "batch_size": BUFFER_BATCH_SIZE,
                        "median_ms": 1000 * float(np.median(seconds)),
@@ -218,14 +219,14 @@ def bench_buffer() -> dict:
 
 def bench_update() -> dict:
     """Seconds per update (batch 256, K=5): bare, and with prioritized sampling + reanalysis."""
-    from buffer import reanalyze
+    from targets import reanalyze
 
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = _atari_trainer(run_dir)
         config = trainer.config
         _fill(trainer.buffer, UPDATE_FILL_TRANSITIONS, trainer.rng)
         batch = trainer.buffer.sample(config.batch_size, trainer.rng)
-        targets = reanalyze(batch, trainer.target_model, config=config, train_step=0,
+        targets = reanalyze(batch, trainer.target_model, config=config, updates=0,
                             rng=trainer.rng)
         trainer.learner.update(batch, targets, 0)                       # traces the update
         bare = []
@@ -238,7 +239,7 @@ def bench_update() -> dict:
             start = time.perf_counter()
             batch = trainer.buffer.sample(config.batch_size, trainer.rng)
             sampled = time.perf_counter()
-            targets = reanalyze(batch, trainer.target_model, config=config, train_step=i,
+            targets = reanalyze(batch, trainer.target_model, config=config, updates=i,
                                 rng=trainer.rng)
             reanalysed = time.perf_counter()
             trainer.learner.update(batch, targets, i)
@@ -257,8 +258,7 @@ def bench_update() -> dict:
 
 def bench_selfplay() -> dict:
     """Env steps/s of lockstep self-play (4 envs, 16 simulations) and the tree share of acting."""
-    from evaluate import search_actions
-    from networks import TimedModel
+    from mcts import TimedModel, search_actions
 
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = _atari_trainer(run_dir)
@@ -272,7 +272,8 @@ def bench_selfplay() -> dict:
         observations = trainer.stacker.observations()
         start = time.perf_counter()
         for _ in range(SELFPLAY_STEPS):
-            search_actions(timed, observations, config, trainer.rng, config.gumbel_scale)
+            search_actions(timed, observations, config.search_options(), trainer.rng,
+                           config.gumbel_scale)
         acting = time.perf_counter() - start
     return {"selfplay": {"env_steps_per_second": SELFPLAY_STEPS * config.num_envs / seconds,
                          "search_share": search_seconds / seconds,
@@ -284,7 +285,7 @@ def _memory_process() -> None:
     """Run in a child process: a Trainer with a full buffer, one full update; print peak RSS."""
     import resource
 
-    from buffer import reanalyze
+    from targets import reanalyze
 
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = _atari_trainer(run_dir)
@@ -292,7 +293,7 @@ def _memory_process() -> None:
         _fill(trainer.buffer, FULL_BUFFER_TRANSITIONS + FILL_EPISODE_LENGTH * config.num_envs,
               trainer.rng)
         batch = trainer.buffer.sample(config.batch_size, trainer.rng)
-        targets = reanalyze(batch, trainer.target_model, config=config, train_step=0,
+        targets = reanalyze(batch, trainer.target_model, config=config, updates=0,
                             rng=trainer.rng)
         trainer.learner.update(batch, targets, 0)
         transitions, buffer_bytes = len(trainer.buffer), trainer.buffer.nbytes()
@@ -346,9 +347,10 @@ def bench_minatar(config=None) -> dict:
     import dataclasses
 
     import config as config_module
-    from buffer import reanalyze
-    from networks import TimedModel
-    from train import Trainer, use_precision
+    from learner import use_precision
+    from mcts import TimedModel
+    from targets import reanalyze
+    from train import Trainer
 
     if config is None:
         config = dataclasses.replace(config_module.minatar(), env_id=MINATAR_ENV,
@@ -368,7 +370,7 @@ def bench_minatar(config=None) -> dict:
         while len(trainer.buffer) < config.start_transitions:
             trainer.selfplay_step()
         batch = trainer.buffer.sample(config.batch_size, trainer.rng)
-        targets = reanalyze(batch, trainer.target_model, config=config, train_step=0,
+        targets = reanalyze(batch, trainer.target_model, config=config, updates=0,
                             rng=trainer.rng)
         trainer.learner.update(batch, targets, 0)                       # traces the update
         parts = {"sample": [], "reanalysis_network": [], "reanalysis_tree": [], "learner": [],
@@ -377,7 +379,7 @@ def bench_minatar(config=None) -> dict:
             start = time.perf_counter()
             batch = trainer.buffer.sample(config.batch_size, trainer.rng)
             sampled = time.perf_counter()
-            targets = reanalyze(batch, trainer.target_model, config=config, train_step=i,
+            targets = reanalyze(batch, trainer.target_model, config=config, updates=i,
                                 rng=trainer.rng)
             reanalysed = time.perf_counter()
             trainer.learner.update(batch, targets, i)

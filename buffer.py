@@ -1,4 +1,5 @@
-"""Prioritized replay, reanalysis and EfficientZero V2's search-based value targets (EfficientZero V2, arXiv 2403.00564).
+"""Prioritized replay: storage of whole episodes, sampling and what the targets need (EfficientZero V2,
+arXiv 2403.00564; the targets themselves are built in targets.py).
 
 Storage. Self-play runs `num_envs` envs in lockstep; each env's episode is staged until it ends and is
 then written contiguously into a ring of `replay_capacity` frame slots: an episode of T transitions
@@ -22,32 +23,23 @@ loss of any kind after the last real action):
 - value_masks[k] = 1 while t+k < T, and at t+k = T when the episode terminated: a terminal o_T is
   absorbing and its value target is 0; a truncated episode's o_T is an ordinary state that is never
   trained toward 0 (the TD targets before it bootstrap from v(o_T)).
-- reward targets: with `value_prefix`, running sums of clipped rewards from t, restarting every
-  `lstm_horizon_len`; without it, the per-step rewards (what the plain reward head predicts);
-- TD: z = Σ_{i<n} γ^i u_{t+k+i} + γ^n v(o_{t+k+n}); no bootstrap past a terminal; past a truncation
-  the bootstrap is v(o_T) with γ^(T-t-k).
-
-Reanalysis (`reanalyze`): one batched initial inference of the target model over the K+n+1 distinct
-positions of every sample (the roots t..t+K and the bootstraps t+n..t+K+n overlap; the frames are
-stacked inside the graph), one batched Gumbel search (mcts.py, with Gumbel noise as in the official
-code) over the B·(K+1) roots of the reanalysed samples (`reanalyze_ratio`, 1.0 in every preset): policy
-targets are the improved policies, SVE values the search root values; samples not reanalysed keep the
-stored acting policies. Mixed value rule of EZ V2: the TD target while
-`train_step < sve_start_updates` (T1) or the sample is among the newest `td_newest_transitions` (T2),
-the search-based value otherwise.
+- reward targets (targets.value_prefix_targets): with `value_prefix`, running sums of clipped rewards
+  from t, restarting every `lstm_horizon_len`; without it, the per-step rewards;
+- TD pieces (targets.td_pieces): z = Σ_{i<n} γ^i u_{t+k+i} + γ^n v(o_{t+k+n}); no bootstrap past a
+  terminal; past a truncation the bootstrap is v(o_T) with γ^(T-t-k).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import time
 import zlib
 from typing import NamedTuple
 
 import numpy as np
 
 from config import Config
+from targets import td_pieces, value_prefix_targets
 
 
 class Batch(NamedTuple):
@@ -64,15 +56,6 @@ class Batch(NamedTuple):
     bootstrap_discounts: np.ndarray     # [B, K+1] γ^steps, 0 where there is no bootstrap
     collected_at: np.ndarray            # [B] env step at which position t was collected
     newest_env_step: int                # env step of the newest stored transition
-
-
-class Targets(NamedTuple):
-    values: np.ndarray                  # [B, K+1] mixed value targets
-    policies: np.ndarray                # [B, K+1, A] improved policies (uniform past the end)
-    sve_fraction: float                 # share of value targets from the search
-    diagnostics: dict                   # diagnostics/* of the reanalysis search (search_diagnostics)
-    network_seconds: float              # reanalysis time in network calls
-    tree_seconds: float                 # reanalysis time in the tree search itself
 
 
 class _SumTree:
@@ -331,43 +314,19 @@ class ReplayBuffer:
                            rng.integers(0, self.num_actions, (batch_size, K)))
         stored_policies = np.where(inside[:, :K + 1, None], self.policies[move_slots[:, :K + 1]],
                                    np.float32(1.0 / self.num_actions))
-        reward_targets = self._reward_targets(rewards[:, :K])
-        # n-step TD pieces for k = 0..K.
-        discounts = config.discount ** np.arange(n)
-        td_rewards = np.stack([rewards[:, k:k + n] @ discounts for k in range(K + 1)], axis=1)
-        terminated = self.episode_terminated[slots][:, None]                 # [B, 1]
-        bootstrap_step = np.minimum(steps[:, :K + 1] + n, length[:, None])      # [B, K+1]
-        bootstrap_positions = bootstrap_step - offset[:, None]
-        bootstrap_discounts = config.discount ** (bootstrap_step - steps[:, :K + 1])
-        no_bootstrap = ~inside[:, :K + 1] | (terminated & (steps[:, :K + 1] + n >= length[:, None]))
-        bootstrap_discounts = np.where(no_bootstrap, 0.0, bootstrap_discounts)
-        value_masks = inside[:, :K + 1] | (terminated & (steps[:, :K + 1] == length[:, None]))
+        reward_targets = value_prefix_targets(rewards[:, :K], config)
+        terminated = self.episode_terminated[slots]                          # [B]
+        td = td_pieces(rewards, offset, length, terminated, config)
+        value_masks = inside[:, :K + 1] | (terminated[:, None] & (steps[:, :K + 1] == length[:, None]))
         return Batch(frames=frames, actions=actions.astype(np.int32),
                      reward_targets=reward_targets,
                      transition_masks=inside[:, :K + 1].astype(np.float32),
                      value_masks=value_masks.astype(np.float32), importance_weights=weights,
                      indices=slots.astype(np.int64),
                      stored_policies=stored_policies.astype(np.float32),
-                     td_rewards=td_rewards.astype(np.float32),
-                     bootstrap_positions=bootstrap_positions,
-                     bootstrap_discounts=bootstrap_discounts.astype(np.float32),
+                     td_rewards=td.rewards, bootstrap_positions=td.bootstrap_positions,
+                     bootstrap_discounts=td.bootstrap_discounts,
                      collected_at=self.collected_at[slots], newest_env_step=self.newest_env_step)
-
-    def _reward_targets(self, rewards: np.ndarray) -> np.ndarray:
-        """Rewards u_t..u_{t+K-1} [B, K] -> what the reward head of unroll steps 1..K predicts: the
-        value prefix (the sum since the last restart, every `lstm_horizon_len` steps) or, without
-        `value_prefix`, the reward itself."""
-        if not self.config.value_prefix:
-            return rewards.astype(np.float32)
-        horizon = self.config.lstm_horizon_len
-        prefix = np.zeros_like(rewards, np.float32)
-        running = np.zeros(len(rewards), np.float32)
-        for k in range(rewards.shape[1]):
-            if k % horizon == 0:
-                running = np.zeros(len(rewards), np.float32)
-            running = running + rewards[:, k]
-            prefix[:, k] = running
-        return prefix
 
     def update_priorities(self, indices: np.ndarray, priorities: np.ndarray) -> None:
         if not self.config.use_priority:
@@ -436,98 +395,3 @@ class ReplayBuffer:
         except (OSError, KeyError, ValueError, TypeError) as error:
             raise ValueError(f"cannot load the replay buffer in '{folder}': {error}") from None
         return buffer
-
-
-# --- reanalysis ------------------------------------------------------------------------------------
-
-def _concatenate(outputs: list):
-    """Network outputs of consecutive chunks (fields: a state tuple, then arrays) -> one output."""
-    first = outputs[0]
-    state = tuple(np.concatenate(parts) for parts in zip(*(o.state for o in outputs)))
-    return first._replace(state=state, **{name: np.concatenate([getattr(o, name) for o in outputs])
-                                          for name in first._fields if name != "state"})
-
-
-def use_search_value(config: Config, train_step: int, collected_at: np.ndarray,
-                     newest_env_step: int) -> np.ndarray:
-    """EZ V2's mixed value rule: [B] True where the SVE replaces the TD target."""
-    if not config.use_search_value or train_step < config.sve_start_updates:
-        return np.zeros(len(collected_at), bool)
-    return newest_env_step - collected_at >= config.td_newest_transitions
-
-
-def reanalyze(batch: Batch, model, *, config: Config, train_step: int,
-              rng: np.random.Generator) -> Targets:
-    """Fresh policy targets and mixed value targets for `batch` with `model` (the target model).
-
-    A random `reanalyze_ratio` share of the samples get a fresh search (policy targets, SVE); the rest
-    keep the acting search's stored policies and TD values. Every sample's TD bootstraps come from
-    the same initial inference over all its K+n+1 positions.
-    """
-    from mcts import sample_gumbel, search_with_model
-    from networks import TimedModel
-
-    K = config.unroll_steps
-    B, A = batch.stored_policies.shape[0], batch.stored_policies.shape[-1]
-    timed = TimedModel(model)
-    start = time.perf_counter()
-    P = batch.frames.shape[1] - config.frame_stack + 1                   # K+n+1 positions
-    rows_per_call = max(1, config.reanalysis_chunk_size // P)
-    output = _concatenate([timed.initial_inference_sequence(batch.frames[i:i + rows_per_call])
-                           for i in range(0, B, rows_per_call)])             # [B·P] positions
-    values = output.value.reshape(B, P)
-    bootstrap = np.take_along_axis(values, batch.bootstrap_positions, axis=1)
-    td_values = batch.td_rewards + batch.bootstrap_discounts * bootstrap
-    policies = batch.stored_policies.copy()
-    search_values = np.zeros((B, K + 1), np.float32)
-    reanalysed = np.ones(B, bool)
-    if config.reanalyze_ratio < 1.0:
-        reanalysed[rng.permutation(B)[int(round(config.reanalyze_ratio * B)):]] = False
-    if reanalysed.any():
-        rows = np.flatnonzero(reanalysed)
-        root_rows = (rows[:, None] * P + np.arange(K + 1)).ravel()           # [R·(K+1)]
-        root = output._replace(state=tuple(s[root_rows] for s in output.state),
-                               value=output.value[root_rows],
-                               policy_logits=output.policy_logits[root_rows])
-        gumbel = sample_gumbel(rng, root.policy_logits.shape, config.gumbel_scale)
-        search = search_with_model(timed, root, gumbel, **config.search_options())
-        uniform = np.float32(1.0 / A)
-        policies[rows] = np.where(batch.transition_masks[rows, :, None] > 0,
-                                  search.improved_policy.reshape(len(rows), K + 1, A), uniform)
-        search_values[rows] = search.root_value.reshape(len(rows), K + 1)
-        real = batch.transition_masks[rows].ravel() > 0
-        diagnostics = search_diagnostics(root.policy_logits[real], search.improved_policy[real],
-                                         search.completed_q[real])
-    else:
-        diagnostics = {}
-    total = time.perf_counter() - start
-    sve = reanalysed & use_search_value(config, train_step, batch.collected_at,
-                                        batch.newest_env_step)
-    # Past the last transition the target is 0: the absorbing value of a terminal o_T (trained), and
-    # masked out for a truncated o_T and beyond (value_masks).
-    mixed = np.where(sve[:, None], search_values, td_values) * batch.transition_masks
-    return Targets(values=mixed.astype(np.float32), policies=policies.astype(np.float32),
-                   sve_fraction=float(sve.mean()), diagnostics=diagnostics,
-                   network_seconds=timed.seconds, tree_seconds=total - timed.seconds)
-
-
-def _entropy(probabilities: np.ndarray) -> np.ndarray:
-    """[R, A] -> [R] nats."""
-    return -(probabilities * np.log(np.maximum(probabilities, 1e-30))).sum(axis=-1)
-
-
-def search_diagnostics(prior_logits: np.ndarray, improved_policy: np.ndarray,
-                       completed_q: np.ndarray) -> dict:
-    """What reveals a policy collapse while it happens, over R reanalysed roots: the entropy of the
-    target model's prior and of the improved policy (nats), the mean max − min prior logit, and the
-    mean gap between the best and the second-best completed Q. Inputs [R, A]."""
-    if len(prior_logits) == 0:
-        return {}
-    logits = prior_logits - prior_logits.max(axis=-1, keepdims=True)
-    prior = np.exp(logits) / np.exp(logits).sum(axis=-1, keepdims=True)
-    ordered_q = np.sort(completed_q, axis=-1)
-    return {"diagnostics/prior_entropy": float(_entropy(prior).mean()),
-            "diagnostics/logit_gap": float((prior_logits.max(-1) - prior_logits.min(-1)).mean()),
-            "diagnostics/improved_policy_entropy": float(_entropy(improved_policy).mean()),
-            "diagnostics/root_q_gap": float((ordered_q[:, -1] - ordered_q[:, -2]).mean())
-            if completed_q.shape[-1] > 1 else 0.0}

@@ -334,19 +334,22 @@ def acrobot() -> Config:
 
 
 def minatar() -> Config:
-    """MinAtar (`MinAtar/<Game>-v1`, 10x10 binary channels): the Atari algorithm, sized to run 100,000
-    env steps in about an hour on a 2-core CPU. What differs from `atari100k`, and why:
-    - the grid is kept (downsample off) and the network is smaller (32 channels, narrow heads, a
-      64-unit LSTM, 128-wide SimSiam projections);
+    """MinAtar (`MinAtar/<Game>-v1`, 10x10 binary channels): the Atari algorithm, sized so 100,000
+    env steps fit about an hour on a 2-core CPU (`python bench.py minatar` projects it). What differs
+    from `atari100k`, and why:
+    - the grid is kept (downsample off) and the network is small: 16 channels, 4-channel head
+      convs, a 64-unit LSTM, 128-wide SimSiam projections. A full update (reanalysis of 6 roots per
+      sample with 8 simulations, then the unrolled update) costs about 13 network calls on 384
+      states, which bounds everything else;
     - one frame per observation (frame_stack 1): MinAtar's channels already show motion (Breakout's
-      ball trail, Asterix's and Seaquest's direction channels), as in MinAtar's own baselines;
+      ball trail, the direction channels of Asterix and Seaquest), as in MinAtar's own baselines;
     - no augmentation: a shifted grid moves walls and objects to impossible places, and the channels
       are binary, so intensity jitter has nothing to jitter;
     - 8 envs in lockstep and 8 simulations (16 in Atari) to halve the search cost;
-    - replay ratio 0.25 (Atari 1.0) and batch 128 (256), lr 0.1 (0.2), no offline updates: the
-      update is what bounds the wall time; the self-play and target refresh intervals keep Atari's rate
-      per env step (100 and 200 updates at ratio 1 -> 25 and 50 at 0.25);
-    - SVE from 30% of the updates (T1 7,500) and T2 = 5,000 transitions, as Atari's shares;
+    - replay ratio 0.1 (Atari 1.0), batch 64 (256), lr 0.1 (0.2), no offline updates: 9,800
+      updates; the self-play and target refresh intervals keep Atari's rate per env step (100 and
+      200 updates at ratio 1 -> 10 and 20 at 0.1), T1 keeps its 30% share of the updates and
+      T2 = 5,000 transitions its 5% of the transitions; the lr decays at 80% of the updates;
     - the policy-entropy bonus of the classic preset (the official code's for non-ALE tasks);
     - rewards are 0 or 1 already (no clipping) and a game is one episode (no lives); the 10,000-step
       cap bounds a game that never ends (e.g. Breakout with a paddle that never misses)."""
@@ -354,13 +357,13 @@ def minatar() -> Config:
         preset="minatar", env_id="MinAtar/Breakout-v1", downsample=False, frame_stack=1,
         augmentation=False, clip_rewards=False, terminal_on_life_loss=False,
         max_episode_steps=10_000, eval_max_episode_steps=10_000, env_steps=100_000, num_envs=8,
-        start_transitions=2_000, updates_per_env_step=0.25, offline_updates=0, replay_capacity=100_000,
-        frame_compression=0, num_channels=32, reduced_channels=8, head_hidden_sizes=(32,),
+        start_transitions=2_000, updates_per_env_step=0.1, offline_updates=0, replay_capacity=100_000,
+        frame_compression=0, num_channels=16, reduced_channels=4, head_hidden_sizes=(32,),
         lstm_hidden_size=64, projection_hidden_size=128, projection_output_size=128,
-        prediction_head_hidden_size=64, support_size=30, num_simulations=8, batch_size=128,
-        learning_rate=0.1, sve_start_updates=7_500, td_newest_transitions=5_000,
-        lr_decay_updates=20_000, selfplay_update_interval=25, target_update_interval=50,
-        entropy_loss_coeff=0.05, eval_interval=2_500, eval_episodes=30, checkpoint_interval=2_500,
+        prediction_head_hidden_size=64, support_size=30, num_simulations=8, batch_size=64,
+        learning_rate=0.1, sve_start_updates=3_000, td_newest_transitions=5_000,
+        lr_decay_updates=8_000, selfplay_update_interval=10, target_update_interval=20,
+        entropy_loss_coeff=0.05, eval_interval=1_000, eval_episodes=30, checkpoint_interval=1_000,
         log_interval=100)
 
 

@@ -28,23 +28,6 @@ VIDEO_SIDE = 384          # frames are upscaled by a whole factor to about this 
 VIDEO_FPS = 15            # one video frame per agent step (4 emulator frames at 60 Hz on Atari)
 
 
-def search_actions(model, observations: np.ndarray, config: Config, rng: np.random.Generator | None,
-                   gumbel_scale: float):
-    """One batched Gumbel search (mcts.py) from the model's root outputs for [B, ...] observations.
-
-    With `rng=None` or `gumbel_scale=0` the Gumbel noise is zero: the greedy evaluation search.
-    """
-    from mcts import sample_gumbel, search_with_model
-
-    root = model.initial_inference(observations)
-    batch, num_actions = root.policy_logits.shape
-    if rng is None or gumbel_scale == 0.0:
-        gumbel = np.zeros((batch, num_actions), np.float32)
-    else:
-        gumbel = sample_gumbel(rng, (batch, num_actions), gumbel_scale)
-    return search_with_model(model, root, gumbel, **config.search_options())
-
-
 class EpisodeResults(NamedTuple):
     returns: list[float]      # raw (unclipped) game returns
     lengths: list[int]        # env steps per game
@@ -54,6 +37,7 @@ def play_episodes(model, config: Config, env_id: str, num_episodes: int, seed: i
                   video_path: str | None = None) -> EpisodeResults:
     """Play `num_episodes` evaluation games in lockstep with greedy search; optionally film game 0."""
     import envs
+    from mcts import search_actions
 
     spec = envs.env_spec(env_id, config)
     games = [envs.make_env(env_id, seed + i, False, config) for i in range(num_episodes)]
@@ -67,7 +51,7 @@ def play_episodes(model, config: Config, env_id: str, num_episodes: int, seed: i
     running = list(range(num_episodes))
     while running:
         observations = stacker.observations()[running]
-        actions = search_actions(model, observations, config, None, 0.0).action
+        actions = search_actions(model, observations, config.search_options(), None, 0.0).action
         still_running = []
         for row, i in enumerate(running):
             frame, _, terminated, truncated, info = games[i].step(int(actions[row]))

@@ -31,15 +31,15 @@ backup therefore recomputes σ for all nodes of all B paths in one batched pass 
 node's next edge and the root's scores; the selection walk is then a few gathers per depth.
 
 Differences from EfficientZero V2's official tree (`ez/mcts/ctree/cnode.cpp`, `cminimax.cpp`,
-`ez/mcts/cy_mcts.py`), which this project does not follow (it follows mctx, checked against golden
-values from mctx 0.0.71 in tests/test_mcts.py):
-- Q normalisation: one running min/max per tree (`CMinMaxStats`) instead of per node over the node's
-  completed Q. Each simulation folds in its own backed-up returns r + γ·G along the path and the
-  root's entry γ·G (the root has no reward); q̂ = (Q − min) / max(max − min, `value_delta_max`),
-  Q itself when the range is not positive, then clipped to [0, 1]. Available exactly as a switch,
-  `q_normalization="tree"`; it is the only one of these differences that is. (The official mixed
-  value for unvisited actions also differs, using the node's mean value and 1/(2 + ΣN); with the
-  switch on, this search keeps mctx's mixed value.)
+`ez/mcts/cy_mcts.py`); the search follows mctx, checked against golden values from mctx 0.0.71 in
+tests/test_mcts.py, except for the first, which the training presets take from the official tree:
+- Q normalisation (`q_normalization`): "tree", the official rule and every preset's default, keeps
+  one running min/max per tree (`CMinMaxStats`); each simulation folds in its own backed-up returns
+  r + γ·G along the path and the root's entry γ·G (the root has no reward); q̂ = (Q − min) /
+  max(max − min, `value_delta_max`), Q itself when the range is not positive, then clipped to
+  [0, 1]. "node" (this function's default, mctx's rule) rescales per node over the node's completed
+  Q. (The official mixed value for unvisited actions also differs, using the node's mean value and
+  1/(2 + ΣN); this search keeps mctx's mixed value with either rule.)
 - Root: the candidates are fixed at the first simulation as the top m of g + prior logits; each phase
   visits the least-visited candidate, then keeps the top m_phase = m // 2^phase (down to 1, not "at
   least 2") by g + logits + σ(q̂); a phase lasts max(1, floor(n / (log2 m · m_phase))) · m_phase
@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -246,6 +247,14 @@ class _Trees:
         return sigma, completed
 
 
+def _check_recurrent_output(reward, value, logits, batch: int, num_actions: int) -> None:
+    """recurrent_fn must return reward [B], value [B] and prior logits [B, A]."""
+    shapes = (np.shape(reward), np.shape(value), np.shape(logits))
+    if shapes != ((batch,), (batch,), (batch, num_actions)):
+        raise ValueError(f"recurrent_fn returned reward, value, logits of shapes {shapes}; "
+                         f"expected ({batch},), ({batch},), ({batch}, {num_actions})")
+
+
 def gumbel_search(prior_logits: np.ndarray, root_value: np.ndarray, root_state,
                   recurrent_fn: Callable, *, num_simulations: int, max_num_considered_actions: int,
                   gumbel: np.ndarray, discount: float, c_visit: float = 50.0, c_scale: float = 0.1,
@@ -342,6 +351,7 @@ def gumbel_search(prior_logits: np.ndarray, root_value: np.ndarray, root_state,
         parent_states = _gather_states(state_pool, leaf_parent - root)
         next_state, reward, value, child_logits = recurrent_fn(
             parent_states if is_tuple else parent_states[0], leaf_action)
+        _check_recurrent_output(reward, value, child_logits, batch, num_actions)
         state_pool.append(_as_leaves(next_state))
         value = np.asarray(value, np.float32)
         expand(simulation + 1, np.asarray(child_logits, np.float32), value)
@@ -392,7 +402,7 @@ def search_with_model(model, root, gumbel: np.ndarray, *, num_simulations: int,
                       ) -> SearchOutput:
     """`gumbel_search` from a model's root output (fields state, value, policy_logits), expanding
     nodes with `model.recurrent_inference(state, actions)` (fields state, reward, value,
-    policy_logits). Used for acting (train.py, evaluate.py) and reanalysis (buffer.py)."""
+    policy_logits). Used for acting (`search_actions`) and reanalysis (targets.py)."""
 
     def recurrent_fn(state, actions):
         output = model.recurrent_inference(state, actions)
@@ -404,3 +414,41 @@ def search_with_model(model, root, gumbel: np.ndarray, *, num_simulations: int,
                          discount=discount, c_visit=c_visit, c_scale=c_scale,
                          invalid_actions=invalid_actions, q_normalization=q_normalization,
                          value_delta_max=value_delta_max)
+
+
+def search_actions(model, observations: np.ndarray, search_options: dict,
+                   rng: np.random.Generator | None, gumbel_scale: float) -> SearchOutput:
+    """The acting search: one batched Gumbel search from the model's root outputs for observations
+    [B, ...] (self-play in train.py, greedy evaluation in evaluate.py). `search_options` are the
+    keyword arguments of `search_with_model` (config.search_options()). With `rng=None` or
+    `gumbel_scale=0` the Gumbel noise is zero: the greedy evaluation search."""
+    root = model.initial_inference(observations)
+    batch, num_actions = root.policy_logits.shape
+    if rng is None or gumbel_scale == 0.0:
+        gumbel = np.zeros((batch, num_actions), np.float32)
+    else:
+        gumbel = sample_gumbel(rng, (batch, num_actions), gumbel_scale)
+    return search_with_model(model, root, gumbel, **search_options)
+
+
+class TimedModel:
+    """A model whose inference calls add their seconds to `seconds`: reanalysis and the benchmarks
+    split search time into network and tree time with it."""
+
+    def __init__(self, model):
+        self.model, self.seconds = model, 0.0
+
+    def _timed(self, call, *args):
+        start = time.perf_counter()
+        output = call(*args)
+        self.seconds += time.perf_counter() - start
+        return output
+
+    def initial_inference(self, observations):
+        return self._timed(self.model.initial_inference, observations)
+
+    def initial_inference_sequence(self, frames):
+        return self._timed(self.model.initial_inference_sequence, frames)
+
+    def recurrent_inference(self, state, actions):
+        return self._timed(self.model.recurrent_inference, state, actions)

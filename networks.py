@@ -29,7 +29,6 @@ stacked array on the host). The trainer calls the building blocks `represent`, `
 from __future__ import annotations
 
 import math
-import time
 from typing import NamedTuple
 
 import keras
@@ -481,29 +480,6 @@ def _uniform(variable, bound: float) -> None:
 
 
 # --- the network ------------------------------------------------------------------------------------
-
-class TimedModel:
-    """A model whose inference calls (the search-side adapter below) add their seconds to `seconds`:
-    reanalysis and the benchmarks split search time into network and tree time with it."""
-
-    def __init__(self, model):
-        self.model, self.seconds = model, 0.0
-
-    def _timed(self, call, *args):
-        start = time.perf_counter()
-        output = call(*args)
-        self.seconds += time.perf_counter() - start
-        return output
-
-    def initial_inference(self, observations):
-        return self._timed(self.model.initial_inference, observations)
-
-    def initial_inference_sequence(self, frames):
-        return self._timed(self.model.initial_inference_sequence, frames)
-
-    def recurrent_inference(self, state, actions):
-        return self._timed(self.model.recurrent_inference, state, actions)
-
 
 class EfficientZeroNet:
     """h, g (with the value-prefix head), f and the SimSiam heads, plus the search-side adapter.

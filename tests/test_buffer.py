@@ -7,7 +7,8 @@ import pytest
 
 import config as cfg
 import mcts
-from buffer import ReplayBuffer, reanalyze, use_search_value
+from buffer import ReplayBuffer
+from targets import reanalyze, search_value_mask, value_prefix_targets
 from networks import NetworkOutput, stack_frames
 
 A = 3
@@ -141,7 +142,7 @@ def test_reanalysis_targets(terminated):
     fill(buffer, [(9, terminated), (6, terminated)])
     batch = buffer.sample(16, np.random.default_rng(1))
     model = IndexModel()
-    targets = reanalyze(batch, model, config=config, train_step=0, rng=np.random.default_rng(2))
+    targets = reanalyze(batch, model, config=config, updates=0, rng=np.random.default_rng(2))
     K, n = config.unroll_steps, config.td_steps
     assert model.rows == [16 * (K + n + 1)]          # one inference over the distinct positions
     assert targets.sve_fraction == 0.0
@@ -166,9 +167,9 @@ def test_reanalysis_targets(terminated):
     inside = batch.transition_masks > 0
     np.testing.assert_allclose(targets.policies[inside],
                                search.improved_policy.reshape(16, K + 1, A)[inside], rtol=1e-6)
-    late = reanalyze(batch, IndexModel(), config=config, train_step=10_000,
+    late = reanalyze(batch, IndexModel(), config=config, updates=10_000,
                      rng=np.random.default_rng(2))
-    sve = use_search_value(config, 10_000, batch.collected_at, batch.newest_env_step)
+    sve = search_value_mask(config, 10_000, batch.collected_at, batch.newest_env_step)
     expected = np.where(sve[:, None], search.root_value.reshape(16, K + 1), targets.values) \
         * batch.transition_masks
     np.testing.assert_allclose(late.values, expected, rtol=1e-5)
@@ -180,10 +181,10 @@ def test_reanalysis_in_chunks_gives_the_same_targets():
     buffer = ReplayBuffer(config, (1,), np.float32, A, 1)
     fill(buffer, [(9, False), (6, True)])
     batch = buffer.sample(16, np.random.default_rng(1))
-    whole = reanalyze(batch, IndexModel(), config=config, train_step=0, rng=np.random.default_rng(2))
+    whole = reanalyze(batch, IndexModel(), config=config, updates=0, rng=np.random.default_rng(2))
     model = IndexModel()
     chunked = reanalyze(batch, model, config=dataclasses.replace(config, reanalysis_chunk_size=20),
-                        rng=np.random.default_rng(2), train_step=0)
+                        rng=np.random.default_rng(2), updates=0)
     P = config.unroll_steps + config.td_steps + 1
     assert model.rows == [2 * P] * 8                   # 20 // P = 2 samples per call
     np.testing.assert_array_equal(chunked.values, whole.values)
@@ -196,7 +197,7 @@ def test_reanalyze_ratio_keeps_stored_policies_for_the_rest():
     fill(buffer, [(9, False), (6, True)])
     batch = buffer.sample(16, np.random.default_rng(1))
     model = IndexModel()
-    targets = reanalyze(batch, model, config=config, train_step=0, rng=np.random.default_rng(2))
+    targets = reanalyze(batch, model, config=config, updates=0, rng=np.random.default_rng(2))
     K = config.unroll_steps
     kept = np.all(targets.policies == batch.stored_policies, axis=(1, 2))
     assert kept.sum() == 12                                  # 16 - round(0.25 * 16) samples
@@ -223,11 +224,11 @@ def test_reanalyze_ratio_keeps_stored_policies_for_the_rest():
 def test_mixed_rule_boundaries():
     config = make_config(sve_start_updates=100, td_newest_transitions=50)
     collected = np.array([949, 950, 951])                # ages 51, 50, 49 at newest step 1000
-    assert not use_search_value(config, 99, collected, 1000).any()
-    np.testing.assert_array_equal(use_search_value(config, 100, collected, 1000),
+    assert not search_value_mask(config, 99, collected, 1000).any()
+    np.testing.assert_array_equal(search_value_mask(config, 100, collected, 1000),
                                   [True, True, False])
     off = dataclasses.replace(config, use_search_value=False)
-    assert not use_search_value(off, 10**6, collected, 1000).any()
+    assert not search_value_mask(off, 10**6, collected, 1000).any()
 
 
 def test_priority_sampling_frequencies_and_weights():
@@ -299,8 +300,7 @@ def test_without_value_prefix_the_reward_targets_are_the_rewards():
         t = int(observations[b, 0, -1])
         expected = [rewards[t + k] if t + k < 7 else 0.0 for k in range(config.unroll_steps)]
         np.testing.assert_allclose(batch.reward_targets[b], expected)
-    prefixed = ReplayBuffer(make_config(replay_capacity=64), (1,), np.float32, A, 1)
-    prefix = prefixed._reward_targets(np.array([rewards[:5]], np.float32))
+    prefix = value_prefix_targets(np.array([rewards[:5]], np.float32), make_config())
     np.testing.assert_allclose(prefix, [[0.5, -0.5, 2.0, 2.0, 3.0]])   # restarts every 2 steps
 
 

@@ -572,3 +572,14 @@ def test_sample_gumbel_is_seeded_and_scaled():
 
 if __name__ == "__main__":
     _generate_golden_fixtures()
+
+
+def test_a_recurrent_fn_with_wrong_shapes_is_named():
+    def recurrent_fn(state, actions):
+        return state, np.zeros(2, np.float32), np.zeros(2, np.float32), np.zeros((2, 4), np.float32)
+
+    with pytest.raises(ValueError, match=r"expected \(2,\), \(2,\), \(2, 3\)"):
+        mcts.gumbel_search(np.zeros((2, 3), np.float32), np.zeros(2, np.float32),
+                           np.zeros((2, 1), np.float32), recurrent_fn, num_simulations=2,
+                           max_num_considered_actions=2, gumbel=np.zeros((2, 3), np.float32),
+                           discount=0.99)

@@ -469,3 +469,27 @@ def test_minatar_representation_keeps_the_grid_and_dynamics_tell_actions_apart()
     assert min(np.abs(nexts[a] - nexts[b]).max() for a in range(3) for b in range(a + 1, 3)) > 0.01
     output = net.initial_inference(observations)
     assert output.policy_logits.shape == (2, 3)
+
+
+def test_minatar_parameter_counts_match_a_count_by_hand():
+    """The minatar network (C=16, reduced 4, heads (32,), LSTM 64, 61 bins, projections 128/128/64,
+    3 actions, 4 input channels, 10x10 grid), layer by layer; a norm layer has 2 per channel."""
+    conv3 = lambda c_in, c_out: 9 * c_in * c_out                         # noqa: E731, no bias
+    dense = lambda n_in, n_out: n_in * n_out + n_out                     # noqa: E731
+    block = 2 * conv3(16, 16) + 2 * 2 * 16                               # residual block
+    reduce = 16 * 4 + 4 + 2 * 4                                          # conv1x1 + bias, norm
+    head = lambda n_in, n_out: dense(n_in, 32) + 2 * 32 + dense(32, n_out)  # noqa: E731
+    representation = conv3(4, 16) + 2 * 16 + block
+    action_embedding = (1 * 4 + 4) + 2 * (10 * 10 * 4)                   # conv1x1, LayerNorm [H,W,C]
+    transition = action_embedding + conv3(16 + 4, 16) + 2 * 16 + block
+    lstm = 400 * 4 * 64 + 64 * 4 * 64 + 4 * 64                           # Keras: one bias vector
+    reward = reduce + lstm + 2 * 64 + head(64, 61)
+    prediction = block + reduce + head(400, 61) + reduce + head(400, 3)
+    projection = (dense(1600, 128) + dense(128, 128) + dense(128, 128) + 3 * 2 * 128
+                  + dense(128, 64) + 2 * 64 + dense(64, 128))
+    expected = {"representation": representation, "dynamics": transition + reward,
+                "prediction": prediction, "projection": projection}
+    expected["total"] = sum(expected.values())
+    assert expected == {"representation": 5_280, "dynamics": 131_793, "prediction": 32_728,
+                        "projection": 255_424, "total": 425_225}
+    assert EfficientZeroNet(cfg.minatar(), (10, 10, 4), 3).parameter_counts() == expected

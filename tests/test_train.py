@@ -212,17 +212,18 @@ def test_resuming_a_checkpoint_without_buffer_is_a_usage_error(tmp_path):
 def _tiny_learner(seed=0, **changes):
     import keras
 
-    import train
+    from learner import Learner
     from networks import EfficientZeroNet
 
     config = dataclasses.replace(cfg.classic(), seed=seed, **{"batch_size": 16, **changes})
     keras.utils.set_random_seed(seed)
     net = EfficientZeroNet(config, (4,), 2)
-    return config, net, train.Learner(config, net, (4,), 2)
+    return config, net, Learner(config, net, (4,), 2)
 
 
 def _fixed_batch(config, seed=0):
-    from buffer import Batch, Targets
+    from buffer import Batch
+    from targets import Targets
 
     rng = np.random.default_rng(seed)
     B, K, A = config.batch_size, config.unroll_steps, 2
@@ -282,10 +283,10 @@ def test_same_seed_gives_the_same_first_losses(tmp_path):
                 for _ in range(3)]
 
     def _sample(trainer):
-        from buffer import reanalyze
+        from targets import reanalyze
         batch = trainer.buffer.sample(trainer.config.batch_size, trainer.rng)
         return batch, reanalyze(batch, trainer.target_model, config=trainer.config,
-                                train_step=trainer.updates, rng=trainer.rng)
+                                updates=trainer.updates, rng=trainer.rng)
 
     assert first_losses(tmp_path / "a") == first_losses(tmp_path / "b")
 
@@ -317,12 +318,12 @@ def test_bfloat16_mixed_precision_updates_like_float32():
     losses match float32's to bfloat16 accuracy and the update still lowers the loss."""
     import keras
 
-    import train
+    from learner import precision_policy
 
     config = dataclasses.replace(cfg.classic(), mixed_precision=True)
-    assert train.precision_policy(config, on_gpu=False) == "mixed_bfloat16"
-    assert train.precision_policy(config, on_gpu=True) == "mixed_float16"
-    assert train.precision_policy(cfg.classic(), on_gpu=False) == "float32"
+    assert precision_policy(config, on_gpu=False) == "mixed_bfloat16"
+    assert precision_policy(config, on_gpu=True) == "mixed_float16"
+    assert precision_policy(cfg.classic(), on_gpu=False) == "float32"
 
     def losses(policy):
         keras.mixed_precision.set_global_policy(policy)
@@ -361,12 +362,12 @@ def test_policy_target_smoothing_trains_toward_the_mixture_with_uniform():
 
 def test_online_input_and_consistency_targets_are_augmented_independently():
     """As the official code: o_t gets one shift and intensity, o_{t+1..t+K} share another."""
-    import train
+    from learner import Learner
     from networks import EfficientZeroNet
 
     config = dataclasses.replace(cfg.smoke(), frame_stack=1, shift_pad=4)
     net = EfficientZeroNet(config, (16, 16, 3), 4)
-    learner = train.Learner(config, net, (16, 16, 3), 4)
+    learner = Learner(config, net, (16, 16, 3), 4)
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, size=(32, 1, 16, 16, 3), dtype=np.uint8)
     frames = np.repeat(image, 1 + config.unroll_steps, axis=1)       # o_t = o_{t+1} = ... pixelwise
@@ -523,3 +524,117 @@ def test_clipped_value_targets_are_counted_and_the_needed_support_is_named():
     assert 0 < expected < 1
     assert result.scalars["targets/clipped_fraction"] == pytest.approx(expected, rel=1e-6)
     assert result.scalars["targets/max_abs_value_target"] == pytest.approx(z[:, :3].max(), rel=1e-6)
+
+
+# --- specification: schedules, refresh intervals, exact resume, float16 loss scaling, run clock ----
+
+def test_learning_rate_schedule_warms_up_linearly_then_steps_down():
+    """classic: 4,875 updates, warm-up over int(0.01 * 4,875) = 48 of them, x0.1 from update 4,000."""
+    from learner import learning_rate_at
+
+    config = cfg.classic()
+    assert config.total_updates == 4875
+    expected = {0: 0.1 / 48, 23: 0.1 * 24 / 48, 47: 0.1, 48: 0.1, 3999: 0.1, 4000: 0.01, 4874: 0.01}
+    for updates, rate in expected.items():
+        assert learning_rate_at(config, updates) == pytest.approx(rate, rel=1e-12), updates
+
+
+def _trainer_with_data(folder, **changes):
+    import train
+
+    config = dataclasses.replace(cfg.classic(), **{
+        "env_steps": 400, "start_transitions": 120, "batch_size": 16, "num_simulations": 4,
+        "log_interval": 1000, "eval_interval": 10_000, "checkpoint_interval": 10_000, **changes})
+    trainer = train.Trainer(config, str(folder), None)
+    trainer.start_games(list(range(config.num_envs)))
+    while len(trainer.buffer) < config.start_transitions:
+        trainer.selfplay_step()
+    return trainer
+
+
+def test_selfplay_and_target_models_take_the_online_weights_at_their_intervals(tmp_path):
+    trainer = _trainer_with_data(tmp_path, selfplay_update_interval=2, target_update_interval=3)
+
+    def same(model):
+        return all(np.array_equal(a, b) for a, b in zip(model.get_weights(),
+                                                         trainer.online.get_weights()))
+    for updates in range(1, 7):
+        assert trainer.update_once()
+        assert same(trainer.selfplay_model) == (updates % 2 == 0), updates
+        assert same(trainer.target_model) == (updates % 3 == 0), updates
+
+
+def test_a_resumed_run_computes_the_same_next_updates_as_the_uninterrupted_one(tmp_path):
+    """Weights, BatchNorm statistics, optimiser momentum, the sampling and augmentation generators,
+    the priorities and the counters all come back from a checkpoint: the next updates are equal to
+    the last bit."""
+    import train
+    from targets import reanalyze
+
+    def next_updates(run):
+        results = []
+        for _ in range(2):
+            batch = run.buffer.sample(run.config.batch_size, run.rng)
+            targets = reanalyze(batch, run.target_model, config=run.config, updates=run.updates,
+                                rng=run.rng)
+            result = run.learner.update(batch, targets, run.updates)
+            run.buffer.update_priorities(batch.indices, result.priorities)
+            run.updates += 1
+            results.append((batch.indices.tolist(), result.scalars, result.priorities.tolist()))
+        return results
+
+    trainer = _trainer_with_data(tmp_path / "run")
+    for _ in range(3):
+        trainer.update_once()
+    checkpoint = checkpoints.load_checkpoint(trainer.save_checkpoint())
+    resumed = train.Trainer(trainer.config, str(tmp_path / "run"), checkpoint)
+    assert resumed.updates == 3
+    assert next_updates(resumed) == next_updates(trainer)
+
+
+def test_float16_loss_scale_skips_overflowing_steps_halves_and_grows():
+    """mixed_float16's dynamic loss scale: gradients that overflow float16 leave the weights as they
+    were, count as finite (the run goes on) with lr logged 0, and halve the scale; 2,000 finite
+    steps in a row double it."""
+    import keras
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        config, net, learner = _tiny_learner()
+        assert learner.dynamic_loss_scale and float(learner.loss_scale) == 2.0 ** 15
+        batch, targets = _fixed_batch(config)
+        learner.loss_scale.assign(2.0 ** 24)                 # loss x 2^24 overflows float16
+        before = [w.copy() for w in net.get_weights()]
+        result = learner.update(batch, targets, 100)
+        assert result.finite and result.scalars["losses/lr"] == 0.0
+        assert float(learner.loss_scale) == 2.0 ** 23
+        assert all(np.array_equal(a, b) for a, b in zip(before, net.get_weights()))
+        learner.loss_scale.assign(2.0 ** 4)
+        learner._finite_in_a_row = 1998
+        assert learner.update(batch, targets, 100).scalars["losses/lr"] > 0
+        assert float(learner.loss_scale) == 2.0 ** 4
+        learner.update(batch, targets, 100)
+        assert float(learner.loss_scale) == 2.0 ** 5
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_run_clock_projects_online_then_offline_time(monkeypatch):
+    """60 s for the first 1,000 env steps after the first update (50 updates timed at 0.5 s each):
+    9,000 steps left x 0.06 s + 500 offline updates x 0.5 s = 790 s."""
+    import train
+
+    config = dataclasses.replace(cfg.classic(), env_steps=11_000, start_transitions=1_000,
+                                 updates_per_env_step=0.05, offline_updates=500)
+    clock = train.RunClock(config)
+    now = [100.0]
+    monkeypatch.setattr(train.time, "perf_counter", lambda: now[0])
+    assert clock.seconds_left(1_000, 0) is None
+    for i in range(train.PROJECTION_UPDATES):
+        clock.record_update(0.5, 1_000 + 20 * i, i)
+    now[0] = 160.0
+    assert clock.seconds_left(2_000, 50) == pytest.approx(9_000 * 0.06 + 500 * 0.5)
+    assert clock.seconds_left(11_000, 600) == pytest.approx(400 * 0.5)
+    assert clock.seconds_left(11_000, 1_000) == 0.0
+    assert [train.format_duration(s) for s in (45, 720, 12_000, 648_000)] == \
+        ["45 s", "12 min", "3 h 20 min", "7.5 days"]

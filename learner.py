@@ -1,0 +1,329 @@
+"""The learner: the EfficientZero V2 losses and the compiled update step (Wang et al. 2024, Sec. 4 and
+Appendix "Training Details"; blog topic ② for the SimSiam consistency loss).
+
+One update (`Learner.update`) on a sampled batch (buffer.Batch) and its reanalysed targets
+(targets.Targets): represent o_t, unroll the dynamics K steps with the batch's actions, and sum per
+sample
+    value-prefix cross-entropy (steps 1..K)     x reward_loss_coeff
+  + policy cross-entropy (positions 0..K)       x policy_loss_coeff
+  + value cross-entropy (positions 0..K)        x value_loss_coeff
+  + SimSiam negative cosine (steps 1..K)        x consistency_loss_coeff
+  - policy entropy (positions 0..K)             x entropy_loss_coeff,
+masked at episode ends, weighted by the importance weights, averaged over the batch and divided by K;
+then gradient clipping, SGD with momentum and weight decay, the learning-rate schedule, and the
+dynamic loss scale of float16 training. Also here: the Keras precision policy (float32, or mixed
+bfloat16 on a CPU / float16 on a GPU) and the BatchNorm train/inference gap diagnostic.
+
+Shapes: `B` batch, `K` unroll steps, `A` actions, `S` frame_stack.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import NamedTuple
+
+import numpy as np
+
+import checkpoints
+from config import Config
+
+
+def learning_rate_at(config: Config, updates: int) -> float:
+    """The learning rate of the update that follows `updates` done ones: linear warm-up over
+    `warmup_fraction` of all updates, then x`lr_decay_factor` once `lr_decay_updates` are done."""
+    warmup_updates = max(1, int(config.warmup_fraction * config.total_updates))
+    rate = config.learning_rate * min(1.0, (updates + 1) / warmup_updates)
+    if updates >= config.lr_decay_updates:
+        rate *= config.lr_decay_factor
+    return rate
+
+
+def use_precision(config: Config) -> bool:
+    """Set the Keras dtype policy for `config` before any network is built; returns on_gpu."""
+    import keras
+    import tensorflow as tf
+
+    on_gpu = bool(tf.config.list_physical_devices("GPU"))
+    keras.mixed_precision.set_global_policy(precision_policy(config, on_gpu))
+    if config.mixed_precision and not on_gpu and not cpu_has_bfloat16():
+        print("warning: mixed_precision on a CPU without bfloat16 instructions (AMX or "
+              "AVX512-BF16) emulates bfloat16 and is slower than float32", file=sys.stderr)
+    return on_gpu
+
+
+def precision_policy(config: Config, on_gpu: bool) -> str:
+    """The Keras dtype policy: float32, or with `mixed_precision` float16 compute on a GPU and
+    bfloat16 compute on a CPU (the CPU's matrix units take bfloat16, not float16)."""
+    if not config.mixed_precision:
+        return "float32"
+    return "mixed_float16" if on_gpu else "mixed_bfloat16"
+
+
+def cpu_has_bfloat16() -> bool:
+    """True when /proc/cpuinfo lists bfloat16 matrix instructions (Linux; False elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = cpuinfo.read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+class UpdateResult(NamedTuple):
+    finite: bool                    # False: a non-finite loss, nothing changed (the run must stop).
+                                    # A float16 step skipped for overflowing gradients is finite:
+                                    # the loss scale was halved and losses/lr logged as 0
+    priorities: np.ndarray          # [B] |v_hat_t - z_t| + epsilon
+    scalars: dict[str, float]       # losses/*, targets/* for logging
+
+
+class Learner:
+    """The online network, its SGD optimiser and the `tf.function` update step."""
+
+    def __init__(self, config: Config, net, observation_shape: tuple, num_actions: int):
+        import keras
+        import tensorflow as tf
+
+        from networks import logits_to_scalar, scalar_to_two_hot, scalar_transform, stack_frames
+
+        self.config, self.net, self.num_actions = config, net, num_actions
+        self._tf = tf
+        self._stack = lambda frames: stack_frames(frames, config.frame_stack)
+        self._two_hot = lambda x: scalar_to_two_hot(x, config.support_size)
+        self._to_scalar = lambda logits: logits_to_scalar(logits, config.support_size)
+        self._transform = scalar_transform
+        self.optimizer = keras.optimizers.SGD(learning_rate=config.learning_rate,
+                                              momentum=config.momentum)
+        self.optimizer.build(net.trainable_variables)
+        self.augment_rng = tf.random.Generator.from_seed(config.seed + 1)
+        self.is_image = len(observation_shape) == 3
+        # float16 compute (mixed precision on a GPU): a dynamic loss scale keeps its gradients
+        # finite. bfloat16 (on a CPU) has float32's exponent range and needs no scaling.
+        self.dynamic_loss_scale = keras.mixed_precision.global_policy().compute_dtype == "float16"
+        self.loss_scale = tf.Variable(2.0 ** 15 if self.dynamic_loss_scale else 1.0,
+                                      trainable=False, dtype=tf.float32)
+        self._finite_in_a_row = 0
+        # BatchNorm moving statistics change during the forward pass; a refused update restores them.
+        self._statistics = [v for v in net.variables if not v.trainable]
+        self.trace_count = 0                 # Python side effect: runs only when tf traces
+        K, A, S = config.unroll_steps, num_actions, config.frame_stack
+        obs_dtype = tf.uint8 if self.is_image else tf.float32
+        signature = [
+            tf.TensorSpec([config.batch_size, S + K, *net.frame_shape], obs_dtype),  # t-S+1..t+K
+            tf.TensorSpec([config.batch_size, K], tf.int32),           # actions
+            tf.TensorSpec([config.batch_size, K], tf.float32),         # reward (value-prefix) targets
+            tf.TensorSpec([config.batch_size, K + 1], tf.float32),     # value targets
+            tf.TensorSpec([config.batch_size, K + 1, A], tf.float32),  # policy targets
+            tf.TensorSpec([config.batch_size, K + 1], tf.float32),     # transition masks
+            tf.TensorSpec([config.batch_size, K + 1], tf.float32),     # value masks
+            tf.TensorSpec([config.batch_size], tf.float32),            # importance weights
+        ]
+        self._gradients = tf.function(self._compute_gradients, input_signature=signature)
+        self._apply = tf.function(self._apply_gradients)
+        self._root_outputs_graph = tf.function(self._root_outputs_both_modes)
+
+    # Random shift (replicate-pad `shift_pad`, random crop) and intensity jitter. The official code
+    # augments the online input o_t and the consistency targets o_{t+1..t+K} independently, each
+    # sample's targets sharing one transform (they are one stacked tensor there). The shift gathers
+    # uint8 rows and columns at clamped indices, which is exactly replicate padding followed by a
+    # crop, and costs a quarter of the memory of floats; the intensity factor is applied after
+    # preprocessing, one observation at a time.
+    def _augment(self, observations):
+        """uint8 [B, P, H, W, C] -> (shifted uint8 [B, P, H, W, C], intensity [B, 1, 1, 1]): one
+        shift and one intensity factor per sample, shared by its P observations."""
+        tf = self._tf
+        batch, _, height, width, _ = observations.shape
+        pad = self.config.shift_pad
+        shifts = self.augment_rng.uniform([batch, 2], -pad, pad + 1, dtype=tf.int32)  # (dy, dx)
+        rows = tf.clip_by_value(tf.range(height)[None] + shifts[:, :1], 0, height - 1)  # [B, H]
+        columns = tf.clip_by_value(tf.range(width)[None] + shifts[:, 1:], 0, width - 1)  # [B, W]
+        shifted = tf.gather(observations, rows, axis=2, batch_dims=1)
+        shifted = tf.gather(shifted, columns, axis=3, batch_dims=1)
+        noise = tf.clip_by_value(self.augment_rng.normal([batch, 1, 1, 1]), -2.0, 2.0)
+        return shifted, 1.0 + self.config.intensity_sigma * noise
+
+    def _network_inputs(self, frames):
+        """Single frames [B, S+K, *frame] -> a function k -> float32 network input of o_{t+k} [B, *obs],
+        augmented (images, `augmentation`): o_t with one draw, o_{t+1..t+K} with another."""
+        net = self.net
+        observations = self._stack(frames)                              # [B, K+1, ...] as stored
+        if not (self.is_image and self.config.augmentation):
+            return lambda k: net.preprocess(observations[:, k])
+        online, online_intensity = self._augment(observations[:, :1])
+        targets, target_intensity = self._augment(observations[:, 1:])
+
+        def inputs_at(k):
+            if k == 0:
+                return net.preprocess(online[:, 0]) * online_intensity
+            return net.preprocess(targets[:, k - 1]) * target_intensity
+        return inputs_at
+
+    def _compute_gradients(self, frames, actions, reward_targets, value_targets,
+                           policy_targets, transition_masks, value_masks, weights):
+        """The EfficientZero V2 loss of one batch and its gradients (EfficientZero V2).
+
+        Unroll step k = 1..K predicts o_{t+k} from a_{t+k-1}: its value-prefix and consistency losses
+        count while that action is real (transition_masks[:, k-1]); the policy loss at position k
+        while o_{t+k} has an acting policy (transition_masks[:, k]); the value loss at k where
+        value_masks[:, k] (a terminal o_T's absorbing 0 included, a truncated o_T excluded)."""
+        tf, config, net = self._tf, self.config, self.net
+        self.trace_count += 1
+        K = config.unroll_steps
+        batch = config.batch_size
+        smoothing = config.policy_target_smoothing
+        if smoothing > 0:
+            policy_targets = (1.0 - smoothing) * policy_targets + smoothing / self.num_actions
+        inputs_at = self._network_inputs(frames)
+
+        # SimSiam targets: stop-gradient projections of the real observations t+1..t+K, one call
+        # per step k as the official code does (BatchNorm statistics per step; peak memory of B
+        # observations, not B·K).
+        target_projection = [
+            tf.stop_gradient(net.project(net.represent(inputs_at(k), training=True), training=True))
+            for k in range(1, K + 1)]                                    # K x [B, projection]
+
+        def cross_entropy(logits, target_probs):
+            return -tf.reduce_sum(target_probs * tf.nn.log_softmax(logits), axis=-1)   # [B]
+
+        def policy_entropy(logits):
+            return -tf.reduce_sum(tf.nn.softmax(logits) * tf.nn.log_softmax(logits), axis=-1)  # [B]
+
+        def negative_cosine(prediction, target):
+            return -tf.reduce_sum(tf.math.l2_normalize(prediction, axis=-1)
+                                  * tf.math.l2_normalize(target, axis=-1), axis=-1)  # [B]
+
+        with tf.GradientTape() as tape:
+            latent = net.represent(inputs_at(0), training=True)
+            value_logits, policy_logits = net.predict(latent, training=True)
+            predicted_root_value = self._to_scalar(value_logits)           # [B], for priorities
+            value_loss = cross_entropy(value_logits, self._two_hot(value_targets[:, 0])) \
+                * value_masks[:, 0]
+            policy_loss = cross_entropy(policy_logits, policy_targets[:, 0]) * transition_masks[:, 0]
+            entropy = policy_entropy(policy_logits) * transition_masks[:, 0]
+            reward_loss = tf.zeros([batch])
+            consistency_loss = tf.zeros([batch])
+            lstm_state = net.initial_lstm_state(batch)
+            for k in range(1, K + 1):
+                # The gradient into every unrolled state is halved (the official hook on the state),
+                # so what this step's own heads send back is halved too.
+                latent, reward_logits, lstm_state = net.dynamics(
+                    latent, actions[:, k - 1], lstm_state, training=True,
+                    state_gradient_scale=config.state_gradient_scale)
+                if k % config.lstm_horizon_len == 0:       # the value prefix restarts here
+                    lstm_state = net.initial_lstm_state(batch)
+                value_logits, policy_logits = net.predict(latent, training=True)
+                prediction = net.predict_projection(net.project(latent, training=True),
+                                                    training=True)
+                step_is_real = transition_masks[:, k - 1]
+                consistency_loss += negative_cosine(prediction, target_projection[k - 1]) \
+                    * step_is_real
+                reward_loss += cross_entropy(reward_logits, self._two_hot(reward_targets[:, k - 1])) \
+                    * step_is_real
+                value_loss += cross_entropy(value_logits, self._two_hot(value_targets[:, k])) \
+                    * value_masks[:, k]
+                policy_loss += cross_entropy(policy_logits, policy_targets[:, k]) \
+                    * transition_masks[:, k]
+                entropy += policy_entropy(policy_logits) * transition_masks[:, k]
+            per_sample = (config.reward_loss_coeff * reward_loss
+                          + config.policy_loss_coeff * policy_loss
+                          + config.value_loss_coeff * value_loss
+                          + config.consistency_loss_coeff * consistency_loss
+                          - config.entropy_loss_coeff * entropy)
+            loss = tf.reduce_mean(weights * per_sample) / K
+            scaled_loss = loss * self.loss_scale
+        gradients = tape.gradient(scaled_loss, net.trainable_variables)
+        gradients = [g / self.loss_scale for g in gradients]
+        gradients, grad_norm = tf.clip_by_global_norm(gradients, config.max_grad_norm)
+        priorities = tf.abs(predicted_root_value - value_targets[:, 0]) + config.priority_epsilon
+        # Value targets beyond the categorical support are clipped by the two-hot encoding.
+        clipped = tf.cast(tf.abs(self._transform(value_targets)) > config.support_size, tf.float32)
+        scalars = {
+            "losses/total": loss,
+            "losses/reward": tf.reduce_mean(reward_loss) / K,
+            "losses/policy": tf.reduce_mean(policy_loss) / K,
+            "losses/value": tf.reduce_mean(value_loss) / K,
+            "losses/consistency": tf.reduce_mean(consistency_loss) / K,
+            "losses/policy_entropy": tf.reduce_mean(entropy) / K,
+            "losses/grad_norm": grad_norm,
+            "targets/mean_value_target": tf.reduce_mean(value_targets[:, 0]),
+            "targets/clipped_fraction": tf.reduce_sum(clipped * value_masks)
+                                        / tf.maximum(tf.reduce_sum(value_masks), 1.0),
+            "targets/max_abs_value_target": tf.reduce_max(tf.abs(value_targets) * value_masks),
+            "targets/mean_predicted_value": tf.reduce_mean(predicted_root_value),
+        }
+        return gradients, priorities, scalars
+
+    def _root_outputs_both_modes(self, frames):
+        """Root frames [B, S, *frame] -> value [B] and policy logits [B, A] of o_t in inference mode,
+        then in training mode (which moves BatchNorm's statistics: the caller restores them)."""
+        net = self.net
+        inputs = net.preprocess(self._stack(frames)[:, 0])
+        outputs = []
+        for training in (False, True):
+            value_logits, policy_logits = net.predict(net.represent(inputs, training=training),
+                                                      training=training)
+            outputs += [self._to_scalar(value_logits), policy_logits]
+        return outputs
+
+    def normalization_gap(self, frames: np.ndarray) -> dict[str, float]:
+        """How far inference (BatchNorm's moving statistics) is from training (batch statistics) at
+        the roots of a fixed batch: mean |Δ policy logit| and mean |Δ value|; 0 with GroupNorm.
+        The training-mode pass leaves the moving statistics as they were."""
+        statistics = [v.numpy() for v in self._statistics]
+        value_infer, logits_infer, value_train, logits_train = (
+            x.numpy() for x in self._root_outputs_graph(frames))
+        for variable, value in zip(self._statistics, statistics):
+            variable.assign(value)
+        return {"diagnostics/bn_logit_gap": float(np.abs(logits_train - logits_infer).mean()),
+                "diagnostics/bn_value_gap": float(np.abs(value_train - value_infer).mean())}
+
+    def _apply_gradients(self, gradients):
+        variables = self.net.trainable_variables
+        # SGD weight decay as in PyTorch: g + wd * w, added after clipping.
+        decayed = [g + self.config.weight_decay * v for g, v in zip(gradients, variables)]
+        self.optimizer.apply_gradients(zip(decayed, variables))
+
+    def update(self, batch, targets, updates: int) -> UpdateResult:
+        statistics = [v.numpy() for v in self._statistics]
+        gradients, priorities, scalars = self._gradients(
+            batch.frames[:, :self.config.frame_stack + self.config.unroll_steps],
+            batch.actions.astype(np.int32),
+            batch.reward_targets.astype(np.float32), targets.values.astype(np.float32),
+            targets.policies.astype(np.float32), batch.transition_masks.astype(np.float32),
+            batch.value_masks.astype(np.float32), batch.importance_weights.astype(np.float32))
+        scalars = {key: float(value) for key, value in scalars.items()}
+        finite = math.isfinite(scalars["losses/total"]) and math.isfinite(scalars["losses/grad_norm"])
+        if not finite:
+            for variable, value in zip(self._statistics, statistics):
+                variable.assign(value)
+        if not finite and self.dynamic_loss_scale and math.isfinite(scalars["losses/total"]):
+            # Overflowing float16 gradients: skip this step and lower the loss scale.
+            self.loss_scale.assign(max(1.0, float(self.loss_scale) / 2))
+            self._finite_in_a_row = 0
+            scalars["losses/lr"] = 0.0
+            return UpdateResult(True, priorities.numpy(), scalars)
+        if not finite:
+            return UpdateResult(False, priorities.numpy(), scalars)
+        rate = learning_rate_at(self.config, updates)
+        self.optimizer.learning_rate = rate
+        self._apply(gradients)
+        if self.dynamic_loss_scale:
+            self._finite_in_a_row += 1
+            if self._finite_in_a_row % 2000 == 0:
+                self.loss_scale.assign(min(2.0 ** 24, float(self.loss_scale) * 2))
+        scalars["losses/lr"] = rate
+        return UpdateResult(True, priorities.numpy(), scalars)
+
+    def variables_to_save(self) -> dict[str, list[np.ndarray]]:
+        return {"optimizer": [v.numpy() for v in self.optimizer.variables],
+                "augment_rng": [self.augment_rng.state.numpy()],
+                "loss_scale": [np.array(float(self.loss_scale), np.float32)]}
+
+    def restore(self, arrays: dict[str, list[np.ndarray]]) -> None:
+        expected = [v.numpy() for v in self.optimizer.variables]
+        checkpoints.check_weights_match(expected, arrays["optimizer"], "optimizer state")
+        for variable, value in zip(self.optimizer.variables, arrays["optimizer"]):
+            variable.assign(value)
+        self.augment_rng.reset(arrays["augment_rng"][0])
+        self.loss_scale.assign(float(arrays["loss_scale"][0]))

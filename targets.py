@@ -1,0 +1,178 @@
+"""Target construction of EfficientZero V2 (arXiv 2403.00564): value prefixes, n-step TD pieces,
+reanalysis and the mixed value rule.
+
+- Value prefix (EfficientZero, Ye et al. 2021, Sec. 4.2): the reward head of unroll step k predicts
+  the sum of rewards since the LSTM's last restart (every `lstm_horizon_len` steps), not the single
+  reward; `value_prefix_targets` builds those targets from the sampled rewards. The other places it
+  lives: networks.RewardHead (the LSTM head), learner.Learner (the restart inside the unroll) and
+  networks.EfficientZeroNet._recurrent_graph (the search reads each edge's reward as the difference
+  of consecutive prefixes).
+- TD pieces (`td_pieces`): the reward sums and bootstrap positions/discounts of the n-step targets
+  z_{t+k} = Σ_{i<n} γ^i u_{t+k+i} + γ^n v(o_{t+k+n}), with no bootstrap past a terminal and v(o_T)
+  with γ^(T-t-k) past a truncation (the episode-end semantics of buffer.py).
+- Reanalysis (`reanalyze`): one batched initial inference of the target model over the K+n+1 distinct
+  positions of every sample (the roots t..t+K and the bootstraps t+n..t+K+n overlap; the frames are
+  stacked inside the graph), one batched Gumbel search (mcts.py, with Gumbel noise as in the official
+  code) over the B·(K+1) roots of the reanalysed samples (`reanalyze_ratio`, 1.0 in every preset):
+  policy targets are the improved policies, search-based value estimates (SVE, Sec. 4.3) the search
+  root values; samples not reanalysed keep the stored acting policies.
+- Mixed value rule (Sec. 4.3, `search_value_mask`): the TD target while fewer than
+  `sve_start_updates` (T1) updates are done or the sample is among the newest `td_newest_transitions`
+  (T2), the SVE otherwise.
+
+Shapes: `B` batch, `K` unroll steps, `n` td_steps, `A` actions.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import NamedTuple
+
+import numpy as np
+
+from config import Config
+from mcts import TimedModel, sample_gumbel, search_with_model
+
+
+class Targets(NamedTuple):
+    values: np.ndarray                  # [B, K+1] mixed value targets
+    policies: np.ndarray                # [B, K+1, A] improved policies (uniform past the end)
+    sve_fraction: float                 # share of value targets from the search
+    diagnostics: dict                   # diagnostics/* of the reanalysis search (search_diagnostics)
+    network_seconds: float              # reanalysis time in network calls
+    tree_seconds: float                 # reanalysis time in the tree search itself
+
+
+class TDPieces(NamedTuple):
+    rewards: np.ndarray                 # [B, K+1] Σ_{i<n} γ^i u_{t+k+i} (0 past the end)
+    bootstrap_positions: np.ndarray     # [B, K+1] int index into the K+n+1 positions
+    bootstrap_discounts: np.ndarray     # [B, K+1] γ^steps, 0 where there is no bootstrap
+
+
+def td_pieces(rewards: np.ndarray, offset: np.ndarray, length: np.ndarray, terminated: np.ndarray,
+              config: Config) -> TDPieces:
+    """The parts of the n-step TD targets z_{t+k} (k = 0..K) that need no network: rewards u_t.. of
+    the K+n+1 positions [B, K+n+1] (0 past the end), the position t of each sample within its episode
+    [B], the episode length T [B] and whether it terminated [B]. The bootstrap v(o_{t+k+n}) comes
+    from reanalysis: never past a terminal; v(o_T) with γ^(T-t-k) past a truncation."""
+    K, n = config.unroll_steps, config.td_steps
+    steps = offset[:, None] + np.arange(K + 1)                                 # [B, K+1] t+k
+    discounts = config.discount ** np.arange(n)
+    td_rewards = np.stack([rewards[:, k:k + n] @ discounts for k in range(K + 1)], axis=1)
+    bootstrap_step = np.minimum(steps + n, length[:, None])                    # [B, K+1]
+    bootstrap_discounts = config.discount ** (bootstrap_step - steps)
+    no_bootstrap = (steps >= length[:, None]) | (terminated[:, None] & (steps + n >= length[:, None]))
+    return TDPieces(rewards=td_rewards.astype(np.float32),
+                    bootstrap_positions=bootstrap_step - offset[:, None],
+                    bootstrap_discounts=np.where(no_bootstrap, 0.0, bootstrap_discounts)
+                    .astype(np.float32))
+
+
+def value_prefix_targets(rewards: np.ndarray, config: Config) -> np.ndarray:
+    """Rewards u_t..u_{t+K-1} [B, K] -> what the reward head of unroll steps 1..K predicts: the value
+    prefix (EfficientZero: the sum of rewards since the LSTM's last restart, every
+    `lstm_horizon_len` steps) or, without `value_prefix`, the reward itself."""
+    if not config.value_prefix:
+        return rewards.astype(np.float32)
+    horizon = config.lstm_horizon_len
+    prefix = np.zeros_like(rewards, np.float32)
+    running = np.zeros(len(rewards), np.float32)
+    for k in range(rewards.shape[1]):
+        if k % horizon == 0:
+            running = np.zeros(len(rewards), np.float32)
+        running = running + rewards[:, k]
+        prefix[:, k] = running
+    return prefix
+
+
+# --- reanalysis (EZ V2 Sec. 4.3: search-based value estimation and the mixed value target) ---------
+
+def _concatenate(outputs: list):
+    """Network outputs of consecutive chunks (fields: a state tuple, then arrays) -> one output."""
+    first = outputs[0]
+    state = tuple(np.concatenate(parts) for parts in zip(*(o.state for o in outputs)))
+    return first._replace(state=state, **{name: np.concatenate([getattr(o, name) for o in outputs])
+                                          for name in first._fields if name != "state"})
+
+
+def search_value_mask(config: Config, updates: int, collected_at: np.ndarray,
+                      newest_env_step: int) -> np.ndarray:
+    """EZ V2's mixed value rule: [B] True where the SVE replaces the TD target, i.e. after
+    `sve_start_updates` (T1) updates and outside the newest `td_newest_transitions` (T2)."""
+    if not config.use_search_value or updates < config.sve_start_updates:
+        return np.zeros(len(collected_at), bool)
+    return newest_env_step - collected_at >= config.td_newest_transitions
+
+
+def reanalyze(batch, model, *, config: Config, updates: int, rng: np.random.Generator) -> Targets:
+    """Fresh policy targets and mixed value targets for `batch` (a buffer.Batch) with `model` (the
+    target model), `updates` updates into the run.
+
+    A random `reanalyze_ratio` share of the samples get a fresh search (policy targets, SVE); the rest
+    keep the acting search's stored policies and TD values. Every sample's TD bootstraps come from
+    the same initial inference over all its K+n+1 positions.
+    """
+    K = config.unroll_steps
+    B, A = batch.stored_policies.shape[0], batch.stored_policies.shape[-1]
+    timed = TimedModel(model)
+    start = time.perf_counter()
+    P = batch.frames.shape[1] - config.frame_stack + 1                   # K+n+1 positions
+    rows_per_call = max(1, config.reanalysis_chunk_size // P)
+    output = _concatenate([timed.initial_inference_sequence(batch.frames[i:i + rows_per_call])
+                           for i in range(0, B, rows_per_call)])             # [B·P] positions
+    values = output.value.reshape(B, P)
+    bootstrap = np.take_along_axis(values, batch.bootstrap_positions, axis=1)
+    td_values = batch.td_rewards + batch.bootstrap_discounts * bootstrap
+    policies = batch.stored_policies.copy()
+    search_values = np.zeros((B, K + 1), np.float32)
+    reanalysed = np.ones(B, bool)
+    if config.reanalyze_ratio < 1.0:
+        reanalysed[rng.permutation(B)[int(round(config.reanalyze_ratio * B)):]] = False
+    if reanalysed.any():
+        rows = np.flatnonzero(reanalysed)
+        root_rows = (rows[:, None] * P + np.arange(K + 1)).ravel()           # [R·(K+1)]
+        root = output._replace(state=tuple(s[root_rows] for s in output.state),
+                               value=output.value[root_rows],
+                               policy_logits=output.policy_logits[root_rows])
+        gumbel = sample_gumbel(rng, root.policy_logits.shape, config.gumbel_scale)
+        search = search_with_model(timed, root, gumbel, **config.search_options())
+        uniform = np.float32(1.0 / A)
+        policies[rows] = np.where(batch.transition_masks[rows, :, None] > 0,
+                                  search.improved_policy.reshape(len(rows), K + 1, A), uniform)
+        search_values[rows] = search.root_value.reshape(len(rows), K + 1)
+        real = batch.transition_masks[rows].ravel() > 0
+        diagnostics = search_diagnostics(root.policy_logits[real], search.improved_policy[real],
+                                         search.completed_q[real])
+    else:
+        diagnostics = {}
+    total = time.perf_counter() - start
+    sve = reanalysed & search_value_mask(config, updates, batch.collected_at,
+                                         batch.newest_env_step)
+    # Past the last transition the target is 0: the absorbing value of a terminal o_T (trained), and
+    # masked out for a truncated o_T and beyond (value_masks).
+    mixed = np.where(sve[:, None], search_values, td_values) * batch.transition_masks
+    return Targets(values=mixed.astype(np.float32), policies=policies.astype(np.float32),
+                   sve_fraction=float(sve.mean()), diagnostics=diagnostics,
+                   network_seconds=timed.seconds, tree_seconds=total - timed.seconds)
+
+
+def _entropy(probabilities: np.ndarray) -> np.ndarray:
+    """[R, A] -> [R] nats."""
+    return -(probabilities * np.log(np.maximum(probabilities, 1e-30))).sum(axis=-1)
+
+
+def search_diagnostics(prior_logits: np.ndarray, improved_policy: np.ndarray,
+                       completed_q: np.ndarray) -> dict:
+    """What reveals a policy collapse while it happens, over R reanalysed roots: the entropy of the
+    target model's prior and of the improved policy (nats), the mean max − min prior logit, and the
+    mean gap between the best and the second-best completed Q. Inputs [R, A]."""
+    if len(prior_logits) == 0:
+        return {}
+    logits = prior_logits - prior_logits.max(axis=-1, keepdims=True)
+    prior = np.exp(logits) / np.exp(logits).sum(axis=-1, keepdims=True)
+    ordered_q = np.sort(completed_q, axis=-1)
+    return {"diagnostics/prior_entropy": float(_entropy(prior).mean()),
+            "diagnostics/logit_gap": float((prior_logits.max(-1) - prior_logits.min(-1)).mean()),
+            "diagnostics/improved_policy_entropy": float(_entropy(improved_policy).mean()),
+            "diagnostics/root_q_gap": float((ordered_q[:, -1] - ordered_q[:, -2]).mean())
+            if completed_q.shape[-1] > 1 else 0.0}
