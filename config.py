@@ -6,8 +6,9 @@ stated per field: *env steps* are agent steps (one action, = 4 frames on Atari),
 emulator frames, *updates* are gradient steps of the online network, *transitions* are stored env steps.
 
 Presets are functions: `atari100k()`, `atari1h()` (the whole algorithm at reduced sizes and budget,
-about an hour on a 2-core CPU), `smoke()` (a one-minute end-to-end Breakout run on CPU) and
-`classic()` (MLP networks for vector-observation gymnasium tasks such as CartPole-v1). Presets change only
+about an hour on a 2-core CPU), `smoke()` (a one-minute end-to-end Breakout run on CPU), `classic()`
+(MLP networks for vector-observation gymnasium tasks such as CartPole-v1), `acrobot()` (classic with
+Acrobot-v1's budget) and `minatar()` (MinAtar's 10x10 games, about an hour per 100,000 env steps). Presets change only
 sizes and budgets, never the algorithm. `apply_overrides(config, ["key=value", ...])` type-checks command
 line overrides; every constructed `Config` is validated, so a bad value fails with one clear `ValueError`.
 """
@@ -42,7 +43,9 @@ class Config:
     preset: str = _f("name of the preset this config started from (informational)", "atari100k")
     env_id: str = _f("environment: an Atari game ('Breakout' or 'ALE/Breakout-v5') or a gymnasium "
                      "vector task id ('CartPole-v1')", "Breakout")
-    seed: int = _f("random seed for envs, noise, sampling and weight init", 0, _NON_NEGATIVE)
+    seed: int = _f("random seed for envs, noise, sampling and weight init (train.py derives the "
+                   "self-play games', evaluation games' and augmentation's seeds from it)", 0,
+                   _NON_NEGATIVE)
 
     # --- environment (Atari 100K protocol) ----------------------------------------
     frame_skip: int = _f("frames per agent step, max-pooled over the last two (frames)", 4, _POSITIVE)
@@ -165,7 +168,8 @@ class Config:
     lr_decay_updates: int = _f("lr is multiplied by lr_decay_factor after this many updates", 100_000,
                                _POSITIVE)
     lr_decay_factor: float = _f("lr step-decay factor", 0.1, _POSITIVE)
-    mixed_precision: bool = _f("float16 compute with float32 weights (GPU only)", False)
+    mixed_precision: bool = _f("lower-precision compute with float32 weights: float16 with a "
+                               "dynamic loss scale on a GPU, bfloat16 on a CPU", False)
 
     # --- prioritized replay ----------------------------------------------------------------------
     use_priority: bool = _f("prioritized replay (else uniform sampling)", True)

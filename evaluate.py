@@ -51,7 +51,8 @@ def play_episodes(model, config: Config, env_id: str, num_episodes: int, seed: i
     running = list(range(num_episodes))
     while running:
         observations = stacker.observations()[running]
-        actions = search_actions(model, observations, config.search_options(), None, 0.0).action
+        actions = search_actions(model, observations, config.search_options(), None,
+                                 gumbel_scale=0.0).action
         still_running = []
         for row, i in enumerate(running):
             frame, _, terminated, truncated, info = games[i].step(int(actions[row]))

@@ -28,6 +28,9 @@ import numpy as np
 import checkpoints
 from config import Config
 
+# The augmentation generator's seed is config.seed + this (apart from the weight-init seed).
+AUGMENT_SEED_OFFSET = 1
+
 
 def learning_rate_at(config: Config, updates: int) -> float:
     """The learning rate of the update that follows `updates` done ones: linear warm-up over
@@ -96,7 +99,7 @@ class Learner:
         self.optimizer = keras.optimizers.SGD(learning_rate=config.learning_rate,
                                               momentum=config.momentum)
         self.optimizer.build(net.trainable_variables)
-        self.augment_rng = tf.random.Generator.from_seed(config.seed + 1)
+        self.augment_rng = tf.random.Generator.from_seed(config.seed + AUGMENT_SEED_OFFSET)
         self.is_image = len(observation_shape) == 3
         # float16 compute (mixed precision on a GPU): a dynamic loss scale keeps its gradients
         # finite. bfloat16 (on a CPU) has float32's exponent range and needs no scaling.

@@ -286,7 +286,7 @@ def gumbel_search(prior_logits: np.ndarray, root_value: np.ndarray, root_state,
     edge_reward_flat, edge_q_flat = trees.edge_reward.ravel(), trees.edge_q.ravel()
     edge_visits_flat = trees.edge_visits.ravel()
 
-    def expand(new: int, logits: np.ndarray, value: np.ndarray) -> None:
+    def store_node(new: int, logits: np.ndarray, value: np.ndarray) -> None:
         """Store node `new` of every tree from logits [B, A] and value [B]."""
         raw_value[:, new] = node_value[:, new] = value
         node_visits[:, new] = 1
@@ -301,7 +301,7 @@ def gumbel_search(prior_logits: np.ndarray, root_value: np.ndarray, root_state,
     if invalid_actions is not None:
         invalid_actions = np.asarray(invalid_actions, bool)
     logits = _mask_invalid(prior_logits, invalid_actions)                      # [B, A]
-    expand(0, logits, np.asarray(root_value, np.float32))
+    store_node(0, logits, np.asarray(root_value, np.float32))
     gumbel_plus_logits = (np.asarray(gumbel, np.float32)
                           + (logits - logits.max(axis=1, keepdims=True))).T    # [A, B]
     invalid_penalty = (np.zeros((num_actions, batch), np.float32) if invalid_actions is None
@@ -327,10 +327,12 @@ def gumbel_search(prior_logits: np.ndarray, root_value: np.ndarray, root_state,
     state_pool = [_as_leaves(root_state)]
 
     lanes = np.arange(batch)
-    for simulation in range(num_simulations):
-        # Selection: the root by sequential halving, then cached interior choices until a new edge.
-        # A tree whose edge has no child steps to index -1, i.e. the scratch node, and stays there:
-        # the scratch node's next edge is its own (child UNVISITED), so no per-depth masking is needed.
+
+    def select(simulation: int):
+        """The root by sequential halving, then cached interior choices until an edge without a
+        child. A tree whose edge has no child steps to index -1, the scratch node, and stays there:
+        the scratch node's next edge is its own (child UNVISITED), so no per-depth masking is
+        needed. Returns the path's nodes and edges [D, B], on_path [D, B] and the new edge [B]."""
         considered = np.where(root_visits == considered_visits[simulation], scores, -np.inf)
         edge = _argmax_actions(considered) * stride + root
         path_nodes, path_edges = [root], [edge]                            # per depth, [B] each
@@ -344,29 +346,34 @@ def gumbel_search(prior_logits: np.ndarray, root_value: np.ndarray, root_state,
         nodes, edges = np.array(path_nodes), np.array(path_edges)          # [D, B]
         on_path = nodes >= 0                                               # [D, B]
         depth = on_path.sum(axis=0) - 1                                    # [B] depth of the leaf parent
-        leaf_edge = edges.ravel().take(depth * batch + lanes)
-        leaf_action, leaf_parent = np.divmod(leaf_edge, stride)
+        return nodes, edges, on_path, edges.ravel().take(depth * batch + lanes)
 
-        # Expansion: one batched network call for the new node of every tree.
+    def expand(new: int, leaf_edge: np.ndarray) -> np.ndarray:
+        """One batched network call for node `new` of every tree, the child of `leaf_edge` [B];
+        returns its value [B]."""
+        leaf_action, leaf_parent = np.divmod(leaf_edge, stride)
         parent_states = _gather_states(state_pool, leaf_parent - root)
         next_state, reward, value, child_logits = recurrent_fn(
             parent_states if is_tuple else parent_states[0], leaf_action)
         _check_recurrent_output(reward, value, child_logits, batch, num_actions)
         state_pool.append(_as_leaves(next_state))
         value = np.asarray(value, np.float32)
-        expand(simulation + 1, np.asarray(child_logits, np.float32), value)
-        child_flat[leaf_edge] = root + simulation + 1
+        store_node(new, np.asarray(child_logits, np.float32), value)
+        child_flat[leaf_edge] = root + new
         edge_reward_flat[leaf_edge] = reward
+        return value
 
-        # Backup of every path at once, as [D, B] arrays; past its leaf a path holds the scratch
-        # node (-1) and edge, which absorb the writes.
+    def backup(nodes: np.ndarray, edges: np.ndarray, on_path: np.ndarray,
+               value: np.ndarray) -> None:
+        """Back the leaf value [B] up every path at once, as [D, B] arrays; past its leaf a path
+        holds the scratch node (-1) and edge, which absorb the writes."""
         rewards = edge_reward_flat.take(edges)
         # The scratch edge's reward is 0, so with discount 1 off the path the leaf value passes down
         # unchanged to the leaf's row; on the path, mctx's leaf_value = reward + discount * leaf_value.
         discounts = np.where(on_path, gamma, np.float32(1))
-        returns = np.empty((len(path_nodes) + 1, batch), np.float32)           # [D + 1, B]
+        returns = np.empty((len(nodes) + 1, batch), np.float32)                # [D + 1, B]
         returns[-1] = value
-        for d in range(len(path_nodes) - 1, -1, -1):
+        for d in range(len(nodes) - 1, -1, -1):
             np.add(rewards[d], discounts[d] * returns[d + 1], out=returns[d])
         returns = returns[:-1]
         counts = trees.visits.take(nodes)
@@ -376,12 +383,15 @@ def gumbel_search(prior_logits: np.ndarray, root_value: np.ndarray, root_state,
         child_values = np.empty_like(new_values)            # value of each edge's child after backup
         child_values[:-1] = np.where(on_path[1:], new_values[1:], value)
         child_values[-1] = value
-        backed_up_q = rewards + gamma * child_values
-        edge_q_flat[edges] = backed_up_q
+        edge_q_flat[edges] = rewards + gamma * child_values
         if trees.tree_wide:
             trees.record_returns(returns, on_path)
         edge_visits_flat[edges] = edge_visits_flat.take(edges) + 1
 
+    for simulation in range(num_simulations):
+        nodes, edges, on_path, leaf_edge = select(simulation)
+        value = expand(simulation + 1, leaf_edge)
+        backup(nodes, edges, on_path, value)
         # Refresh σ on every path node (roots are the first B, their cached next edge unused).
         sigma, completed = trees.refresh(nodes[on_path])
         root_sigma, root_completed = sigma[:, :batch], completed[:, :batch]

@@ -58,6 +58,10 @@ PROJECTION_UPDATES = 50
 HEADLINE_SETTINGS = ("preset", "env_id", "seed", "env_steps", "num_envs", "updates_per_env_step",
                      "batch_size", "num_simulations", "network", "num_channels")
 CPU_PRESETS = "atari1h, minatar, classic, acrobot, smoke"
+# Seeds derived from config.seed: self-play game g of env i plays seed + GAME_SEED_STRIDE * g + i;
+# evaluation games use seed + EVAL_SEED_OFFSET + episode (disjoint from every self-play game).
+GAME_SEED_STRIDE = 1000
+EVAL_SEED_OFFSET = 10_000_000
 
 
 class UsageError(Exception):
@@ -237,7 +241,7 @@ class Trainer:
             weights = self.online.get_weights()
             self.selfplay_model.set_weights(weights)
             self.target_model.set_weights(weights)
-        self.envs = [envs.make_env(config.env_id, config.seed + 1000 * self.games + i, True, config)
+        self.envs = [envs.make_env(config.env_id, self.game_seed(i), True, config)
                      for i in range(config.num_envs)]
         self.stacker = envs.FrameStacker(config.num_envs, self.spec.frame_shape, config.frame_stack,
                                          self.spec.frame_dtype)
@@ -282,10 +286,14 @@ class Trainer:
             self.buffer.save, self.config.keep_checkpoints)
 
     # -- self-play --
+    def game_seed(self, env_index: int) -> int:
+        """The seed of the next game of self-play env `env_index`."""
+        return self.config.seed + GAME_SEED_STRIDE * self.games + env_index
+
     def start_games(self, env_ids: list[int]) -> None:
         first_frames = []
         for i in env_ids:
-            frame, _ = self.envs[i].reset(seed=self.config.seed + 1000 * self.games + i)
+            frame, _ = self.envs[i].reset(seed=self.game_seed(i))
             self.stacker.reset(i, frame)
             first_frames.append(frame)
         self.buffer.begin_episodes(np.asarray(env_ids), np.stack(first_frames))
@@ -372,7 +380,8 @@ class Trainer:
     def evaluate(self) -> None:
         start = time.perf_counter()
         result = play_episodes(self.online, self.config, self.config.env_id,
-                               self.config.eval_episodes, seed=self.config.seed + 10_000_000)
+                               self.config.eval_episodes,
+                               seed=self.config.seed + EVAL_SEED_OFFSET)
         summary = summarize(self.config.env_id, result.returns)
         self.last_eval = summary["mean"]
         if self.best_eval is None or summary["mean"] > self.best_eval:

@@ -7,7 +7,7 @@ import pytest
 import config as cfg
 
 
-@pytest.mark.parametrize("name", ["atari100k", "smoke", "classic"])
+@pytest.mark.parametrize("name", sorted(cfg.PRESETS))
 def test_presets_round_trip_through_json(name):
     config = cfg.get_config(name)
     assert cfg.Config.from_json(config.to_json()) == config
