@@ -34,6 +34,7 @@ from typing import NamedTuple
 import gymnasium as gym
 import numpy as np
 
+import config as config_module
 from config import Config
 
 # Human and random-policy scores of the Atari 100K games (Ye et al. 2021, Table 3; Kaiser et al. 2020).
@@ -237,8 +238,6 @@ def make_env(env_id: str, seed: int, training: bool, config: Config | None = Non
     """An env yielding single frames under the protocol above (`training` selects the variant)."""
     game = _atari_game(env_id)
     if config is None:
-        import config as config_module
-
         if game is not None:
             config = config_module.atari100k()
         elif env_id.startswith(MINATAR_PREFIX):

@@ -23,6 +23,8 @@ import numpy as np  # noqa: E402
 import checkpoints  # noqa: E402
 from config import Config  # noqa: E402
 
+# envs (gymnasium, ALE), networks (TensorFlow) and cv2 are imported inside the functions that use
+# them: they take seconds to load, and usage errors and --help are answered before.
 EXIT_USAGE = 2
 VIDEO_SIDE = 384          # frames are upscaled by a whole factor to about this many pixels a side
 VIDEO_FPS = 15            # one video frame per agent step (4 emulator frames at 60 Hz on Atari)

@@ -28,6 +28,8 @@ import numpy as np
 import checkpoints
 from config import Config
 
+# keras and TensorFlow are imported inside the functions that build graphs: train.py imports this
+# module at its top and answers --help and usage errors before TensorFlow loads.
 # The augmentation generator's seed is config.seed + this (apart from the weight-init seed).
 AUGMENT_SEED_OFFSET = 1
 

@@ -120,7 +120,8 @@ def format_duration(seconds: float) -> str:
 class RunClock:
     """Projects the wall time left in a run from what the updates so far have cost: the online phase
     at its measured seconds per env step (self-play and its share of updates together), then the
-    offline updates at the measured seconds per update. Evaluations are not counted."""
+    offline updates at the measured seconds per update. Evaluations are not counted, and neither is
+    the first update, which compiles the graph."""
 
     def __init__(self, config: Config):
         self.config = config
@@ -129,8 +130,11 @@ class RunClock:
         self.timed_updates = 0
 
     def record_update(self, seconds: float, env_steps: int, updates: int) -> None:
+        """One update took `seconds`. The first one also compiles the update graph: it starts the
+        clock and is not counted."""
         if self._start is None:
             self._start = (time.perf_counter(), env_steps, updates)
+            return
         self.update_seconds += seconds
         self.timed_updates += 1
 

@@ -620,8 +620,8 @@ def test_float16_loss_scale_skips_overflowing_steps_halves_and_grows():
 
 
 def test_run_clock_projects_online_then_offline_time(monkeypatch):
-    """60 s for the first 1,000 env steps after the first update (50 updates timed at 0.5 s each):
-    9,000 steps left x 0.06 s + 500 offline updates x 0.5 s = 790 s."""
+    """The first update (it compiles the graph) starts the clock; 60 s for the next 1,000 env steps
+    (50 updates timed at 0.5 s each): 9,000 steps left x 0.06 s + 500 offline updates x 0.5 s."""
     import train
 
     config = dataclasses.replace(cfg.classic(), env_steps=11_000, start_transitions=1_000,
@@ -630,7 +630,9 @@ def test_run_clock_projects_online_then_offline_time(monkeypatch):
     now = [100.0]
     monkeypatch.setattr(train.time, "perf_counter", lambda: now[0])
     assert clock.seconds_left(1_000, 0) is None
-    for i in range(train.PROJECTION_UPDATES):
+    clock.record_update(30.0, 1_000, 0)                       # compiling: not counted
+    for i in range(1, train.PROJECTION_UPDATES + 1):
+        assert clock.seconds_left(1_000 + 20 * i, i) is None
         clock.record_update(0.5, 1_000 + 20 * i, i)
     now[0] = 160.0
     assert clock.seconds_left(2_000, 50) == pytest.approx(9_000 * 0.06 + 500 * 0.5)
