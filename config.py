@@ -349,7 +349,9 @@ def minatar() -> Config:
       ball trail, the direction channels of Asterix and Seaquest), as in MinAtar's own baselines;
     - no augmentation: a shifted grid moves walls and objects to impossible places, and the channels
       are binary, so intensity jitter has nothing to jitter;
-    - 8 envs in lockstep and 8 simulations (16 in Atari) to halve the search cost;
+    - 16 envs in lockstep (4 in Atari): a search makes 9 network calls whatever its batch, and at
+      these sizes a call's fixed cost, not its batch, sets the self-play speed (`bench.py minatar`);
+      8 simulations (16 in Atari) halve the search cost;
     - replay ratio 0.1 (Atari 1.0), batch 64 (256), lr 0.1 (0.2), no offline updates: 9,800
       updates; the self-play and target refresh intervals keep Atari's rate per env step (100 and
       200 updates at ratio 1 -> 10 and 20 at 0.1), T1 keeps its 30% share of the updates and
@@ -360,7 +362,7 @@ def minatar() -> Config:
     return Config(
         preset="minatar", env_id="MinAtar/Breakout-v1", downsample=False, frame_stack=1,
         augmentation=False, clip_rewards=False, terminal_on_life_loss=False,
-        max_episode_steps=10_000, eval_max_episode_steps=10_000, env_steps=100_000, num_envs=8,
+        max_episode_steps=10_000, eval_max_episode_steps=10_000, env_steps=100_000, num_envs=16,
         start_transitions=2_000, updates_per_env_step=0.1, offline_updates=0, replay_capacity=100_000,
         frame_compression=0, num_channels=16, reduced_channels=4, head_hidden_sizes=(32,),
         lstm_hidden_size=64, projection_hidden_size=128, projection_output_size=128,
