@@ -1,5 +1,5 @@
-"""The learner: the EfficientZero V2 losses and the compiled update step (Wang et al. 2024, Sec. 4 and
-Appendix "Training Details"; blog topic ② for the SimSiam consistency loss).
+"""The learner: the EfficientZero V2 losses and the compiled update step (Wang et al. 2024 and
+its appendix of training details; blog topic ② for the SimSiam consistency loss).
 
 One update (`Learner.update`) on a sampled batch (buffer.Batch) and its reanalysed targets
 (targets.Targets): represent o_t, unroll the dynamics K steps with the batch's actions, and sum per

@@ -14,9 +14,9 @@ reanalysis and the mixed value rule.
   positions of every sample (the roots t..t+K and the bootstraps t+n..t+K+n overlap; the frames are
   stacked inside the graph), one batched Gumbel search (mcts.py, with Gumbel noise as in the official
   code) over the B·(K+1) roots of the reanalysed samples (`reanalyze_ratio`, 1.0 in every preset):
-  policy targets are the improved policies, search-based value estimates (SVE, Sec. 4.3) the search
+  policy targets are the improved policies, search-based value estimates (SVE) the search
   root values; samples not reanalysed keep the stored acting policies.
-- Mixed value rule (Sec. 4.3, `search_value_mask`): the TD target while fewer than
+- Mixed value rule (`search_value_mask`): the TD target while fewer than
   `sve_start_updates` (T1) updates are done or the sample is among the newest `td_newest_transitions`
   (T2), the SVE otherwise.
 
@@ -85,7 +85,7 @@ def value_prefix_targets(rewards: np.ndarray, config: Config) -> np.ndarray:
     return prefix
 
 
-# --- reanalysis (EZ V2 Sec. 4.3: search-based value estimation and the mixed value target) ---------
+# --- reanalysis (EZ V2: search-based value estimation and the mixed value target) -----------------
 
 def _concatenate(outputs: list):
     """Network outputs of consecutive chunks (fields: a state tuple, then arrays) -> one output."""
