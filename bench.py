@@ -217,6 +217,31 @@ def bench_buffer() -> dict:
                            "tree_share": targets.tree_seconds / total}}
 
 
+def _timed_full_updates(trainer, repeats: int) -> dict[str, list[float]]:
+    """`repeats` full updates (sample, reanalyse with the target model, update), each timed in
+    seconds: sample, reanalysis (reanalysis_network + reanalysis_tree), learner and total."""
+    from targets import reanalyze
+
+    config = trainer.config
+    parts = {name: [] for name in ("sample", "reanalysis", "reanalysis_network", "reanalysis_tree",
+                                   "learner", "total")}
+    for i in range(repeats):
+        start = time.perf_counter()
+        batch = trainer.buffer.sample(config.batch_size, trainer.rng)
+        sampled = time.perf_counter()
+        targets = reanalyze(batch, trainer.target_model, config=config, updates=i, rng=trainer.rng)
+        reanalysed = time.perf_counter()
+        trainer.learner.update(batch, targets, i)
+        done = time.perf_counter()
+        parts["sample"].append(sampled - start)
+        parts["reanalysis"].append(reanalysed - sampled)
+        parts["reanalysis_network"].append(targets.network_seconds)
+        parts["reanalysis_tree"].append(targets.tree_seconds)
+        parts["learner"].append(done - reanalysed)
+        parts["total"].append(done - start)
+    return parts
+
+
 def bench_update() -> dict:
     """Seconds per update (batch 256, K=5): bare, and with prioritized sampling + reanalysis."""
     from targets import reanalyze
@@ -234,20 +259,9 @@ def bench_update() -> dict:
             start = time.perf_counter()
             trainer.learner.update(batch, targets, i + 1)
             bare.append(time.perf_counter() - start)
-        full, sample, reanalysis, network, tree = [], [], [], [], []
-        for i in range(UPDATE_REPEATS):
-            start = time.perf_counter()
-            batch = trainer.buffer.sample(config.batch_size, trainer.rng)
-            sampled = time.perf_counter()
-            targets = reanalyze(batch, trainer.target_model, config=config, updates=i,
-                                rng=trainer.rng)
-            reanalysed = time.perf_counter()
-            trainer.learner.update(batch, targets, i)
-            full.append(time.perf_counter() - start)
-            sample.append(sampled - start)
-            reanalysis.append(reanalysed - sampled)
-            network.append(targets.network_seconds)
-            tree.append(targets.tree_seconds)
+        timed = _timed_full_updates(trainer, UPDATE_REPEATS)
+        full, sample, reanalysis = timed["total"], timed["sample"], timed["reanalysis"]
+        network, tree = timed["reanalysis_network"], timed["reanalysis_tree"]
     median = lambda values: float(np.median(values))  # noqa: E731
     return {"bare": {"seconds": median(bare)},
             "full": {"seconds": median(full), "over_bare": median(full) / median(bare),
@@ -373,22 +387,8 @@ def bench_minatar(config=None) -> dict:
         targets = reanalyze(batch, trainer.target_model, config=config, updates=0,
                             rng=trainer.rng)
         trainer.learner.update(batch, targets, 0)                       # traces the update
-        parts = {"sample": [], "reanalysis_network": [], "reanalysis_tree": [], "learner": [],
-                 "total": []}
-        for i in range(MINATAR_UPDATES):
-            start = time.perf_counter()
-            batch = trainer.buffer.sample(config.batch_size, trainer.rng)
-            sampled = time.perf_counter()
-            targets = reanalyze(batch, trainer.target_model, config=config, updates=i,
-                                rng=trainer.rng)
-            reanalysed = time.perf_counter()
-            trainer.learner.update(batch, targets, i)
-            done = time.perf_counter()
-            parts["sample"].append(sampled - start)
-            parts["reanalysis_network"].append(targets.network_seconds)
-            parts["reanalysis_tree"].append(reanalysed - sampled - targets.network_seconds)
-            parts["learner"].append(done - reanalysed)
-            parts["total"].append(done - start)
+        parts = _timed_full_updates(trainer, MINATAR_UPDATES)
+        del parts["reanalysis"]                       # reported as its network and tree parts
     steps = MINATAR_SELFPLAY_STEPS
     step_ms = 1000 * selfplay / steps
     update_ms = {name: 1000 * float(np.median(values)) for name, values in parts.items()}
