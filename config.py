@@ -352,9 +352,10 @@ def minatar() -> Config:
     - 16 envs in lockstep (4 in Atari): a search makes 9 network calls whatever its batch, and at
       these sizes a call's fixed cost, not its batch, sets the self-play speed (`bench.py minatar`);
       8 simulations (16 in Atari) halve the search cost;
-    - replay ratio 0.1 (Atari 1.0), batch 64 (256), lr 0.1 (0.2), no offline updates: 9,800
-      updates; the self-play and target refresh intervals keep Atari's rate per env step (100 and
-      200 updates at ratio 1 -> 10 and 20 at 0.1), T1 keeps its 30% share of the updates and
+    - replay ratio 0.07 (Atari 1.0), batch 64 (256), lr 0.1 (0.2), no offline updates: 6,860
+      updates, what an hour holds on a 2-core CPU (a full update costs about 0.4 s there, alone);
+      the self-play and target refresh intervals keep Atari's rate per env step (100 and 200
+      updates at ratio 1 -> 7 and 14 at 0.07), T1 keeps its 30% share of the updates and
       T2 = 5,000 transitions its 5% of the transitions; the lr decays at 80% of the updates;
     - the policy-entropy bonus of the classic preset (the official code's for non-ALE tasks);
     - rewards are 0 or 1 already (no clipping) and a game is one episode (no lives); the 10,000-step
@@ -363,13 +364,13 @@ def minatar() -> Config:
         preset="minatar", env_id="MinAtar/Breakout-v1", downsample=False, frame_stack=1,
         augmentation=False, clip_rewards=False, terminal_on_life_loss=False,
         max_episode_steps=10_000, eval_max_episode_steps=10_000, env_steps=100_000, num_envs=16,
-        start_transitions=2_000, updates_per_env_step=0.1, offline_updates=0, replay_capacity=100_000,
+        start_transitions=2_000, updates_per_env_step=0.07, offline_updates=0, replay_capacity=100_000,
         frame_compression=0, num_channels=16, reduced_channels=4, head_hidden_sizes=(32,),
         lstm_hidden_size=64, projection_hidden_size=128, projection_output_size=128,
         prediction_head_hidden_size=64, support_size=30, num_simulations=8, batch_size=64,
-        learning_rate=0.1, sve_start_updates=3_000, td_newest_transitions=5_000,
-        lr_decay_updates=8_000, selfplay_update_interval=10, target_update_interval=20,
-        entropy_loss_coeff=0.05, eval_interval=1_000, eval_episodes=30, checkpoint_interval=1_000,
+        learning_rate=0.1, sve_start_updates=2_060, td_newest_transitions=5_000,
+        lr_decay_updates=5_490, selfplay_update_interval=7, target_update_interval=14,
+        entropy_loss_coeff=0.05, eval_interval=700, eval_episodes=30, checkpoint_interval=700,
         log_interval=100)
 
 
