@@ -78,8 +78,7 @@ def test_evaluate_plays_a_checkpoint_and_writes_json(smoke_run, tmp_path):
 # The minatar preset with a tiny network and budget: every part of a MinAtar run in about a minute,
 # 56 updates, so evaluations at update 40 and at the end.
 MINATAR_TINY = ["env_steps=320", "start_transitions=96", "num_envs=4", "updates_per_env_step=0.25",
-                "num_channels=8",
-                "reduced_channels=2", "head_hidden_sizes=8", "lstm_hidden_size=16",
+                "num_channels=8", "reduced_channels=2", "head_hidden_sizes=8", "lstm_hidden_size=16",
                 "projection_hidden_size=32", "projection_output_size=32",
                 "prediction_head_hidden_size=16", "num_simulations=4", "batch_size=16",
                 "sve_start_updates=20", "td_newest_transitions=50", "eval_interval=40",
