@@ -159,9 +159,12 @@ class Config:
 
     # --- optimisation ----------------------------------------------------------------------------
     batch_size: int = _f("samples per update", 256, _POSITIVE)
-    learning_rate: float = _f("SGD learning rate after warm-up", 0.2, _POSITIVE)
-    momentum: float = _f("SGD momentum", 0.9, _FRACTION)
-    weight_decay: float = _f("L2 weight decay added to the loss", 1e-4, _NON_NEGATIVE)
+    optimizer: str = _f("'sgd' (SGD with momentum: Atari and DMC-image in the official code) or "
+                        "'adam' (Adam: the official code's DMC-state setting)", "sgd")
+    learning_rate: float = _f("learning rate after warm-up", 0.2, _POSITIVE)
+    momentum: float = _f("SGD momentum (optimizer='sgd')", 0.9, _FRACTION)
+    weight_decay: float = _f("L2 weight decay added to the gradient (as PyTorch's SGD and Adam do)",
+                             1e-4, _NON_NEGATIVE)
     max_grad_norm: float = _f("global gradient-norm clip", 5.0, _POSITIVE)
     warmup_fraction: float = _f("linear lr warm-up over this fraction of all updates", 0.01,
                                 _FRACTION)
@@ -208,6 +211,7 @@ class Config:
         _require(self.network in ("conv", "mlp"), "network", "'conv' or 'mlp'", self.network)
         _require(self.q_normalization in ("node", "tree"), "q_normalization", "'node' or 'tree'",
                  self.q_normalization)
+        _require(self.optimizer in ("sgd", "adam"), "optimizer", "'sgd' or 'adam'", self.optimizer)
         _require(self.normalization in ("batch", "group"), "normalization", "'batch' or 'group'",
                  self.normalization)
         if self.normalization == "group":

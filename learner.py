@@ -10,7 +10,7 @@ sample
   + SimSiam negative cosine (steps 1..K)        x consistency_loss_coeff
   - policy entropy (positions 0..K)             x entropy_loss_coeff,
 masked at episode ends, weighted by the importance weights, averaged over the batch and divided by K;
-then gradient clipping, SGD with momentum and weight decay, the learning-rate schedule, and the
+then gradient clipping, weight decay, SGD with momentum (or Adam), the learning-rate schedule, and the
 dynamic loss scale of float16 training. Also here: the Keras precision policy (float32, or mixed
 bfloat16 on a CPU / float16 on a GPU) and the BatchNorm train/inference gap diagnostic.
 
@@ -32,6 +32,8 @@ from config import Config
 # module at its top and answers --help and usage errors before TensorFlow loads.
 # The augmentation generator's seed is config.seed + this (apart from the weight-init seed).
 AUGMENT_SEED_OFFSET = 1
+# PyTorch's Adam epsilon (Keras defaults to 1e-7; Keras adds it before the bias correction).
+TORCH_ADAM_EPSILON = 1e-8
 
 
 def learning_rate_at(config: Config, updates: int) -> float:
@@ -84,7 +86,7 @@ class UpdateResult(NamedTuple):
 
 
 class Learner:
-    """The online network, its SGD optimiser and the `tf.function` update step."""
+    """The online network, its optimiser (SGD or Adam) and the `tf.function` update step."""
 
     def __init__(self, config: Config, net, observation_shape: tuple, num_actions: int):
         import keras
@@ -98,8 +100,11 @@ class Learner:
         self._two_hot = lambda x: scalar_to_two_hot(x, config.support_size)
         self._to_scalar = lambda logits: logits_to_scalar(logits, config.support_size)
         self._transform = scalar_transform
-        self.optimizer = keras.optimizers.SGD(learning_rate=config.learning_rate,
-                                              momentum=config.momentum)
+        self.optimizer = (keras.optimizers.SGD(learning_rate=config.learning_rate,
+                                               momentum=config.momentum)
+                          if config.optimizer == "sgd" else
+                          keras.optimizers.Adam(learning_rate=config.learning_rate,
+                                                epsilon=TORCH_ADAM_EPSILON))
         self.optimizer.build(net.trainable_variables)
         self.augment_rng = tf.random.Generator.from_seed(config.seed + AUGMENT_SEED_OFFSET)
         self.is_image = len(observation_shape) == 3
@@ -285,7 +290,7 @@ class Learner:
 
     def _apply_gradients(self, gradients):
         variables = self.net.trainable_variables
-        # SGD weight decay as in PyTorch: g + wd * w, added after clipping.
+        # Weight decay as PyTorch's SGD and Adam apply it: g + wd * w, added after clipping.
         decayed = [g + self.config.weight_decay * v for g, v in zip(gradients, variables)]
         self.optimizer.apply_gradients(zip(decayed, variables))
 

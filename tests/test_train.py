@@ -509,6 +509,44 @@ def test_every_loss_term_equals_a_plain_numpy_computation():
         np.testing.assert_allclose(ours.numpy(), expected.numpy(), rtol=2e-3, atol=1e-6)
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_two_optimizer_steps_match_pytorch_update_rules(optimizer):
+    """Weight decay enters the gradient (g + wd w) before SGD's momentum or Adam's moments, as in
+    torch.optim.SGD / torch.optim.Adam (betas 0.9, 0.999, eps 1e-8): two steps computed by hand.
+    Keras adds eps to sqrt(v) before the bias correction (PyTorch: to sqrt(v_hat)), which differs
+    only where |g| is near eps / sqrt(1 - 0.999^t); the reference follows Keras there."""
+    import tensorflow as tf
+
+    config, net, learner = _tiny_learner(optimizer=optimizer, weight_decay=0.01)
+    variables = net.trainable_variables
+    w = [v.numpy().astype(np.float64) for v in variables]
+    rng = np.random.default_rng(3)
+    steps = [[rng.normal(size=v.shape).astype(np.float32) for v in variables] for _ in range(2)]
+    rate, momentum = 0.05, config.momentum
+    first_moment = [np.zeros_like(x) for x in w]
+    second_moment = [np.zeros_like(x) for x in w]
+    for t, gradients in enumerate(steps, start=1):
+        learner.optimizer.learning_rate = rate
+        learner._apply([tf.constant(g) for g in gradients])
+        for i, g in enumerate(gradients):
+            decayed = g + 0.01 * w[i]
+            if optimizer == "sgd":          # PyTorch: buf = momentum * buf + d; w -= lr * buf
+                first_moment[i] = momentum * first_moment[i] + decayed
+                w[i] = w[i] - rate * first_moment[i]
+            else:
+                first_moment[i] = 0.9 * first_moment[i] + 0.1 * decayed
+                second_moment[i] = 0.999 * second_moment[i] + 0.001 * decayed ** 2
+                step = rate * np.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t)
+                w[i] = w[i] - step * first_moment[i] / (np.sqrt(second_moment[i]) + 1e-8)
+    for variable, expected in zip(variables, w):
+        np.testing.assert_allclose(variable.numpy(), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_unknown_optimizer_is_a_usage_error():
+    with pytest.raises(ValueError, match="optimizer"):
+        cfg.apply_overrides(cfg.classic(), ["optimizer=rmsprop"])
+
+
 def test_clipped_value_targets_are_counted_and_the_needed_support_is_named():
     from networks import support_size_for
 
