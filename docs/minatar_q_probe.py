@@ -9,7 +9,8 @@ with each action. The `minatar` preset's network (h, g, f) is then trained on th
 plain regression, v(g(h(o_t), a_t)) -> G_{t+1} (the value cross-entropy of the learner at unroll
 step 1, nothing else), with the optimiser under test, gradient clipping and weight decay as in
 training; `--consistency-coeff c` adds the learner's SimSiam term for that step, c times the negative
-cosine between P2(P1(g(h(o_t), a_t))) and the stop-gradient P1(h(o_{t+1})). Every sixth of the run it prints the model's one-step Q gap (max - min over actions of
+cosine between P2(P1(g(h(o_t), a_t))) and the stop-gradient P1(h(o_{t+1})), and `--value-coeff`
+weights the value term (the learner's is 0.25; 1 by default here). Every sixth of the run it prints the model's one-step Q gap (max - min over actions of
 v(g(s, a))) beside the true gap, and how often its best action is the true best where the true gap
 exceeds 0.1 (chance: one in three). Run from the repository root (PYTHONPATH=.).
 """
@@ -80,6 +81,8 @@ def main(argv=None) -> int:
     parser.add_argument("--min-visits", type=int, default=30)
     parser.add_argument("--consistency-coeff", type=float, default=0.0,
                         help="weight of the SimSiam term (the preset's is 2)")
+    parser.add_argument("--value-coeff", type=float, default=1.0,
+                        help="weight of the value term (the preset's is 0.25)")
     parser.add_argument("--seed", type=int, default=21)
     args = parser.parse_args(argv)
 
@@ -112,7 +115,7 @@ def main(argv=None) -> int:
             next_latent, _, _ = net.dynamics(latent, taken, net.initial_lstm_state(tf.shape(taken)[0]),
                                              training=True, state_gradient_scale=1.0)
             value_logits, _ = net.predict(next_latent, training=True)
-            loss = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(
+            loss = args.value_coeff * tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(
                 scalar_to_two_hot(targets, config.support_size), value_logits))
             if args.consistency_coeff > 0:
                 prediction = net.predict_projection(net.project(next_latent, training=True),
@@ -140,6 +143,7 @@ def main(argv=None) -> int:
             gap = model_q.max(1) - model_q.min(1)
             agree = (model_q.argmax(1) == true_q.argmax(1))[clear].mean()
             print(f"{args.optimizer} lr {args.learning_rate:g} consistency {args.consistency_coeff:g} "
+                  f"value {args.value_coeff:g} "
                   f"update {step}: model Q gap "
                   f"{gap.mean():.4f} (true {true_gap.mean():.3f}), best action agrees {agree:.0%} "
                   f"({time.time() - start:.0f} s)", flush=True)
