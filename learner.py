@@ -36,6 +36,16 @@ AUGMENT_SEED_OFFSET = 1
 TORCH_ADAM_EPSILON = 1e-8
 
 
+def build_optimizer(config: Config):
+    """The Keras optimiser `config.optimizer` names, at `config.learning_rate` (SGD with momentum,
+    or Adam with PyTorch's epsilon); weight decay is added to the gradient by the caller."""
+    import keras
+
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(learning_rate=config.learning_rate, momentum=config.momentum)
+    return keras.optimizers.Adam(learning_rate=config.learning_rate, epsilon=TORCH_ADAM_EPSILON)
+
+
 def learning_rate_at(config: Config, updates: int) -> float:
     """The learning rate of the update that follows `updates` done ones: linear warm-up over
     `warmup_fraction` of all updates, then x`lr_decay_factor` once `lr_decay_updates` are done."""
@@ -100,11 +110,7 @@ class Learner:
         self._two_hot = lambda x: scalar_to_two_hot(x, config.support_size)
         self._to_scalar = lambda logits: logits_to_scalar(logits, config.support_size)
         self._transform = scalar_transform
-        self.optimizer = (keras.optimizers.SGD(learning_rate=config.learning_rate,
-                                               momentum=config.momentum)
-                          if config.optimizer == "sgd" else
-                          keras.optimizers.Adam(learning_rate=config.learning_rate,
-                                                epsilon=TORCH_ADAM_EPSILON))
+        self.optimizer = build_optimizer(config)
         self.optimizer.build(net.trainable_variables)
         self.augment_rng = tf.random.Generator.from_seed(config.seed + AUGMENT_SEED_OFFSET)
         self.is_image = len(observation_shape) == 3

@@ -16,6 +16,7 @@ exceeds 0.1 (chance: one in three). Run from the repository root (PYTHONPATH=.).
 """
 
 import argparse
+import dataclasses
 import time
 from collections import defaultdict
 
@@ -89,6 +90,7 @@ def main(argv=None) -> int:
     import keras
     import tensorflow as tf
 
+    from learner import build_optimizer
     from networks import EfficientZeroNet, scalar_to_two_hot
 
     config = config_module.minatar()
@@ -103,9 +105,8 @@ def main(argv=None) -> int:
 
     keras.utils.set_random_seed(args.seed)
     net = EfficientZeroNet(config, spec.observation_shape, spec.num_actions)
-    optimizer = (keras.optimizers.SGD(args.learning_rate, momentum=config.momentum)
-                 if args.optimizer == "sgd" else keras.optimizers.Adam(args.learning_rate,
-                                                                       epsilon=1e-8))
+    optimizer = build_optimizer(dataclasses.replace(config, optimizer=args.optimizer,
+                                                    learning_rate=args.learning_rate))
     variables = net.trainable_variables
 
     @tf.function
