@@ -31,8 +31,12 @@ VIDEO_FPS = 15            # one video frame per agent step (4 emulator frames at
 
 
 class EpisodeResults(NamedTuple):
-    returns: list[float]      # raw (unclipped) game returns
-    lengths: list[int]        # env steps per game
+    returns: list[float]              # raw (unclipped) game returns
+    lengths: list[int]                # env steps per game
+    initial_values: list[float]       # the search's root value at each game's first step
+    discounted_returns: list[float]   # Σ_t γ^t u_t of each game's training rewards u_t (clipped
+                                      # where training clips): what an exact value would predict
+                                      # at the first step, less what lies past a truncation
 
 
 def play_episodes(model, config: Config, env_id: str, num_episodes: int, seed: int,
@@ -50,14 +54,21 @@ def play_episodes(model, config: Config, env_id: str, num_episodes: int, seed: i
     video = _open_video(video_path, frame, spec.kind) if video_path else None
     returns: list[float | None] = [None] * num_episodes
     lengths = [0] * num_episodes
+    initial_values: list[float] = []
+    discounted_returns = [0.0] * num_episodes
     running = list(range(num_episodes))
     while running:
         observations = stacker.observations()[running]
-        actions = search_actions(model, observations, config.search_options(), None,
-                                 gumbel_scale=0.0).action
+        searched = search_actions(model, observations, config.search_options(), None,
+                                  gumbel_scale=0.0)
+        if not initial_values:
+            initial_values = [float(value) for value in searched.root_value]
         still_running = []
         for row, i in enumerate(running):
-            frame, _, terminated, truncated, info = games[i].step(int(actions[row]))
+            frame, reward, terminated, truncated, info = games[i].step(int(searched.action[row]))
+            training_reward = float(np.sign(reward)) if config.clip_rewards else float(reward)
+            discounted_returns[i] += config.discount ** lengths[i] * training_reward
+            lengths[i] += 1
             if i == 0 and video is not None:
                 _write_video_frame(video, frame, spec.kind)
             if "game_return" in info:
@@ -70,7 +81,7 @@ def play_episodes(model, config: Config, env_id: str, num_episodes: int, seed: i
         running = still_running
     if video is not None:
         video.release()
-    return EpisodeResults([float(r) for r in returns], lengths)
+    return EpisodeResults([float(r) for r in returns], lengths, initial_values, discounted_returns)
 
 
 def video_rgb(frame: np.ndarray, kind: str) -> np.ndarray:

@@ -393,13 +393,17 @@ class Trainer:
         scalars = {f"eval/{key}": value for key, value in summary.items()
                    if isinstance(value, float)}
         scalars["eval/best_mean"] = self.best_eval
+        scalars["eval/initial_value"] = float(np.mean(result.initial_values))
+        scalars["eval/initial_discounted_return"] = float(np.mean(result.discounted_returns))
         scalars["perf/eval_seconds"] = time.perf_counter() - start
         self.logger.log(scalars, self.updates, self.env_steps)
         eval_dir = os.path.join(self.run_dir, "eval")
         os.makedirs(eval_dir, exist_ok=True)
         with open(os.path.join(eval_dir, f"eval-{self.updates:08d}.json"), "w") as file:
             json.dump({"updates": self.updates, "env_steps": self.env_steps, **summary,
-                       "returns": result.returns, "lengths": result.lengths}, file, indent=1)
+                       "returns": result.returns, "lengths": result.lengths,
+                       "initial_values": result.initial_values,
+                       "discounted_returns": result.discounted_returns}, file, indent=1)
 
     def _after_update(self) -> None:
         if self.updates % self.config.eval_interval == 0:

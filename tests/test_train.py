@@ -50,7 +50,8 @@ def test_smoke_run_writes_everything_a_user_relies_on(smoke_run):
         keys = {row["key"] for row in csv.DictReader(file)}
     for key in ("losses/total", "losses/consistency", "losses/reward", "losses/policy",
                 "losses/value", "losses/grad_norm", "losses/lr", "targets/sve_fraction",
-                "eval/mean", "eval/human_normalized", "perf/env_steps_per_second",
+                "eval/mean", "eval/human_normalized", "eval/initial_value",
+                "eval/initial_discounted_return", "perf/env_steps_per_second",
                 "perf/update_ms", "charts/episode_return"):
         assert key in keys, key
     newest = checkpoints.resolve_checkpoint(run_dir)
@@ -71,8 +72,33 @@ def test_evaluate_plays_a_checkpoint_and_writes_json(smoke_run, tmp_path):
     scores = json.load(open(out))
     assert scores["episodes"] == 2 and len(scores["returns"]) == 2
     assert scores["mean"] == pytest.approx(np.mean(scores["returns"]))
+    evaluations = sorted(glob.glob(os.path.join(run_dir, "eval", "*.json")))
+    during_training = json.load(open(evaluations[-1]))
+    assert len(during_training["initial_values"]) == len(during_training["discounted_returns"]) \
+        == cfg.smoke().eval_episodes
     assert "human_normalized" in scores and "±" in result.stdout
     assert os.path.getsize(video) > 1000
+
+
+def test_evaluation_reports_the_first_root_value_beside_the_discounted_return():
+    """CartPole pays 1 a step, so a game of L steps has the discounted return (1 - γ^L) / (1 - γ);
+    the initial values are the greedy search's root values on the reset observations."""
+    import envs
+    from evaluate import play_episodes
+    from mcts import search_actions
+    from networks import EfficientZeroNet
+
+    config = dataclasses.replace(cfg.classic(), eval_max_episode_steps=30, num_simulations=4)
+    model = EfficientZeroNet(config, (4,), 2)
+    result = play_episodes(model, config, "CartPole-v1", num_episodes=3, seed=7)
+    gamma = config.discount
+    expected = [(1 - gamma ** length) / (1 - gamma) for length in result.lengths]
+    assert result.discounted_returns == pytest.approx(expected, rel=1e-9)
+    assert result.lengths == [int(r) for r in result.returns]
+    first = np.stack([envs.make_env("CartPole-v1", 7 + i, False, config).reset(seed=7 + i)[0]
+                      for i in range(3)])
+    roots = search_actions(model, first, config.search_options(), None, gumbel_scale=0.0)
+    assert result.initial_values == pytest.approx(roots.root_value.tolist(), abs=1e-5)
 
 
 # The minatar preset with a tiny network and budget: every part of a MinAtar run in about a minute,
