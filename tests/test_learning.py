@@ -2,7 +2,8 @@
 
 `python train.py --env CartPole-v1 --config classic --seed SEED` must end, after its 20,000 env steps,
 with a final greedy evaluation (10 episodes) of at least 400, not only reach a peak. The run takes about
-10 minutes on a 2-core CPU; the README records every seed's curve.
+15 minutes alone on a 2-core CPU (about 20 in CI, which runs it beside nothing else but loads more);
+the README records every seed's curve.
 """
 
 import glob
