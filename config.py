@@ -312,10 +312,10 @@ def atari1h() -> Config:
 def classic() -> Config:
     """Vector-observation gymnasium tasks (CartPole-v1, Acrobot-v1) with MLP networks, sized so a
     20,000-step run takes about 10 minutes on a 2-core CPU (measured: 15 min alone). Values up to
-    ~260 (γ = 0.997, 500 steps) are h(260) ≈ 15.4 after the transform, so a support of ±30 covers them. The target model is
-    refreshed every 50 updates = 200 env steps at this replay ratio of 0.25, as often per env step as
-    Atari's 200 updates at ratio 1: n-step TD values climb n steps per refresh, and with 200 updates
-    CartPole's values reached half the height in the same run. The policy-entropy bonus of 5e-2 is the
+    ~260 (γ = 0.997, 500 steps) are h(260) ≈ 15.4 after the transform, so a support of ±30 covers
+    them. The target model is refreshed every 50 updates = 200 env steps at this replay ratio of
+    0.25, as often per env step as Atari's 200 updates at ratio 1: n-step TD values climb n steps
+    per refresh, and with 200 updates CartPole's values reached half the height in the same run. The policy-entropy bonus of 5e-2 is the
     official code's for non-Atari tasks (`ez/agents/base.py` adds it for DMC and Gym)."""
     return Config(
         preset="classic", env_id="CartPole-v1", network="mlp", frame_stack=1, clip_rewards=False,
