@@ -317,8 +317,8 @@ def classic() -> Config:
     0.25, as often per env step as Atari's 200 updates at ratio 1: n-step TD values climb n steps
     per refresh, and with 200 updates CartPole's values reached half the height in the same run
     (even so, at the end of a run the value sees only about 90 steps ahead: `eval/initial_value`
-    and `docs/experiments.md`). The policy-entropy bonus of 5e-2 is the official code's for non-Atari tasks (`ez/agents/base.py`
-    adds it for DMC and Gym)."""
+    and `docs/experiments.md`). The policy-entropy bonus of 5e-2 is the official code's for
+    non-Atari tasks (`ez/agents/base.py` adds it for DMC and Gym)."""
     return Config(
         preset="classic", env_id="CartPole-v1", network="mlp", frame_stack=1, clip_rewards=False,
         terminal_on_life_loss=False, augmentation=False, max_episode_steps=500,

@@ -231,7 +231,13 @@ class _Game(gym.Wrapper):
             self._game_over = True
             info["game_return"] = self._game_return
             info["game_length"] = self._game_length
-        return frame, float(np.sign(raw)) if self._clip else raw, terminated, truncated, info
+        return frame, training_reward(raw, self._clip), terminated, truncated, info
+
+
+def training_reward(raw: float, clip: bool) -> float:
+    """The reward the learner sees: the raw reward's sign where training clips rewards (`clip`:
+    `config.clip_rewards` in a training env), else the raw reward."""
+    return float(np.sign(raw)) if clip else float(raw)
 
 
 def make_env(env_id: str, seed: int, training: bool, config: Config | None = None) -> gym.Env:

@@ -66,8 +66,8 @@ def play_episodes(model, config: Config, env_id: str, num_episodes: int, seed: i
         still_running = []
         for row, i in enumerate(running):
             frame, reward, terminated, truncated, info = games[i].step(int(searched.action[row]))
-            training_reward = float(np.sign(reward)) if config.clip_rewards else float(reward)
-            discounted_returns[i] += config.discount ** lengths[i] * training_reward
+            discounted_returns[i] += (config.discount ** lengths[i]
+                                      * envs.training_reward(reward, config.clip_rewards))
             lengths[i] += 1
             if i == 0 and video is not None:
                 _write_video_frame(video, frame, spec.kind)

@@ -236,3 +236,9 @@ def test_minatar_video_colours_each_cell_by_its_highest_channel():
     np.testing.assert_array_equal(rgb[1, 1], palette[2])
     np.testing.assert_array_equal(rgb[2, 2], palette[3])
     assert rgb.sum() == palette[[0, 2, 3]].sum()          # every other cell is black
+
+
+def test_training_reward_is_the_sign_only_where_training_clips():
+    assert envs.training_reward(-3.0, True) == -1.0
+    assert envs.training_reward(0.0, True) == 0.0
+    assert envs.training_reward(2.5, False) == 2.5
