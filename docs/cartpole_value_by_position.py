@@ -1,0 +1,71 @@
+"""Does a CartPole checkpoint's value rank the cart's position, and is it pulled down by old games?
+
+    python docs/cartpole_value_by_position.py --checkpoint runs/<run>/checkpoints/ckpt-00004875
+
+Reads the replay buffer saved with a run's last checkpoint (only that one keeps it) and bins every
+stored state o_t by when it was collected (quarters of the run) and by the cart's distance from the
+centre |x|. For each bin it prints the network's value v(o_t) (initial inference, no search) beside
+the discounted return the stored game actually earned from o_t on, Σ_{i≥t} γ^(i−t) u_i (cut at a
+truncation). A value that grows with |x| would steer the cart off the track; a value far below the
+return near the centre, where every game starts, is short-sighted there. Run from the repository
+root (PYTHONPATH=.).
+"""
+
+import argparse
+
+import numpy as np
+
+import checkpoints
+from buffer import ReplayBuffer
+from evaluate import load_model
+
+DISTANCE_EDGES = (0.0, 0.25, 0.5, 1.0, 1.5, 2.4)     # |x| bins; CartPole fails beyond 2.4
+PERIODS = 4                                           # collection-time bins (quarters of the run)
+MIN_STATES = 20                                       # bins with fewer states are not printed
+BATCH = 4096                                          # states per initial inference
+
+
+def stored_states(buffer: ReplayBuffer, discount: float):
+    """Every stored state: observations [N, D], discounted return to its game's end [N], env step
+    at which it was collected [N]."""
+    observations, returns, collected = [], [], []
+    for start, length in buffer._episodes:
+        slots = np.arange(start, start + length) % buffer.capacity
+        to_go = np.zeros(length)
+        running = 0.0
+        for i in range(length - 1, -1, -1):
+            running = buffer.rewards[slots[i]] + discount * running
+            to_go[i] = running
+        observations.append(buffer.frames.gather(slots).reshape(length, -1))
+        returns.append(to_go)
+        collected.append(buffer.collected_at[slots])
+    return np.concatenate(observations), np.concatenate(returns), np.concatenate(collected)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", required=True,
+                        help="a run's last checkpoint folder (the one with a buffer/ folder)")
+    args = parser.parse_args()
+    checkpoint = checkpoints.load_checkpoint(args.checkpoint)
+    config = checkpoint.config
+    model = load_model(checkpoint, config.env_id, config)
+    buffer = ReplayBuffer.load(f"{checkpoint.path}/buffer", config)
+    observations, returns, collected = stored_states(buffer, config.discount)
+    values = np.concatenate([model.initial_inference(observations[i:i + BATCH]).value
+                             for i in range(0, len(observations), BATCH)])
+    distance = np.abs(observations[:, 0])
+    bounds = np.linspace(0, config.env_steps, PERIODS + 1)
+    print(f"{len(observations)} stored states; value v(o) vs the stored game's discounted return")
+    for first, last in zip(bounds[:-1], bounds[1:]):
+        period = (collected >= first) & (collected < last)
+        print(f"collected at env steps {first:.0f}-{last:.0f}: {period.sum()} states")
+        for low, high in zip(DISTANCE_EDGES[:-1], DISTANCE_EDGES[1:]):
+            chosen = period & (distance >= low) & (distance < high)
+            if chosen.sum() >= MIN_STATES:
+                print(f"  |x| {low:.2f}-{high:.2f}: {chosen.sum():5d} states, value "
+                      f"{values[chosen].mean():6.1f}, return {returns[chosen].mean():6.1f}")
+
+
+if __name__ == "__main__":
+    main()
