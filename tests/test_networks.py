@@ -263,6 +263,26 @@ def test_no_retracing_across_batch_sizes_and_calls(smoke_net):
                                       "recurrent_inference": 1}
 
 
+def test_search_calls_compute_what_the_traced_functions_compute(random_smoke_net):
+    """`compiled_call` runs the same graph as the tf.function it wraps, and converts arrays of another
+    dtype (int64 actions, float64 states) to the signature's dtypes."""
+    net = random_smoke_net
+    observations = random_observations(np.random.default_rng(10), 3)
+    called = net.initial_inference(observations)
+    state, reward, value, logits = net._initial(observations)
+    np.testing.assert_array_equal(called.value, value.numpy())
+    np.testing.assert_array_equal(called.policy_logits, logits.numpy())
+    actions = np.array([2, 0, 3], np.int64)
+    wide_state = tuple(s.astype(np.float64) if s.dtype == np.float32 else s for s in called.state)
+    stepped = net.recurrent_inference(wide_state, actions)
+    state, reward, value, logits = net._recurrent(called.state, actions.astype(np.int32))
+    np.testing.assert_array_equal(stepped.reward, reward.numpy())
+    np.testing.assert_array_equal(stepped.value, value.numpy())
+    for mine, theirs in zip(stepped.state, state):
+        assert mine.dtype == theirs.dtype.as_numpy_dtype
+        np.testing.assert_array_equal(mine, theirs.numpy())
+
+
 def test_stacking_in_the_graph_equals_the_frame_stacker(random_smoke_net):
     rng = np.random.default_rng(9)
     frames = random_observations(rng, 2 * 7, (96, 96, 3)).reshape(2, 7, 96, 96, 3)   # [N, F, ...]
