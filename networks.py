@@ -131,7 +131,8 @@ def logits_to_scalar(logits, support_size: int):
 # --- layers ---------------------------------------------------------------------------------------
 
 class BatchNorm(keras.layers.Layer):
-    """BatchNorm over the last axis of [B, H, W, C] or [B, C] through TF's fused kernel.
+    """BatchNorm over the last axis of [B, H, W, C] or [B, C] through TF's fused kernel (inference on
+    [B, C]: a scale and an offset).
 
     About 1.4x faster than keras.layers.BatchNormalization on CPU (forward and backward of h at batch
     256). Moving statistics as in PyTorch: weight 1 - NORM_MOMENTUM on the batch, unbiased variance.
@@ -165,6 +166,13 @@ class BatchNorm(keras.layers.Layer):
 
     def call(self, x, training=False):
         flat = len(x.shape) == 2
+        if flat and not training:
+            # x·s + (β − μ·s), s = γ / sqrt(σ² + ε): after a Dense layer two element-wise ops beat the
+            # fused kernel on a CPU (CartPole's initial inference 4.8 -> 3.2 ms on 384 states). After a
+            # convolution the fused kernel stays: TF folds it into the convolution.
+            scale = self.gamma * tf.math.rsqrt(self.moving_variance + NORM_EPSILON)
+            offset = self.beta - self.moving_mean * scale
+            return x * tf.cast(scale, x.dtype) + tf.cast(offset, x.dtype)
         if flat:
             x = x[:, None, None, :]                       # [B, C] -> [B, 1, 1, C] for the 4-D kernel
         if training:
