@@ -20,9 +20,9 @@ network predicts value 0, reward 0 and a uniform policy. Normalisation is BatchN
 layer with PyTorch's moving-statistics rule) or, with `normalization='group'`, GroupNorm.
 
 The search uses `initial_inference` / `recurrent_inference` (NumPy in, NumPy out, scalars decoded, one
-`tf.function` trace each, called through its concrete function: `compiled_call`); reanalysis uses `initial_inference_sequence`, which stacks a window of single
-replay frames into observations inside the graph (`stack_frames`: the replay never builds the 3x larger
-stacked array on the host). The trainer calls the building blocks `represent`, `dynamics`, `predict`,
+`tf.function` trace each, called through its concrete function: `compiled_call`); reanalysis uses
+`initial_inference_sequence`, which stacks a window of single replay frames into observations inside
+the graph (`stack_frames`: the replay never builds the 3x larger stacked array on the host). The trainer calls the building blocks `represent`, `dynamics`, `predict`,
 `project` and `predict_projection` inside its own `tf.function`.
 """
 

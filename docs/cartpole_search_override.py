@@ -2,8 +2,8 @@
 
     python docs/cartpole_search_override.py --checkpoint runs/<run>/checkpoints/ckpt-00004875
 
-Plays `--games` greedy games (the evaluation's search, start seeds `--seed`, `--seed` + 1, ...) and
-counts, over every step, how often the root's completed Q prefers the action the prior (policy
+Plays `--games` greedy games (the evaluation's search without Gumbel noise, start seeds `--seed`,
+`--seed` + 1, ...) and counts, over every step, how often the root's completed Q prefers the action the prior (policy
 logits) does not, and in those states how often the played action followed Q. The action is the
 argmax of logits + σ(q̂), σ = (c_visit + max N) · c_scale · q̂ at most (c_visit + max N) · c_scale
 nats, so a prior more confident than that cannot be overruled. `--c-scale` replays the same
@@ -18,7 +18,7 @@ import numpy as np
 import checkpoints
 import envs
 from evaluate import load_model
-from mcts import search_actions
+from mcts import search_with_model
 
 ENV_ID = "CartPole-v1"
 MAX_STEPS = 500
@@ -41,9 +41,10 @@ def main() -> None:
         env = envs.make_env(ENV_ID, args.seed + game, False, config)
         observation, _ = env.reset(seed=args.seed + game)
         for step in range(MAX_STEPS):
-            search = search_actions(model, observation[None], config.search_options(), None, 0.0)
-            prior_choice.append(int(np.argmax(model.initial_inference(observation[None])
-                                              .policy_logits[0])))
+            root = model.initial_inference(observation[None])
+            search = search_with_model(model, root, np.zeros_like(root.policy_logits),
+                                       **config.search_options())     # greedy: no Gumbel noise
+            prior_choice.append(int(np.argmax(root.policy_logits[0])))
             q_choice.append(int(np.argmax(search.completed_q[0])))
             played.append(int(search.action[0]))
             observation, _, terminated, truncated, _ = env.step(played[-1])
