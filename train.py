@@ -27,6 +27,8 @@ import math
 import os
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import NamedTuple
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -62,6 +64,9 @@ CPU_PRESETS = "atari1h, minatar, classic, acrobot, smoke"
 # evaluation games use seed + EVAL_SEED_OFFSET + episode (disjoint from every self-play game).
 GAME_SEED_STRIDE = 1000
 EVAL_SEED_OFFSET = 10_000_000
+# The reanalysis random stream of a pipelined run (Gumbel noise, reanalysed share) is seeded by
+# (seed, REANALYSIS_STREAM), apart from the stream of sampling and self-play.
+REANALYSIS_STREAM = 1
 
 
 class UsageError(Exception):
@@ -209,6 +214,16 @@ class MetricsLogger:
         self._file.close()
 
 
+class PreparedTargets(NamedTuple):
+    """The batch of an update and its targets: computed, or being computed by the reanalysis thread.
+    The random states from before the batch was drawn let a checkpoint discard it exactly."""
+    batch: object                        # buffer.Batch
+    targets: Future                      # -> targets.Targets
+    sample_seconds: float
+    rng_state: dict                      # Trainer.rng before the batch was sampled
+    reanalysis_rng_state: dict           # Trainer.reanalysis_rng before its reanalysis
+
+
 # --- the run --------------------------------------------------------------------------------------
 
 class Trainer:
@@ -234,6 +249,11 @@ class Trainer:
         self.target_model = EfficientZeroNet(config, shape, actions)
         self.learner = Learner(config, self.online, shape, actions)
         self.rng = np.random.default_rng(config.seed)
+        self.reanalysis_rng = np.random.default_rng((config.seed, REANALYSIS_STREAM))
+        # Pipelined reanalysis: the next update's batch, sampled and handed to this one worker
+        # thread before the learner runs on the current batch (`pipelined_reanalysis`).
+        self.reanalysis_thread = ThreadPoolExecutor(1) if config.pipelined_reanalysis else None
+        self.prepared: PreparedTargets | None = None
         self.env_steps = self.updates = self.games = 0
         self.best_eval: float | None = None
         self.last_eval: float | None = None
@@ -275,16 +295,20 @@ class Trainer:
         self.env_steps, self.updates, self.games = state["env_steps"], state["updates"], state["games"]
         self.best_eval, self.last_eval = state["best_eval"], state["last_eval"]
         self.rng.bit_generator.state = state["numpy_rng"]
+        if "reanalysis_rng" in state:         # checkpoints from before pipelined reanalysis lack it
+            self.reanalysis_rng.bit_generator.state = state["reanalysis_rng"]
         self.buffer = ReplayBuffer.load(checkpoint.buffer_path, self.config)
         print(f"resumed at {self.env_steps} env steps, {self.updates} updates, "
               f"{len(self.buffer)} transitions")
 
     def save_checkpoint(self) -> str:
+        self._discard_prepared()
         arrays = {"online": self.online.get_weights(), "selfplay": self.selfplay_model.get_weights(),
                   "target": self.target_model.get_weights(), **self.learner.variables_to_save()}
         state = {"env_steps": self.env_steps, "updates": self.updates, "games": self.games,
                  "best_eval": self.best_eval, "last_eval": self.last_eval,
-                 "numpy_rng": self.rng.bit_generator.state}
+                 "numpy_rng": self.rng.bit_generator.state,
+                 "reanalysis_rng": self.reanalysis_rng.bit_generator.state}
         return checkpoints.save_checkpoint(
             os.path.join(self.run_dir, "checkpoints"), self.updates, arrays, state, self.config,
             self.buffer.save, self.config.keep_checkpoints)
@@ -336,15 +360,49 @@ class Trainer:
         return search_seconds
 
     # -- learning --
+    def prepare_targets(self, updates: int) -> PreparedTargets:
+        """Sample the batch of update number `updates` + 1 and reanalyse it with the target model:
+        at once, or in the reanalysis thread (with its own random stream) when pipelined."""
+        rng_state = self.rng.bit_generator.state
+        reanalysis_rng_state = self.reanalysis_rng.bit_generator.state
+        start = time.perf_counter()
+        batch = self.buffer.sample(self.config.batch_size, self.rng)
+        sample_seconds = time.perf_counter() - start
+        if self.reanalysis_thread is None:
+            targets = Future()
+            targets.set_result(reanalyze(batch, self.target_model, config=self.config,
+                                         updates=updates, rng=self.rng))
+        else:
+            targets = self.reanalysis_thread.submit(reanalyze, batch, self.target_model,
+                                                    config=self.config, updates=updates,
+                                                    rng=self.reanalysis_rng)
+        return PreparedTargets(batch, targets, sample_seconds, rng_state, reanalysis_rng_state)
+
+    def _discard_prepared(self) -> None:
+        """Drop a batch prepared ahead and rewind the random streams to before it: a checkpoint
+        then holds exactly what a run resumed from it will compute next."""
+        if self.prepared is not None:
+            self.prepared.targets.result()
+            self.rng.bit_generator.state = self.prepared.rng_state
+            self.reanalysis_rng.bit_generator.state = self.prepared.reanalysis_rng_state
+            self.prepared = None
+
     def update_once(self) -> bool:
-        """Sample, reanalyse, update once; returns False if the loss was not finite."""
+        """Sample, reanalyse, update once; returns False if the loss was not finite.
+
+        Pipelined (`pipelined_reanalysis`), the next update's batch is sampled before the learner
+        runs and reanalysed in the second thread meanwhile (and during the self-play that follows),
+        so its priorities miss this update's, and across a target refresh its targets come from
+        the previous target model: the staleness the official code's batch workers also have."""
         config = self.config
         start = time.perf_counter()
-        batch = self.buffer.sample(config.batch_size, self.rng)
-        sampled = time.perf_counter()
-        targets = reanalyze(batch, self.target_model, config=config, updates=self.updates,
-                            rng=self.rng)
+        prepared = self.prepared or self.prepare_targets(self.updates)
+        self.prepared = None
+        batch = prepared.batch
+        targets = prepared.targets.result()
         reanalysed = time.perf_counter()
+        if self.reanalysis_thread is not None and self.updates + 1 < config.total_updates:
+            self.prepared = self.prepare_targets(self.updates + 1)
         result = self.learner.update(batch, targets, self.updates)
         done = time.perf_counter()
         self.clock.record_update(done - start, self.env_steps, self.updates)
@@ -356,6 +414,8 @@ class Trainer:
         if self.updates % config.selfplay_update_interval == 0:
             self.selfplay_model.set_weights(self.online.get_weights())
         if self.updates % config.target_update_interval == 0:
+            if self.prepared is not None:
+                self.prepared.targets.result()        # no refresh while it reads the weights
             self.target_model.set_weights(self.online.get_weights())
         if result.scalars["targets/clipped_fraction"] > CLIPPED_WARNING_FRACTION \
                 and not self.warned_clipping:
@@ -374,9 +434,10 @@ class Trainer:
             scalars.update(targets.diagnostics)
             scalars.update(self.learner.normalization_gap(self.fixed_frames))
             scalars["targets/sve_fraction"] = targets.sve_fraction
-            scalars["perf/sample_ms"] = 1000 * (sampled - start)
-            scalars["perf/reanalyze_ms"] = 1000 * (reanalysed - sampled)
+            scalars["perf/sample_ms"] = 1000 * prepared.sample_seconds
+            scalars["perf/reanalyze_ms"] = 1000 * (targets.network_seconds + targets.tree_seconds)
             scalars["perf/reanalyze_tree_ms"] = 1000 * targets.tree_seconds
+            scalars["perf/reanalyze_wait_ms"] = 1000 * (reanalysed - start)
             scalars["perf/update_ms"] = 1000 * (done - reanalysed)
             self.logger.log(scalars, self.updates, self.env_steps)
         return True

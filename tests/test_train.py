@@ -594,12 +594,12 @@ def test_clipped_value_targets_are_counted_and_the_needed_support_is_named():
 # --- specification: schedules, refresh intervals, exact resume, float16 loss scaling, run clock ----
 
 def test_learning_rate_schedule_warms_up_linearly_then_steps_down():
-    """classic: 4,875 updates, warm-up over int(0.01 * 4,875) = 48 of them, x0.1 from update 4,000."""
+    """classic: 9,750 updates, warm-up over int(0.01 * 9,750) = 97 of them, x0.1 from update 8,000."""
     from learner import learning_rate_at
 
     config = cfg.classic()
-    assert config.total_updates == 4875
-    expected = {0: 0.1 / 48, 23: 0.1 * 24 / 48, 47: 0.1, 48: 0.1, 3999: 0.1, 4000: 0.01, 4874: 0.01}
+    assert config.total_updates == 9750
+    expected = {0: 0.1 / 97, 23: 0.1 * 24 / 97, 96: 0.1, 97: 0.1, 7999: 0.1, 8000: 0.01, 9749: 0.01}
     for updates, rate in expected.items():
         assert learning_rate_at(config, updates) == pytest.approx(rate, rel=1e-12), updates
 
@@ -627,6 +627,36 @@ def test_selfplay_and_target_models_take_the_online_weights_at_their_intervals(t
         assert trainer.update_once()
         assert same(trainer.selfplay_model) == (updates % 2 == 0), updates
         assert same(trainer.target_model) == (updates % 3 == 0), updates
+
+
+def test_pipelined_reanalysis_prepares_the_next_batch_with_the_target_model_of_its_time(tmp_path):
+    """The batch of update 3 is drawn during update 2, before its priorities, and reanalysed in the
+    second thread with the target model as it was then (the refresh after update 2 waits for it);
+    a checkpoint discards it and rewinds both random streams."""
+    from networks import EfficientZeroNet
+    from targets import reanalyze
+
+    trainer = _trainer_with_data(tmp_path, target_update_interval=2, pipelined_reanalysis=True)
+    before_refresh = EfficientZeroNet(trainer.config, trainer.spec.observation_shape,
+                                      trainer.spec.num_actions)
+    before_refresh.set_weights(trainer.target_model.get_weights())
+    trainer.update_once()
+    trainer.update_once()
+    prepared = trainer.prepared
+    assert prepared is not None
+    assert not all(np.array_equal(a, b) for a, b in zip(trainer.target_model.get_weights(),
+                                                         before_refresh.get_weights()))
+    rng = np.random.default_rng()
+    rng.bit_generator.state = prepared.reanalysis_rng_state
+    expected = reanalyze(prepared.batch, before_refresh, config=trainer.config, updates=2, rng=rng)
+    got = prepared.targets.result()
+    np.testing.assert_array_equal(got.values, expected.values)
+    np.testing.assert_array_equal(got.policies, expected.policies)
+
+    trainer.save_checkpoint()
+    assert trainer.prepared is None
+    assert trainer.rng.bit_generator.state == prepared.rng_state
+    assert trainer.reanalysis_rng.bit_generator.state == prepared.reanalysis_rng_state
 
 
 def test_a_resumed_run_computes_the_same_next_updates_as_the_uninterrupted_one(tmp_path):
