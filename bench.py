@@ -1,14 +1,14 @@
 """Benchmarks of the pieces whose speed bounds training, and the projected cost of a full run.
 
-Usage: `python bench.py [all|search|buffer|update|selfplay|memory|projection|minatar]
+Usage: `python bench.py [all|search|buffer|update|selfplay|memory|projection|minatar|classic]
 [--mixed-precision]`
 prints a table per section and merges the results into `bench-results.json` (keyed by section, so
 sections can be re-run one at a time). With `--mixed-precision` the networks compute as `train.py
 --set mixed_precision=true` would on this machine (bfloat16 on a CPU, float16 on a GPU) and the
 results are stored under `<section>-mixed`. Each section is a function in `SECTIONS` returning a
 dict of results. The numbers below are the benchmark's own settings, not training configuration
-(that lives in config.py); every section after `search` uses the full `atari100k` settings and
-network on Breakout.
+(that lives in config.py); the sections from `buffer` to `projection` use the full `atari100k`
+settings and network on Breakout, `minatar` and `classic` their presets.
 
 search: batched Gumbel MuZero search (mcts.py) with a trivially cheap NumPy `recurrent_fn` that
 hands back precomputed random rewards, values and logits, so the measured time is the tree work
@@ -35,8 +35,10 @@ projection: wall-clock hours of the whole Breakout 100K run on this machine, fro
 parts: 100K env steps at the self-play rate, plus 120K full updates, plus 12 evaluations.
 
 minatar: the `minatar` preset on MinAtar Breakout: self-play env steps/s and updates/s, each split
-into network calls, tree, sampling and the rest, and the projected minutes of a 100K-step run
-(self-play plus updates; evaluations excluded).
+into network calls, tree, sampling and the rest, the update with reanalysis pipelined, and the
+projected minutes of a 100K-step run (self-play plus updates; evaluations excluded).
+
+classic: the same for the `classic` preset on CartPole-v1 (20,000 env steps).
 """
 
 from __future__ import annotations
@@ -345,40 +347,38 @@ def bench_projection() -> dict:
 
 
 MINATAR_ENV = "MinAtar/Breakout-v1"
-MINATAR_SELFPLAY_STEPS = 60           # timed lockstep self-play steps (x num_envs env steps)
-MINATAR_UPDATES = 10                  # timed full updates (median reported)
+PRESET_SELFPLAY_STEPS = 60            # timed lockstep self-play steps (x num_envs env steps)
+PRESET_UPDATES = 10                   # timed full updates, each way (median / mean reported)
 
 
-def bench_minatar(config=None) -> dict:
-    """Self-play and updates of the `minatar` preset on MinAtar Breakout, each split into where the
-    time goes, and the projected minutes of the whole run.
+def _bench_preset(config) -> dict:
+    """Self-play and updates of a CPU preset, each split into where the time goes, and the
+    projected minutes of the whole run (evaluations excluded).
 
     Self-play: ms per lockstep step of all envs = network calls (the search's initial and recurrent
     inference) + tree (the rest of the search) + envs and buffer (the rest of the step). Update: ms
-    = sampling + reanalysis network calls + reanalysis tree + the learner's compiled update. The
-    buffer is filled by self-play to `start_transitions` first (an untrained network, so real
-    MinAtar frames and episode ends)."""
+    = sampling + reanalysis network calls + reanalysis tree + the learner's compiled update, one
+    after the other (medians); and `pipelined_ms`, the mean of `Trainer.update_once` with
+    `pipelined_reanalysis` on (the next batch reanalysed in a second thread while the learner runs),
+    which the projection uses when the preset pipelines. The buffer is filled by self-play to
+    `start_transitions` first (an untrained network, so real frames and episode ends)."""
     import dataclasses
 
-    import config as config_module
     from learner import use_precision
     from mcts import TimedModel
     from targets import reanalyze
     from train import Trainer
 
-    if config is None:
-        config = dataclasses.replace(config_module.minatar(), env_id=MINATAR_ENV,
-                                     mixed_precision=mixed_precision)
     use_precision(config)
     with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(config, run_dir, None)
+        trainer = Trainer(dataclasses.replace(config, pipelined_reanalysis=True), run_dir, None)
         trainer.start_games(list(range(config.num_envs)))
         trainer.selfplay_step()                                         # traces the inference
         timed = TimedModel(trainer.selfplay_model)
         trainer.selfplay_model = timed
         search = 0.0
         start = time.perf_counter()
-        for _ in range(MINATAR_SELFPLAY_STEPS):
+        for _ in range(PRESET_SELFPLAY_STEPS):
             search += trainer.selfplay_step()
         selfplay, network = time.perf_counter() - start, timed.seconds
         while len(trainer.buffer) < config.start_transitions:
@@ -387,27 +387,54 @@ def bench_minatar(config=None) -> dict:
         targets = reanalyze(batch, trainer.target_model, config=config, updates=0,
                             rng=trainer.rng)
         trainer.learner.update(batch, targets, 0)                       # traces the update
-        parts = _timed_full_updates(trainer, MINATAR_UPDATES)
+        parts = _timed_full_updates(trainer, PRESET_UPDATES)
         del parts["reanalysis"]                       # reported as its network and tree parts
-    steps = MINATAR_SELFPLAY_STEPS
+        trainer.update_once()                         # the first batch is not prepared ahead
+        start = time.perf_counter()
+        for _ in range(PRESET_UPDATES):
+            trainer.update_once()
+        pipelined_ms = 1000 * (time.perf_counter() - start) / PRESET_UPDATES
+    steps = PRESET_SELFPLAY_STEPS
     step_ms = 1000 * selfplay / steps
     update_ms = {name: 1000 * float(np.median(values)) for name, values in parts.items()}
+    run_update_ms = pipelined_ms if config.pipelined_reanalysis else update_ms["total"]
     selfplay_minutes = config.env_steps / (steps * config.num_envs / selfplay) / 60
-    update_minutes = config.total_updates * update_ms["total"] / 1000 / 60
+    update_minutes = config.total_updates * run_update_ms / 1000 / 60
     return {"selfplay": {"env_steps_per_second": steps * config.num_envs / selfplay,
                          "step_ms": step_ms, "network_ms": 1000 * network / steps,
                          "tree_ms": 1000 * (search - network) / steps,
                          "envs_and_buffer_ms": 1000 * (selfplay - search) / steps},
-            "update": {"updates_per_second": 1000 / update_ms["total"], **{
-                f"{name}_ms": value for name, value in update_ms.items()}},
+            "update": {"updates_per_second": 1000 / run_update_ms, **{
+                f"{name}_ms": value for name, value in update_ms.items()},
+                "pipelined_ms": pipelined_ms},
             "projection": {"env_steps": config.env_steps, "updates": config.total_updates,
                            "selfplay_minutes": selfplay_minutes, "update_minutes": update_minutes,
                            "total_minutes": selfplay_minutes + update_minutes}}
 
 
+def bench_minatar() -> dict:
+    """The `minatar` preset on MinAtar Breakout (`_bench_preset`)."""
+    import dataclasses
+
+    import config as config_module
+
+    return _bench_preset(dataclasses.replace(config_module.minatar(), env_id=MINATAR_ENV,
+                                             mixed_precision=mixed_precision))
+
+
+def bench_classic() -> dict:
+    """The `classic` preset on CartPole-v1 (`_bench_preset`)."""
+    import dataclasses
+
+    import config as config_module
+
+    return _bench_preset(dataclasses.replace(config_module.classic(),
+                                             mixed_precision=mixed_precision))
+
+
 SECTIONS = {"search": bench_search, "buffer": bench_buffer, "update": bench_update,
             "selfplay": bench_selfplay, "memory": bench_memory, "projection": bench_projection,
-            "minatar": bench_minatar}
+            "minatar": bench_minatar, "classic": bench_classic}
 
 
 def _load_results() -> dict:

@@ -135,23 +135,29 @@ class RunClock:
         self.timed_updates = 0
 
     def record_update(self, seconds: float, env_steps: int, updates: int) -> None:
-        """One update took `seconds`. The first one also compiles the update graph: it starts the
-        clock and is not counted."""
-        if self._start is None:
+        """One update took `seconds`. The first one also compiles the update graph
+        and is not counted. The clock of the online phase starts after it, and starts again after
+        every update that comes at the env step it started at: the updates that wait for the first
+        whole episodes to reach `start_transitions` come in one burst at one env step and say
+        nothing about the online rate."""
+        if self._start is not None:
+            self.update_seconds += seconds
+            self.timed_updates += 1
+        if self._start is None or env_steps == self._start[1]:
             self._start = (time.perf_counter(), env_steps, updates)
-            return
-        self.update_seconds += seconds
-        self.timed_updates += 1
 
     def seconds_left(self, env_steps: int, updates: int) -> float | None:
-        """None until PROJECTION_UPDATES updates have been timed."""
+        """None until PROJECTION_UPDATES updates have been timed and, while self-play goes on, until
+        as many have been done since the clock of the online phase started."""
         if self._start is None or self.timed_updates < PROJECTION_UPDATES:
             return None
-        started, start_steps, _ = self._start
+        started, start_steps, start_updates = self._start
+        if env_steps < self.config.env_steps and updates - start_updates < PROJECTION_UPDATES:
+            return None
         per_update = self.update_seconds / self.timed_updates
         steps_done = env_steps - start_steps
         online_left = 0.0
-        if env_steps < self.config.env_steps and steps_done > 0:
+        if env_steps < self.config.env_steps:
             online_left = (self.config.env_steps - env_steps) * (time.perf_counter() - started) \
                 / steps_done
         online_updates = self.config.total_updates - self.config.offline_updates

@@ -735,3 +735,25 @@ def test_run_clock_projects_online_then_offline_time(monkeypatch):
     assert clock.seconds_left(11_000, 1_000) == 0.0
     assert [train.format_duration(s) for s in (45, 720, 12_000, 648_000)] == \
         ["45 s", "12 min", "3 h 20 min", "7.5 days"]
+
+
+def test_run_clock_starts_the_online_clock_after_a_burst_of_updates_at_one_env_step(monkeypatch):
+    """Whole episodes reach `start_transitions` late, and the updates due by then come at one env
+    step: the online clock starts after them (here at t = 110 s, after 60 updates)."""
+    import train
+
+    config = dataclasses.replace(cfg.classic(), env_steps=11_000, start_transitions=1_000,
+                                 updates_per_env_step=0.05, offline_updates=500)
+    clock = train.RunClock(config)
+    now = [100.0]
+    monkeypatch.setattr(train.time, "perf_counter", lambda: now[0])
+    for i in range(60):
+        now[0] += 10.0 / 60
+        clock.record_update(0.5, 1_200, i)
+        assert clock.seconds_left(1_200, i + 1) is None
+    for i in range(60, 60 + train.PROJECTION_UPDATES):
+        clock.record_update(0.5, 1_200 + 20 * (i - 59), i)
+        if i < 60 + train.PROJECTION_UPDATES - 2:
+            assert clock.seconds_left(1_200 + 20 * (i - 59), i + 1) is None
+    now[0] = 170.0
+    assert clock.seconds_left(2_200, 110) == pytest.approx(8_800 * 0.06 + 500 * 0.5)
