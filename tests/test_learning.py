@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FINAL_AT_LEAST = 400.0
 SEED = "1"
 ENV_STEP_BUDGET = 20_000
-RUN_TIMEOUT_SECONDS = 1_800
+RUN_TIMEOUT_SECONDS = 3_000
 
 
 @pytest.mark.slow
