@@ -501,7 +501,8 @@ def test_every_loss_term_equals_a_plain_numpy_computation():
         return -(np.exp(log_p) * log_p).sum(-1)
     entropy = sum(entropy_of(policies[s].numpy()) * transition[:, s] for s in range(K + 1))
     assert config.entropy_loss_coeff == 0.05                      # the classic preset's bonus
-    total = np.mean(weights * (reward_loss + policy_loss + 0.25 * value_loss + 2.0 * consistency
+    assert config.value_loss_coeff == 1.0                         # and its value weight
+    total = np.mean(weights * (reward_loss + policy_loss + 1.0 * value_loss + 2.0 * consistency
                                - 0.05 * entropy)) / K
 
     for variable, saved in zip(learner._statistics, statistics):
