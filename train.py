@@ -135,11 +135,11 @@ class RunClock:
         self.timed_updates = 0
 
     def record_update(self, seconds: float, env_steps: int, updates: int) -> None:
-        """One update took `seconds`. The first one also compiles the update graph
-        and is not counted. The clock of the online phase starts after it, and starts again after
-        every update that comes at the env step it started at: the updates that wait for the first
-        whole episodes to reach `start_transitions` come in one burst at one env step and say
-        nothing about the online rate."""
+        """One update took `seconds`. The first one also compiles the update graph and is not
+        counted. The clock of the online phase starts after it, and starts again after every
+        update that comes at the env step it started at: the updates that wait for the first whole
+        episodes to reach `start_transitions` come in one burst at one env step and say nothing
+        about the online rate."""
         if self._start is not None:
             self.update_seconds += seconds
             self.timed_updates += 1
@@ -409,6 +409,7 @@ class Trainer:
         reanalysed = time.perf_counter()
         if self.reanalysis_thread is not None and self.updates + 1 < config.total_updates:
             self.prepared = self.prepare_targets(self.updates + 1)
+        learner_start = time.perf_counter()
         result = self.learner.update(batch, targets, self.updates)
         done = time.perf_counter()
         self.clock.record_update(done - start, self.env_steps, self.updates)
@@ -444,7 +445,7 @@ class Trainer:
             scalars["perf/reanalyze_ms"] = 1000 * (targets.network_seconds + targets.tree_seconds)
             scalars["perf/reanalyze_tree_ms"] = 1000 * targets.tree_seconds
             scalars["perf/reanalyze_wait_ms"] = 1000 * (reanalysed - start)
-            scalars["perf/update_ms"] = 1000 * (done - reanalysed)
+            scalars["perf/update_ms"] = 1000 * (done - learner_start)
             self.logger.log(scalars, self.updates, self.env_steps)
         return True
 
