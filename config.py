@@ -324,7 +324,8 @@ def classic() -> Config:
       steps, as often per env step as Atari's 200 updates at ratio 1 (n-step TD values climb n
       steps per refresh); T1 = 6,000 and the lr decay at 8,000 updates;
     - value loss weight 1.0 (Atari 0.25): CartPole's value must rank states 100s of steps from a
-      fall, and at 0.25 it saw only about 90 steps ahead (`eval/initial_value`);
+      fall, and at 0.25 it saw only about 90 steps ahead (`eval/initial_value`); whether ratio
+      0.5 still needs the heavier weight was not tested;
     - the policy-entropy bonus of 5e-2 is the official code's for non-Atari tasks
       (`ez/agents/base.py` adds it for DMC and Gym)."""
     return Config(

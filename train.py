@@ -402,8 +402,9 @@ class Trainer:
         the previous target model: the staleness the official code's batch workers also have."""
         config = self.config
         start = time.perf_counter()
-        prepared = self.prepared or self.prepare_targets(self.updates)
-        self.prepared = None
+        prepared, self.prepared = self.prepared, None
+        if prepared is None:
+            prepared = self.prepare_targets(self.updates)
         batch = prepared.batch
         targets = prepared.targets.result()
         reanalysed = time.perf_counter()
