@@ -348,7 +348,8 @@ def bench_projection() -> dict:
 
 MINATAR_ENV = "MinAtar/Breakout-v1"
 PRESET_SELFPLAY_STEPS = 60            # timed lockstep self-play steps (x num_envs env steps)
-PRESET_UPDATES = 10                   # timed full updates, each way (median / mean reported)
+PRESET_UPDATES = 10                   # timed sequential full updates (medians reported)
+PRESET_RUN_STEPS = 40                 # timed lockstep steps of the online loop, with their updates
 
 
 def _bench_preset(config) -> dict:
@@ -358,9 +359,9 @@ def _bench_preset(config) -> dict:
     Self-play: ms per lockstep step of all envs = network calls (the search's initial and recurrent
     inference) + tree (the rest of the search) + envs and buffer (the rest of the step). Update: ms
     = sampling + reanalysis network calls + reanalysis tree + the learner's compiled update, one
-    after the other (medians); and `pipelined_ms`, the mean of `Trainer.update_once` with
-    `pipelined_reanalysis` on (the next batch reanalysed in a second thread while the learner runs),
-    which the projection uses when the preset pipelines. The buffer is filled by self-play to
+    after the other (medians). Run: `Trainer.play_and_learn`, the loop of a run's online phase
+    (self-play steps with their due updates, reanalysis pipelined when the preset pipelines), in ms
+    per update, self-play included; the projection uses it. The buffer is filled by self-play to
     `start_transitions` first (an untrained network, so real frames and episode ends)."""
     import dataclasses
 
@@ -370,8 +371,10 @@ def _bench_preset(config) -> dict:
     from train import Trainer
 
     use_precision(config)
+    # No evaluation or checkpoint inside the timed loop.
+    config = dataclasses.replace(config, eval_interval=10**9, checkpoint_interval=10**9)
     with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(dataclasses.replace(config, pipelined_reanalysis=True), run_dir, None)
+        trainer = Trainer(config, run_dir, None)
         trainer.start_games(list(range(config.num_envs)))
         trainer.selfplay_step()                                         # traces the inference
         timed = TimedModel(trainer.selfplay_model)
@@ -381,6 +384,7 @@ def _bench_preset(config) -> dict:
         for _ in range(PRESET_SELFPLAY_STEPS):
             search += trainer.selfplay_step()
         selfplay, network = time.perf_counter() - start, timed.seconds
+        trainer.selfplay_model = timed.model          # updates refresh its weights
         while len(trainer.buffer) < config.start_transitions:
             trainer.selfplay_step()
         batch = trainer.buffer.sample(config.batch_size, trainer.rng)
@@ -389,26 +393,26 @@ def _bench_preset(config) -> dict:
         trainer.learner.update(batch, targets, 0)                       # traces the update
         parts = _timed_full_updates(trainer, PRESET_UPDATES)
         del parts["reanalysis"]                       # reported as its network and tree parts
-        trainer.update_once()                         # the first batch is not prepared ahead
-        start = time.perf_counter()
-        for _ in range(PRESET_UPDATES):
-            trainer.update_once()
-        pipelined_ms = 1000 * (time.perf_counter() - start) / PRESET_UPDATES
+        trainer.play_and_learn()                      # the updates due since start_transitions
+        start, first_update = time.perf_counter(), trainer.updates
+        for _ in range(PRESET_RUN_STEPS):
+            trainer.play_and_learn()
+        run_ms = 1000 * (time.perf_counter() - start) / (trainer.updates - first_update)
     steps = PRESET_SELFPLAY_STEPS
     step_ms = 1000 * selfplay / steps
     update_ms = {name: 1000 * float(np.median(values)) for name, values in parts.items()}
-    run_update_ms = pipelined_ms if config.pipelined_reanalysis else update_ms["total"]
-    selfplay_minutes = config.env_steps / (steps * config.num_envs / selfplay) / 60
-    update_minutes = config.total_updates * run_update_ms / 1000 / 60
+    selfplay_minutes = config.start_transitions / (steps * config.num_envs / selfplay) / 60
+    update_minutes = config.total_updates * run_ms / 1000 / 60
     return {"selfplay": {"env_steps_per_second": steps * config.num_envs / selfplay,
                          "step_ms": step_ms, "network_ms": 1000 * network / steps,
                          "tree_ms": 1000 * (search - network) / steps,
                          "envs_and_buffer_ms": 1000 * (selfplay - search) / steps},
-            "update": {"updates_per_second": 1000 / run_update_ms, **{
-                f"{name}_ms": value for name, value in update_ms.items()},
-                "pipelined_ms": pipelined_ms},
+            "update": {f"{name}_ms": value for name, value in update_ms.items()},
+            "run": {"pipelined": config.pipelined_reanalysis, "ms_per_update": run_ms,
+                    "updates_per_second": 1000 / run_ms},
             "projection": {"env_steps": config.env_steps, "updates": config.total_updates,
-                           "selfplay_minutes": selfplay_minutes, "update_minutes": update_minutes,
+                           "first_selfplay_minutes": selfplay_minutes,
+                           "online_minutes": update_minutes,
                            "total_minutes": selfplay_minutes + update_minutes}}
 
 

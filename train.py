@@ -41,7 +41,7 @@ import envs  # noqa: E402
 from buffer import ReplayBuffer  # noqa: E402
 from config import Config  # noqa: E402
 from evaluate import play_episodes, summarize  # noqa: E402
-from learner import Learner, use_precision  # noqa: E402
+from learner import Learner, use_precision, use_thread_switch_interval  # noqa: E402
 from mcts import search_actions  # noqa: E402
 from targets import reanalyze  # noqa: E402
 
@@ -241,6 +241,7 @@ class Trainer:
 
         from networks import EfficientZeroNet
 
+        use_thread_switch_interval(config)
         on_gpu = use_precision(config)
         keras.utils.set_random_seed(config.seed)
         if not on_gpu:
@@ -480,6 +481,26 @@ class Trainer:
         if self.updates % self.config.checkpoint_interval == 0:
             self.save_checkpoint()
 
+    def play_and_learn(self) -> float:
+        """One lockstep self-play step, then every update now due at the replay ratio (with their
+        evaluations and checkpoints): the body of the online phase. Returns the search seconds."""
+        config = self.config
+        search_seconds = self.selfplay_step()
+        online_updates = int(math.ceil(max(0, config.env_steps - config.start_transitions)
+                                       * config.updates_per_env_step))
+        due = min(online_updates, int(math.ceil(
+            max(0, self.env_steps - config.start_transitions) * config.updates_per_env_step)))
+        while self.updates < due and len(self.buffer) >= config.start_transitions:
+            self.learn_once()
+        return search_seconds
+
+    def learn_once(self) -> None:
+        """One update, then the evaluation and checkpoint it makes due; a non-finite loss saves
+        the last good state and raises FloatingPointError."""
+        if not self.update_once():
+            self._stop_non_finite()
+        self._after_update()
+
     def _stop_non_finite(self) -> None:
         path = self.save_checkpoint()
         raise FloatingPointError(f"non-finite loss at update {self.updates + 1}: the weights were "
@@ -489,26 +510,35 @@ class Trainer:
         config = self.config
         run_start = time.perf_counter()
         self.start_games(list(range(config.num_envs)))
-        online_updates = int(math.ceil(max(0, config.env_steps - config.start_transitions)
-                                       * config.updates_per_env_step))
         # tqdm's own ETA would extrapolate the fast collection before the first update; the bar
         # shows the RunClock's projection of the whole run instead.
-        progress = tqdm(total=config.env_steps, initial=min(self.env_steps, config.env_steps),
-                        unit="step", desc="self-play", mininterval=1.0, dynamic_ncols=True,
-                        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
+        with tqdm(total=config.env_steps, initial=min(self.env_steps, config.env_steps),
+                  unit="step", desc="self-play", mininterval=1.0, dynamic_ncols=True,
+                  bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]") as progress:
+            self._online_phase(progress, run_start)
+        with tqdm(total=config.total_updates, initial=self.updates, unit="update", desc="updates",
+                  mininterval=1.0, dynamic_ncols=True) as progress:
+            while self.updates < config.total_updates:
+                self.learn_once()
+                progress.update(1)
+        if self.updates % config.eval_interval != 0:
+            self.evaluate()
+        if self.updates % config.checkpoint_interval != 0:
+            self.save_checkpoint()
+        self.logger.close()
+        print(f"done: {self.env_steps} env steps, {self.updates} updates; evaluation mean "
+              f"{self.last_eval:.2f} (best {self.best_eval:.2f}); run folder {self.run_dir}")
+
+    def _online_phase(self, progress, run_start: float) -> None:
+        """Self-play with its due updates until the env-step budget, logging speed every 30 s and
+        showing the projected time left on the `progress` bar."""
+        config = self.config
         projected = False
         window_start, window_steps, window_updates = time.perf_counter(), self.env_steps, self.updates
         search_seconds = 0.0
         while self.env_steps < config.env_steps:
-            search_seconds += self.selfplay_step()
+            search_seconds += self.play_and_learn()
             progress.update(config.num_envs)
-            due = min(online_updates, int(math.ceil(
-                max(0, self.env_steps - config.start_transitions) * config.updates_per_env_step)))
-            while self.updates < due and len(self.buffer) >= config.start_transitions:
-                if not self.update_once():
-                    progress.close()
-                    self._stop_non_finite()
-                self._after_update()
             elapsed = time.perf_counter() - window_start
             if elapsed >= 30.0 or self.env_steps >= config.env_steps:
                 steps = self.env_steps - window_steps
@@ -530,24 +560,6 @@ class Trainer:
                                f"{self.clock.timed_updates} updates, evaluations not counted)")
             eta = format_duration(left) if left is not None else "after the first updates"
             progress.set_postfix(updates=self.updates, ret=recent, left=eta, refresh=False)
-        progress.close()
-        total = config.total_updates
-        progress = tqdm(total=total, initial=self.updates, unit="update", desc="updates",
-                        mininterval=1.0, dynamic_ncols=True)
-        while self.updates < total:
-            if not self.update_once():
-                progress.close()
-                self._stop_non_finite()
-            self._after_update()
-            progress.update(1)
-        progress.close()
-        if self.updates % config.eval_interval != 0:
-            self.evaluate()
-        if self.updates % config.checkpoint_interval != 0:
-            self.save_checkpoint()
-        self.logger.close()
-        print(f"done: {self.env_steps} env steps, {self.updates} updates; evaluation mean "
-              f"{self.last_eval:.2f} (best {self.best_eval:.2f}); run folder {self.run_dir}")
 
 
 def main(argv: list[str] | None = None) -> int:
