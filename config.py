@@ -177,10 +177,6 @@ class Config:
     lr_decay_factor: float = _f("lr step-decay factor", 0.1, _POSITIVE)
     mixed_precision: bool = _f("lower-precision compute with float32 weights: float16 with a "
                                "dynamic loss scale on a GPU, bfloat16 on a CPU", False)
-    thread_switch_interval: float = _f("with pipelined reanalysis, seconds a Python thread holds "
-                                       "the interpreter lock while another waits "
-                                       "(sys.setswitchinterval; Python's default is 0.005)",
-                                       1e-4, _POSITIVE)
 
     # --- prioritized replay ----------------------------------------------------------------------
     use_priority: bool = _f("prioritized replay (else uniform sampling)", True)

@@ -69,15 +69,6 @@ def use_precision(config: Config) -> bool:
     return on_gpu
 
 
-def use_thread_switch_interval(config: Config) -> None:
-    """With reanalysis pipelined, Python's thread switch interval (`config.thread_switch_interval`):
-    the learner and the reanalysis thread hand the interpreter lock back and forth between short
-    graph calls, and at Python's default of 5 ms a thread that wants the lock can wait that long.
-    Process-wide; the computation is unchanged."""
-    if config.pipelined_reanalysis:
-        sys.setswitchinterval(config.thread_switch_interval)
-
-
 def precision_policy(config: Config, on_gpu: bool) -> str:
     """The Keras dtype policy: float32, or with `mixed_precision` float16 compute on a GPU and
     bfloat16 compute on a CPU (the CPU's matrix units take bfloat16, not float16)."""

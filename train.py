@@ -41,7 +41,7 @@ import envs  # noqa: E402
 from buffer import ReplayBuffer  # noqa: E402
 from config import Config  # noqa: E402
 from evaluate import play_episodes, summarize  # noqa: E402
-from learner import Learner, use_precision, use_thread_switch_interval  # noqa: E402
+from learner import Learner, use_precision  # noqa: E402
 from mcts import search_actions  # noqa: E402
 from targets import reanalyze  # noqa: E402
 
@@ -241,7 +241,6 @@ class Trainer:
 
         from networks import EfficientZeroNet
 
-        use_thread_switch_interval(config)
         on_gpu = use_precision(config)
         keras.utils.set_random_seed(config.seed)
         if not on_gpu:
