@@ -251,10 +251,19 @@ class Config:
                 "q_normalization": self.q_normalization, "value_delta_max": self.value_delta_max}
 
     @property
+    def online_updates(self) -> int:
+        """Updates during self-play: `updates_per_env_step` per env step past start_transitions."""
+        return self.updates_due_at(self.env_steps)
+
+    def updates_due_at(self, env_steps: int) -> int:
+        """Online updates due once `env_steps` env steps are done."""
+        online = max(0, min(env_steps, self.env_steps) - self.start_transitions)
+        return int(math.ceil(online * self.updates_per_env_step))
+
+    @property
     def total_updates(self) -> int:
-        """Online updates (one per env step past start_transitions) plus the offline updates."""
-        online = max(0, self.env_steps - self.start_transitions)
-        return int(math.ceil(online * self.updates_per_env_step)) + self.offline_updates
+        """Online updates plus the offline updates."""
+        return self.online_updates + self.offline_updates
 
 
 def _field_type(f: dataclasses.Field) -> type:

@@ -23,7 +23,6 @@ import argparse
 import csv
 import datetime
 import json
-import math
 import os
 import sys
 import time
@@ -160,8 +159,7 @@ class RunClock:
         if env_steps < self.config.env_steps:
             online_left = (self.config.env_steps - env_steps) * (time.perf_counter() - started) \
                 / steps_done
-        online_updates = self.config.total_updates - self.config.offline_updates
-        offline_left = self.config.total_updates - max(updates, online_updates)
+        offline_left = self.config.total_updates - max(updates, self.config.online_updates)
         return online_left + offline_left * per_update
 
 
@@ -483,13 +481,9 @@ class Trainer:
     def play_and_learn(self) -> float:
         """One lockstep self-play step, then every update now due at the replay ratio (with their
         evaluations and checkpoints): the body of the online phase. Returns the search seconds."""
-        config = self.config
         search_seconds = self.selfplay_step()
-        online_updates = int(math.ceil(max(0, config.env_steps - config.start_transitions)
-                                       * config.updates_per_env_step))
-        due = min(online_updates, int(math.ceil(
-            max(0, self.env_steps - config.start_transitions) * config.updates_per_env_step)))
-        while self.updates < due and len(self.buffer) >= config.start_transitions:
+        due = self.config.updates_due_at(self.env_steps)
+        while self.updates < due and len(self.buffer) >= self.config.start_transitions:
             self.learn_once()
         return search_seconds
 
