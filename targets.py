@@ -10,8 +10,9 @@ reanalysis and the mixed value rule.
 - TD pieces (`td_pieces`): the reward sums and bootstrap positions/discounts of the n-step targets
   z_{t+k} = Σ_{i<n} γ^i u_{t+k+i} + γ^n v(o_{t+k+n}), with no bootstrap past a terminal and v(o_T)
   with γ^(T-t-k) past a truncation (the episode-end semantics of buffer.py).
-- Reanalysis (`reanalyze`): one batched initial inference of the target model over the K+n+1 distinct
-  positions of every sample (the roots t..t+K and the bootstraps t+n..t+K+n overlap; the frames are
+- Reanalysis (`reanalyze`): one batched initial inference of the target model over the positions
+  every sample needs (`_inference_windows`: the roots t..t+K and the bootstraps t+n..t+K+n, as one
+  window of K+n+1 positions when they overlap, as two windows of K+1 when n > K+1; the frames are
   stacked inside the graph), one batched Gumbel search (mcts.py, with Gumbel noise as in the official
   code) over the B·(K+1) roots of the reanalysed samples (`reanalyze_ratio`, 1.0 in every preset):
   policy targets are the improved policies, search-based value estimates (SVE) the search
@@ -95,6 +96,40 @@ def _concatenate(outputs: list):
                                           for name in first._fields if name != "state"})
 
 
+class InferenceWindows(NamedTuple):
+    frames: np.ndarray                  # [N, S-1+W, *frame] single frames of N windows of W positions
+    positions: int                      # W
+    root_rows: np.ndarray               # [B, K+1] row of root t+k in the flat [N·W] inference
+    bootstrap_rows: np.ndarray          # [B, K+1] row of the bootstrap of target k there
+
+
+def _inference_windows(batch, config: Config) -> InferenceWindows:
+    """The positions whose initial inference reanalysis needs, out of the K+n+1 sampled ones.
+
+    The roots are positions 0..K; the bootstrap of target k is position min(k + n, T - t), so the
+    bootstraps lie in the K+1 positions from min(n, T - t) (the first target's bootstrap). With
+    n <= K+1 the two windows overlap or touch and all K+n+1 positions form one window per sample;
+    with n > K+1 each sample gives two windows of K+1 positions, 2(K+1) < K+n+1 inferences, which
+    is what makes a long TD horizon cost what a short one does. Frames past the episode's end are
+    already clamped to o_T by the buffer, so every window lies inside the sampled frames."""
+    K, S = config.unroll_steps, config.frame_stack
+    B = len(batch.bootstrap_positions)
+    P = batch.frames.shape[1] - S + 1                                      # K+n+1
+    if P <= 2 * (K + 1):
+        rows = np.arange(B)[:, None] * P
+        return InferenceWindows(frames=batch.frames, positions=P,
+                                root_rows=rows + np.arange(K + 1),
+                                bootstrap_rows=rows + batch.bootstrap_positions)
+    W = K + 1
+    first = batch.bootstrap_positions[:, :1]                                # [B, 1] min(n, T-t)
+    frame_index = (first + np.arange(S - 1 + W)).reshape(B, -1, *[1] * (batch.frames.ndim - 2))
+    bootstrap_frames = np.take_along_axis(batch.frames, frame_index, axis=1)
+    rows = np.arange(B)[:, None] * W
+    return InferenceWindows(frames=np.concatenate([batch.frames[:, :S - 1 + W], bootstrap_frames]),
+                            positions=W, root_rows=rows + np.arange(W),
+                            bootstrap_rows=B * W + rows + batch.bootstrap_positions - first)
+
+
 def search_value_mask(config: Config, updates: int, collected_at: np.ndarray,
                       newest_env_step: int) -> np.ndarray:
     """EZ V2's mixed value rule: [B] True where the SVE replaces the TD target, i.e. after
@@ -110,19 +145,17 @@ def reanalyze(batch, model, *, config: Config, updates: int, rng: np.random.Gene
 
     A random `reanalyze_ratio` share of the samples get a fresh search (policy targets, SVE); the rest
     keep the acting search's stored policies and TD values. Every sample's TD bootstraps come from
-    the same initial inference over all its K+n+1 positions.
+    the same initial inference as the roots.
     """
     K = config.unroll_steps
     B, A = batch.stored_policies.shape[0], batch.stored_policies.shape[-1]
     timed = TimedModel(model)
     start = time.perf_counter()
-    P = batch.frames.shape[1] - config.frame_stack + 1                   # K+n+1 positions
-    rows_per_call = max(1, config.reanalysis_chunk_size // P)
-    output = _concatenate([timed.initial_inference_sequence(batch.frames[i:i + rows_per_call])
-                           for i in range(0, B, rows_per_call)])             # [B·P] positions
-    values = output.value.reshape(B, P)
-    bootstrap = np.take_along_axis(values, batch.bootstrap_positions, axis=1)
-    td_values = batch.td_rewards + batch.bootstrap_discounts * bootstrap
+    windows = _inference_windows(batch, config)
+    rows_per_call = max(1, config.reanalysis_chunk_size // windows.positions)
+    output = _concatenate([timed.initial_inference_sequence(windows.frames[i:i + rows_per_call])
+                           for i in range(0, len(windows.frames), rows_per_call)])
+    td_values = batch.td_rewards + batch.bootstrap_discounts * output.value[windows.bootstrap_rows]
     policies = batch.stored_policies.copy()
     search_values = np.zeros((B, K + 1), np.float32)
     reanalysed = np.ones(B, bool)
@@ -130,7 +163,7 @@ def reanalyze(batch, model, *, config: Config, updates: int, rng: np.random.Gene
         reanalysed[rng.permutation(B)[int(round(config.reanalyze_ratio * B)):]] = False
     if reanalysed.any():
         rows = np.flatnonzero(reanalysed)
-        root_rows = (rows[:, None] * P + np.arange(K + 1)).ravel()           # [R·(K+1)]
+        root_rows = windows.root_rows[rows].ravel()                          # [R·(K+1)]
         root = output._replace(state=tuple(s[root_rows] for s in output.state),
                                value=output.value[root_rows],
                                policy_logits=output.policy_logits[root_rows])

@@ -136,15 +136,19 @@ class IndexModel:
 
 
 @pytest.mark.parametrize("terminated", [True, False])
-def test_reanalysis_targets(terminated):
-    config = make_config(gumbel_scale=1.0)
+@pytest.mark.parametrize("td_steps", [3, 8])
+def test_reanalysis_targets(terminated, td_steps):
+    config = make_config(gumbel_scale=1.0, td_steps=td_steps)
     buffer = ReplayBuffer(config, (1,), np.float32, A, 1)
     fill(buffer, [(9, terminated), (6, terminated)])
     batch = buffer.sample(16, np.random.default_rng(1))
     model = IndexModel()
     targets = reanalyze(batch, model, config=config, updates=0, rng=np.random.default_rng(2))
     K, n = config.unroll_steps, config.td_steps
-    assert model.rows == [16 * (K + n + 1)]          # one inference over the distinct positions
+    # One inference over the distinct positions: all K+n+1 while roots and bootstraps overlap (n = 3),
+    # the K+1 roots and the K+1 bootstraps once n > K+1 (n = 8, where most bootstraps are the
+    # truncated or terminal o_T of these 6- and 9-step episodes).
+    assert model.rows == [16 * (K + n + 1) if n <= K + 1 else 16 * 2 * (K + 1)]
     assert targets.sve_fraction == 0.0
     lengths = {0: 9, 1: 6}
     observations = stacked(batch, config)
@@ -174,6 +178,29 @@ def test_reanalysis_targets(terminated):
         * batch.transition_masks
     np.testing.assert_allclose(late.values, expected, rtol=1e-5)
     assert late.sve_fraction == pytest.approx(sve.mean())
+
+
+def test_bootstrap_windows_of_image_frames():
+    """Frames [B, F, H, W, C]: the bootstrap window of each sample starts at its first bootstrap."""
+    from targets import _inference_windows
+    config = make_config(td_steps=8)
+    K, n = config.unroll_steps, config.td_steps
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (4, S - 1 + K + n + 1, 2, 2, 3)).astype(np.uint8)
+    first = np.array([8, 3, 1, 8])                                   # min(n, T - t)
+    positions = np.minimum(first[:, None] + np.arange(K + 1), [[8], [9], [1], [13]])
+    batch = dataclasses.make_dataclass("B", ["frames", "bootstrap_positions"])(frames, positions)
+    windows = _inference_windows(batch, config)
+    assert windows.positions == K + 1 and windows.frames.shape == (8, S + K, 2, 2, 3)
+    for b in range(4):
+        np.testing.assert_array_equal(windows.frames[b], frames[b, :S + K])
+        np.testing.assert_array_equal(windows.frames[4 + b], frames[b, first[b]:first[b] + S + K])
+    # Row r of the flat inference is window r // W, position r % W (position p of window b + 4
+    # stands for sampled position first[b] + p).
+    window, position = np.divmod(windows.bootstrap_rows, K + 1)
+    np.testing.assert_array_equal(window, np.arange(4, 8)[:, None] + 0 * positions)
+    np.testing.assert_array_equal(first[:, None] + position, positions)
+    np.testing.assert_array_equal(windows.root_rows, np.arange(4)[:, None] * (K + 1) + np.arange(K + 1))
 
 
 def test_reanalysis_in_chunks_gives_the_same_targets():

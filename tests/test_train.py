@@ -758,3 +758,19 @@ def test_run_clock_starts_the_online_clock_after_a_burst_of_updates_at_one_env_s
             assert clock.seconds_left(1_200 + 20 * (i - 59), i + 1) is None
     now[0] = 170.0
     assert clock.seconds_left(2_200, 110) == pytest.approx(8_800 * 0.06 + 500 * 0.5)
+
+
+def test_a_long_td_horizon_infers_only_roots_and_bootstraps_and_keeps_the_targets(tmp_path):
+    """With n > K+1 reanalysis infers two windows of K+1 positions instead of all K+n+1; the real
+    network's TD targets equal those computed from every position, to the last bit."""
+    from targets import reanalyze
+
+    trainer = _trainer_with_data(tmp_path, td_steps=12)
+    batch = trainer.buffer.sample(16, trainer.rng)
+    targets = reanalyze(batch, trainer.target_model, config=trainer.config, updates=0,
+                        rng=np.random.default_rng(0))
+    every_position = trainer.target_model.initial_inference_sequence(batch.frames).value
+    bootstrap = np.take_along_axis(every_position.reshape(16, -1), batch.bootstrap_positions, 1)
+    assert (batch.bootstrap_positions < 12).any()             # some bootstraps are an early o_T
+    expected = (batch.td_rewards + batch.bootstrap_discounts * bootstrap) * batch.transition_masks
+    np.testing.assert_array_equal(targets.values, expected.astype(np.float32))
