@@ -382,8 +382,17 @@ def minatar() -> Config:
     - 16 envs in lockstep (4 in Atari): a search makes 9 network calls whatever its batch, and at
       these sizes a call's fixed cost, not its batch, sets the self-play speed (`bench.py minatar`);
       8 simulations (16 in Atari) halve the search cost;
-    - replay ratio 0.07 (Atari 1.0), batch 64 (256), lr 0.1 (0.2), no offline updates: 6,860
-      updates, what an hour holds on a 2-core CPU (a full update costs about 0.4 s there, alone);
+    - replay ratio 0.07 (Atari 1.0), batch 64 (256), no offline updates: 6,860 updates, what an
+      hour holds on a 2-core CPU (a full update costs about 0.4 s there, alone);
+    - Adam with lr 1e-3 and no weight decay (Atari: SGD, lr 0.2, 1e-4), value weight 1 (0.25) and
+      SimSiam weight 0.5 (2): with SGD, or with the paper's weights, the dynamics g stops telling
+      the actions apart within these 6,860 updates (an offline probe on 200,000 MinAtar Breakout
+      transitions; the official code uses Adam for its DMC-state tasks);
+    - a 30-step TD target (Atari: 5): early MinAtar games last about 10 steps, so a 5-step target
+      is mostly the bootstrap of a target model that predicts about 0, no loss then depends on the
+      action, and the consistency loss removes the action from g (seed 0: evaluations stay 0 with
+      n = 5, climb to 7.6 with n = 30). Reanalysis infers only the roots and the bootstraps, so
+      n = 30 costs what n = 5 does;
       the self-play and target refresh intervals keep Atari's rate per env step (100 and 200
       updates at ratio 1 -> 7 and 14 at 0.07), T1 keeps its 30% share of the updates and
       T2 = 5,000 transitions its 5% of the transitions; the lr decays at 80% of the updates;
@@ -398,7 +407,8 @@ def minatar() -> Config:
         frame_compression=0, num_channels=16, reduced_channels=4, head_hidden_sizes=(32,),
         lstm_hidden_size=64, projection_hidden_size=128, projection_output_size=128,
         prediction_head_hidden_size=64, support_size=30, num_simulations=8, batch_size=64,
-        learning_rate=0.1, sve_start_updates=2_060, td_newest_transitions=5_000,
+        optimizer="adam", learning_rate=1e-3, weight_decay=0.0, value_loss_coeff=1.0,
+        consistency_loss_coeff=0.5, td_steps=30, sve_start_updates=2_060, td_newest_transitions=5_000,
         lr_decay_updates=5_490, selfplay_update_interval=7, target_update_interval=14,
         entropy_loss_coeff=0.05, eval_interval=700, eval_episodes=30, checkpoint_interval=700,
         log_interval=100)
