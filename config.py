@@ -177,6 +177,9 @@ class Config:
     lr_decay_factor: float = _f("lr step-decay factor", 0.1, _POSITIVE)
     mixed_precision: bool = _f("lower-precision compute with float32 weights: float16 with a "
                                "dynamic loss scale on a GPU, bfloat16 on a CPU", False)
+    xla_inference: bool = _f("compile the search's network calls (initial and recurrent "
+                             "inference) with XLA: fewer, fused kernels; results differ from the "
+                             "plain graph by float rounding", False)
 
     # --- prioritized replay ----------------------------------------------------------------------
     use_priority: bool = _f("prioritized replay (else uniform sampling)", True)

@@ -20,7 +20,8 @@ network predicts value 0, reward 0 and a uniform policy. Normalisation is BatchN
 layer with PyTorch's moving-statistics rule) or, with `normalization='group'`, GroupNorm.
 
 The search uses `initial_inference` / `recurrent_inference` (NumPy in, NumPy out, scalars decoded, one
-`tf.function` trace each, called through its concrete function: `compiled_call`); reanalysis uses
+`tf.function` trace each, called through its concrete function: `compiled_call`; with
+`xla_inference` XLA compiles each, once per batch size); reanalysis uses
 `initial_inference_sequence`, which stacks a window of single replay frames into observations inside
 the graph (`stack_frames`: the replay never builds the 3x larger stacked array on the host). The trainer calls the building blocks `represent`, `dynamics`, `predict`,
 `project` and `predict_projection` inside its own `tf.function`.
@@ -540,13 +541,13 @@ class EfficientZeroNet:
                              "recurrent_inference": 0}
         obs_dtype = tf.uint8 if self.is_image else tf.float32
         self._initial = tf.function(
-            self._initial_graph,
+            self._initial_graph, jit_compile=config.xla_inference,
             input_signature=[tf.TensorSpec([None, *self.observation_shape], obs_dtype)])
         # One replay frame: the stacked observation has frame_stack of them along its last axis.
         self.frame_shape = (*self.observation_shape[:-1],
                             self.observation_shape[-1] // config.frame_stack)
         self._initial_sequence = tf.function(
-            self._initial_sequence_graph,
+            self._initial_sequence_graph, jit_compile=config.xla_inference,
             input_signature=[tf.TensorSpec([None, None, *self.frame_shape], obs_dtype)])
         state_spec = (tf.TensorSpec([None, *self.latent_shape], tf.float32),)
         if config.value_prefix:
@@ -554,7 +555,8 @@ class EfficientZeroNet:
             state_spec += (lstm_spec, lstm_spec, tf.TensorSpec([None], tf.float32),
                            tf.TensorSpec([None], tf.int32))
         self._recurrent = tf.function(
-            self._recurrent_graph, input_signature=[state_spec, tf.TensorSpec([None], tf.int32)])
+            self._recurrent_graph, jit_compile=config.xla_inference,
+            input_signature=[state_spec, tf.TensorSpec([None], tf.int32)])
         self._initial_call = compiled_call(self._initial)
         self._initial_sequence_call = compiled_call(self._initial_sequence)
         self._recurrent_call = compiled_call(self._recurrent)

@@ -513,3 +513,42 @@ def test_minatar_parameter_counts_match_a_count_by_hand():
     assert expected == {"representation": 5_280, "dynamics": 131_793, "prediction": 32_728,
                         "projection": 255_424, "total": 425_225}
     assert EfficientZeroNet(cfg.minatar(), (10, 10, 4), 3).parameter_counts() == expected
+
+
+@pytest.mark.parametrize("preset, shape", [("smoke", ATARI_SHAPE), ("classic", (4,))])
+def test_xla_inference_computes_what_the_graph_computes(preset, shape):
+    """`xla_inference` compiles the three search-side functions with XLA: the same outputs up to
+    float rounding (fused kernels sum in another order), and one trace whatever the batch size."""
+    config = cfg.get_config(preset)
+    graph = EfficientZeroNet(config, shape, 4)
+    randomize(graph, seed=11)
+    xla = EfficientZeroNet(dataclasses.replace(config, xla_inference=True), shape, 4)
+    xla.set_weights(graph.get_weights())
+    rng = np.random.default_rng(12)
+
+    def observations(batch):
+        if len(shape) == 3:
+            return random_observations(rng, batch, shape)
+        return rng.standard_normal((batch, *shape)).astype(np.float32)
+
+    def assert_close(mine, theirs):
+        for a, b in zip(tf.nest.flatten(mine), tf.nest.flatten(theirs)):
+            assert a.dtype == b.dtype
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+    for batch in (3, 5):
+        inputs, actions = observations(batch), rng.integers(0, 4, size=batch)
+        root_graph, root_xla = graph.initial_inference(inputs), xla.initial_inference(inputs)
+        assert_close(root_xla, root_graph)
+        assert_close(xla.recurrent_inference(root_graph.state, actions),
+                     graph.recurrent_inference(root_graph.state, actions))
+    frames = observations(2 * 3).reshape(2, 3, *shape)           # frame_stack 1 for classic
+    if len(shape) == 3:
+        frames = random_observations(rng, 2 * 6, (*shape[:2], 3)).reshape(2, 6, *shape[:2], 3)
+    assert_close(xla.initial_inference_sequence(frames), graph.initial_inference_sequence(frames))
+    assert xla.trace_counts == {"initial_inference": 1, "initial_inference_sequence": 1,
+                                "recurrent_inference": 1}
+    for net, compiled in ((graph, False), (xla, True)):
+        for function in (net._initial, net._initial_sequence, net._recurrent):
+            attributes = function.get_concrete_function().function_def.attr
+            assert attributes["_XlaMustCompile"].b == compiled
