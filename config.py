@@ -89,6 +89,10 @@ class Config:
                           "a small grid's size (MinAtar's 10x10)", True)
     reduced_channels: int = _f("channels of the 1x1 convs in the reward/value/policy heads", 16,
                                _POSITIVE)
+    action_encoding: str = _f("how the conv dynamics sees the action: 'scalar' (one plane of value "
+                              "a/A, the official code) or 'one_hot' (A planes, MuZero's Atari "
+                              "encoding); either goes through conv1x1, LayerNorm and ReLU",
+                              "scalar")
     head_hidden_sizes: tuple = _f("hidden layer sizes of the reward/value/policy MLPs", (32,),
                                   _ANY_POSITIVE)
     mlp_hidden_sizes: tuple = _f("hidden sizes of the MLP representation/dynamics (mlp)", (128, 128),
@@ -219,6 +223,8 @@ class Config:
         _require(self.q_normalization in ("node", "tree"), "q_normalization", "'node' or 'tree'",
                  self.q_normalization)
         _require(self.optimizer in ("sgd", "adam"), "optimizer", "'sgd' or 'adam'", self.optimizer)
+        _require(self.action_encoding in ("scalar", "one_hot"), "action_encoding",
+                 "'scalar' or 'one_hot'", self.action_encoding)
         _require(self.normalization in ("batch", "group"), "normalization", "'batch' or 'group'",
                  self.normalization)
         if self.normalization == "group":

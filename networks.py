@@ -334,13 +334,14 @@ class ConvRepresentation(_Block):
 
 class ConvDynamics(_Block):
     """g's state transition: ([B, 6, 6, C], actions [B]) -> [B, 6, 6, C] (official DynamicsNetwork with
-    action_embedding): the action as a plane of value a/A -> conv1x1 -> reduced_channels, LayerNorm,
-    ReLU; concatenated with the state; conv3x3 -> C, norm, plus the state, ReLU; num_blocks residual
-    blocks."""
+    action_embedding): the action as a plane of value a/A (or, with action_encoding='one_hot', as A
+    planes, 1 on plane a) -> conv1x1 -> reduced_channels, LayerNorm, ReLU; concatenated with the
+    state; conv3x3 -> C, norm, plus the state, ReLU; num_blocks residual blocks."""
 
     def __init__(self, config: Config, num_actions: int, **kwargs):
         super().__init__(**kwargs)
         self.num_actions = num_actions
+        self.one_hot = config.action_encoding == "one_hot"
         self.action_conv = keras.layers.Conv2D(config.reduced_channels, 1)
         self.action_norm = keras.layers.LayerNormalization(axis=[-3, -2, -1], epsilon=NORM_EPSILON)
         self.conv = keras.layers.Conv2D(config.num_channels, ResidualBlock.KERNEL, padding="same",
@@ -349,8 +350,11 @@ class ConvDynamics(_Block):
         self.tower = [ResidualBlock(config, config.num_channels) for _ in range(config.num_blocks)]
 
     def call(self, state, actions, training=False):
-        scaled = tf.cast(actions, state.dtype) / self.num_actions
-        plane = tf.ones_like(state[..., :1]) * scaled[:, None, None, None]        # [B, 6, 6, 1]
+        if self.one_hot:
+            code = tf.one_hot(actions, self.num_actions, dtype=state.dtype)           # [B, A]
+        else:
+            code = (tf.cast(actions, state.dtype) / self.num_actions)[:, None]        # [B, 1]
+        plane = tf.ones_like(state[..., :1]) * code[:, None, None, :]             # [B, 6, 6, A or 1]
         embedding = tf.nn.relu(self.action_norm(self.action_conv(plane)))
         x = self.norm(self.conv(tf.concat([state, embedding], axis=-1)), training=training)
         x = tf.nn.relu(x + state)

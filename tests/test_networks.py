@@ -491,6 +491,29 @@ def test_minatar_representation_keeps_the_grid_and_dynamics_tell_actions_apart()
     assert output.policy_logits.shape == (2, 3)
 
 
+def test_one_hot_action_planes_give_each_action_its_own_embedding():
+    """action_encoding='one_hot': action a is plane a of A, so the conv1x1's input channel a alone
+    carries it: zeroing that channel's weights changes g(s, a) and no other action's next state."""
+    tf.keras.utils.set_random_seed(0)
+    config = dataclasses.replace(cfg.minatar(), num_channels=8, action_encoding="one_hot")
+    net = EfficientZeroNet(config, (10, 10, 4), 3)
+    kernel = net.transition.action_conv.kernel
+    assert kernel.shape == (1, 1, 3, config.reduced_channels)
+    latent = net.represent(net.preprocess(random_observations(np.random.default_rng(3), 2,
+                                                              (10, 10, 4))), training=False)
+
+    def nexts():
+        return [net.transition(latent, tf.fill([2], a), training=False).numpy() for a in range(3)]
+
+    before = nexts()
+    assert min(np.abs(before[a] - before[b]).max() for a in range(3) for b in range(a + 1, 3)) > 0.01
+    kernel.assign(tf.tensor_scatter_nd_update(kernel, [[0, 0, 1]], tf.zeros([1, kernel.shape[-1]])))
+    after = nexts()
+    np.testing.assert_array_equal(after[0], before[0])
+    np.testing.assert_array_equal(after[2], before[2])
+    assert np.abs(after[1] - before[1]).max() > 0.01
+
+
 def test_minatar_parameter_counts_match_a_count_by_hand():
     """The minatar network (C=16, reduced 4, heads (32,), LSTM 64, 61 bins, projections 128/128/64,
     3 actions, 4 input channels, 10x10 grid), layer by layer; a norm layer has 2 per channel."""
