@@ -90,8 +90,8 @@ class Config:
     reduced_channels: int = _f("channels of the 1x1 convs in the reward/value/policy heads", 16,
                                _POSITIVE)
     action_encoding: str = _f("how the conv dynamics sees the action: 'scalar' (one plane of value "
-                              "a/A, the official code) or 'one_hot' (A planes, MuZero's Atari "
-                              "encoding); either goes through conv1x1, LayerNorm and ReLU",
+                              "a/A, the official code) or 'one_hot' (A planes, 1 on plane a); either "
+                              "goes through conv1x1, LayerNorm and ReLU",
                               "scalar")
     head_hidden_sizes: tuple = _f("hidden layer sizes of the reward/value/policy MLPs", (32,),
                                   _ANY_POSITIVE)
