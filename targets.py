@@ -103,6 +103,13 @@ class InferenceWindows(NamedTuple):
     bootstrap_rows: np.ndarray          # [B, K+1] row of the bootstrap of target k there
 
 
+def initial_inferences_per_sample(config: Config) -> int:
+    """How many positions of a sample reanalysis infers (`_inference_windows`): all K+n+1 when
+    the roots and the bootstraps overlap or touch, else two windows of K+1."""
+    K = config.unroll_steps
+    return min(K + config.td_steps + 1, 2 * (K + 1))
+
+
 def _inference_windows(batch, config: Config) -> InferenceWindows:
     """The positions whose initial inference reanalysis needs, out of the K+n+1 sampled ones.
 
@@ -115,7 +122,7 @@ def _inference_windows(batch, config: Config) -> InferenceWindows:
     K, S = config.unroll_steps, config.frame_stack
     B = len(batch.bootstrap_positions)
     P = batch.frames.shape[1] - S + 1                                      # K+n+1
-    if P <= 2 * (K + 1):
+    if initial_inferences_per_sample(config) == P:                       # one window
         rows = np.arange(B)[:, None] * P
         return InferenceWindows(frames=batch.frames, positions=P,
                                 root_rows=rows + np.arange(K + 1),

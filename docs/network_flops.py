@@ -15,6 +15,7 @@ import config as config_module
 import envs
 from learner import Learner
 from networks import EfficientZeroNet
+from targets import initial_inferences_per_sample
 
 
 def graph_flops(function, *signature) -> int:
@@ -38,12 +39,11 @@ def update_flops(config) -> dict:
     learner = Learner(config, net, spec.observation_shape, spec.num_actions)
     learner_flops = graph_flops(learner._gradients.python_function,
                                 *learner._gradients.input_signature)
-    K, n, B = config.unroll_steps, config.td_steps, config.batch_size
-    # Reanalysis infers the roots and the bootstraps (one window of K+n+1 positions when they
-    # overlap, two of K+1 otherwise) and searches the B(K+1) roots; a search makes
-    # num_simulations recurrent steps per root.
-    positions = K + n + 1 if n <= K + 1 else 2 * (K + 1)
-    reanalysis = B * positions * initial + config.num_simulations * B * (K + 1) * recurrent
+    K, B = config.unroll_steps, config.batch_size
+    # Reanalysis infers the roots and the bootstraps and searches the B(K+1) roots; a search
+    # makes num_simulations recurrent steps per root.
+    reanalysis = (B * initial_inferences_per_sample(config) * initial
+                  + config.num_simulations * B * (K + 1) * recurrent)
     selfplay = (initial + config.num_simulations * recurrent) / config.updates_per_env_step
     return {"initial_mflop_per_state": initial / 1e6,
             "recurrent_mflop_per_state": recurrent / 1e6,
