@@ -204,15 +204,19 @@ def _entropy(probabilities: np.ndarray) -> np.ndarray:
 def search_diagnostics(prior_logits: np.ndarray, improved_policy: np.ndarray,
                        completed_q: np.ndarray) -> dict:
     """What reveals a policy collapse while it happens, over R reanalysed roots: the entropy of the
-    target model's prior and of the improved policy (nats), the mean max − min prior logit, and the
-    mean gap between the best and the second-best completed Q. Inputs [R, A]."""
+    target model's prior and of the improved policy (nats), the mean max − min prior logit, the mean
+    KL(improved ‖ prior) (how far one search moves the policy target from the prior), and the mean
+    gap between the best and the second-best completed Q. Inputs [R, A]."""
     if len(prior_logits) == 0:
         return {}
-    logits = prior_logits - prior_logits.max(axis=-1, keepdims=True)
-    prior = np.exp(logits) / np.exp(logits).sum(axis=-1, keepdims=True)
+    shifted = prior_logits - prior_logits.max(axis=-1, keepdims=True)
+    log_prior = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    log_improved = np.log(np.maximum(improved_policy, 1e-30))
     ordered_q = np.sort(completed_q, axis=-1)
-    return {"diagnostics/prior_entropy": float(_entropy(prior).mean()),
+    return {"diagnostics/prior_entropy": float(_entropy(np.exp(log_prior)).mean()),
             "diagnostics/logit_gap": float((prior_logits.max(-1) - prior_logits.min(-1)).mean()),
             "diagnostics/improved_policy_entropy": float(_entropy(improved_policy).mean()),
+            "diagnostics/policy_improvement_kl":
+                float((improved_policy * (log_improved - log_prior)).sum(axis=-1).mean()),
             "diagnostics/root_q_gap": float((ordered_q[:, -1] - ordered_q[:, -2]).mean())
             if completed_q.shape[-1] > 1 else 0.0}

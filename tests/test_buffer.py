@@ -8,7 +8,7 @@ import pytest
 import config as cfg
 import mcts
 from buffer import ReplayBuffer
-from targets import reanalyze, search_value_mask, value_prefix_targets
+from targets import reanalyze, search_diagnostics, search_value_mask, value_prefix_targets
 from networks import NetworkOutput, stack_frames
 
 A = 3
@@ -256,6 +256,29 @@ def test_mixed_rule_boundaries():
                                   [True, True, False])
     off = dataclasses.replace(config, use_search_value=False)
     assert not search_value_mask(off, 10**6, collected, 1000).any()
+
+
+def test_search_diagnostics_match_closed_forms():
+    # Root 0: prior (1/2, 1/2), improved (3/4, 1/4); root 1: prior ∝ (e², 1), improved = the prior.
+    prior_logits = np.array([[0.0, 0.0], [2.0, 0.0]], np.float32)
+    prior_1 = np.array([np.exp(2.0), 1.0]) / (np.exp(2.0) + 1.0)
+    improved = np.array([[0.75, 0.25], prior_1], np.float32)
+    completed_q = np.array([[0.5, 0.2], [0.1, 0.4]], np.float32)
+    diagnostics = search_diagnostics(prior_logits, improved, completed_q)
+
+    def entropy(p):
+        return -sum(x * np.log(x) for x in p)
+
+    kl_0 = 0.75 * np.log(0.75 / 0.5) + 0.25 * np.log(0.25 / 0.5)
+    np.testing.assert_allclose(diagnostics["diagnostics/prior_entropy"],
+                               (np.log(2.0) + entropy(prior_1)) / 2, rtol=1e-6)
+    np.testing.assert_allclose(diagnostics["diagnostics/logit_gap"], 1.0)
+    np.testing.assert_allclose(diagnostics["diagnostics/improved_policy_entropy"],
+                               (entropy([0.75, 0.25]) + entropy(prior_1)) / 2, rtol=1e-6)
+    np.testing.assert_allclose(diagnostics["diagnostics/policy_improvement_kl"], kl_0 / 2,
+                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(diagnostics["diagnostics/root_q_gap"], (0.3 + 0.3) / 2, rtol=1e-6)
+    assert search_diagnostics(prior_logits[:0], improved[:0], completed_q[:0]) == {}
 
 
 def test_priority_sampling_frequencies_and_weights():
