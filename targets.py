@@ -196,9 +196,13 @@ def reanalyze(batch, model, *, config: Config, updates: int, rng: np.random.Gene
                    network_seconds=timed.seconds, tree_seconds=total - timed.seconds)
 
 
+# Probabilities are floored here before a logarithm (a 0 term then contributes 0 · log floor = 0).
+PROBABILITY_FLOOR = 1e-30
+
+
 def _entropy(probabilities: np.ndarray) -> np.ndarray:
     """[R, A] -> [R] nats."""
-    return -(probabilities * np.log(np.maximum(probabilities, 1e-30))).sum(axis=-1)
+    return -(probabilities * np.log(np.maximum(probabilities, PROBABILITY_FLOOR))).sum(axis=-1)
 
 
 def search_diagnostics(prior_logits: np.ndarray, improved_policy: np.ndarray,
@@ -211,7 +215,7 @@ def search_diagnostics(prior_logits: np.ndarray, improved_policy: np.ndarray,
         return {}
     shifted = prior_logits - prior_logits.max(axis=-1, keepdims=True)
     log_prior = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-    log_improved = np.log(np.maximum(improved_policy, 1e-30))
+    log_improved = np.log(np.maximum(improved_policy, PROBABILITY_FLOOR))
     ordered_q = np.sort(completed_q, axis=-1)
     return {"diagnostics/prior_entropy": float(_entropy(np.exp(log_prior)).mean()),
             "diagnostics/logit_gap": float((prior_logits.max(-1) - prior_logits.min(-1)).mean()),
