@@ -132,16 +132,18 @@ def summarize(env_id: str, returns: list[float]) -> dict:
     return summary
 
 
-def load_model(checkpoint: checkpoints.Checkpoint, env_id: str, config: Config):
-    """The online network of a checkpoint, checked against the env's observation and action shapes."""
+def load_model(checkpoint: checkpoints.Checkpoint, env_id: str, config: Config,
+               weights: str = "online"):
+    """A network of a checkpoint (`weights`: "online", "selfplay" or "target"), checked against the
+    env's observation and action shapes."""
     import envs
     from networks import EfficientZeroNet
 
     spec = envs.env_spec(env_id, config)
     model = EfficientZeroNet(config, spec.observation_shape, spec.num_actions)
-    checkpoints.check_weights_match(model.get_weights(), checkpoint.arrays.get("online", []),
-                                    "online weights")
-    model.set_weights(checkpoint.arrays["online"])
+    checkpoints.check_weights_match(model.get_weights(), checkpoint.arrays.get(weights, []),
+                                    f"{weights} weights")
+    model.set_weights(checkpoint.arrays[weights])
     return model
 
 

@@ -15,9 +15,8 @@ import dataclasses
 import numpy as np
 
 import checkpoints
-import envs
 from buffer import ReplayBuffer
-from networks import EfficientZeroNet
+from evaluate import load_model
 from targets import reanalyze
 
 KEYS = ("policy_improvement_kl", "improved_policy_entropy", "prior_entropy", "root_q_gap")
@@ -34,11 +33,7 @@ def main() -> None:
     if checkpoint.buffer_path is None:
         raise SystemExit(f"error: '{checkpoint.path}' holds no replay buffer (only a run's newest "
                          "checkpoint does)")
-    spec = envs.env_spec(args.env, checkpoint.config)
-    target = EfficientZeroNet(checkpoint.config, spec.observation_shape, spec.num_actions)
-    checkpoints.check_weights_match(target.get_weights(), checkpoint.arrays["target"],
-                                    "target weights")
-    target.set_weights(checkpoint.arrays["target"])
+    target = load_model(checkpoint, args.env, checkpoint.config, weights="target")
     buffer = ReplayBuffer.load(checkpoint.buffer_path, checkpoint.config)
     updates = checkpoint.state["updates"]
     print(f"{checkpoint.path}: {updates} updates; means over {args.batches} batches")
