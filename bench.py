@@ -135,10 +135,10 @@ def _atari_config():
     import dataclasses
 
     import config as config_module
-    from learner import use_precision
+    from learner import configure_tensorflow
 
     config = dataclasses.replace(config_module.atari100k(), mixed_precision=mixed_precision)
-    use_precision(config)
+    configure_tensorflow(config)
     return config
 
 
@@ -365,12 +365,12 @@ def _bench_preset(config) -> dict:
     `start_transitions` first (an untrained network, so real frames and episode ends)."""
     import dataclasses
 
-    from learner import use_precision
+    from learner import configure_tensorflow
     from mcts import TimedModel
     from targets import reanalyze
     from train import Trainer
 
-    use_precision(config)
+    configure_tensorflow(config)
     # No evaluation or checkpoint inside the timed loop.
     config = dataclasses.replace(config, eval_interval=10**9, checkpoint_interval=10**9)
     with tempfile.TemporaryDirectory() as run_dir:

@@ -184,6 +184,9 @@ class Config:
     xla_inference: bool = _f("compile the search's network calls (initial and recurrent "
                              "inference) with XLA: fewer, fused kernels; results differ from the "
                              "plain graph by float rounding", False)
+    intra_op_threads: int = _f("TensorFlow threads one operation may use (0: TensorFlow's default, "
+                               "one per core). Takes effect once per process, before its first "
+                               "TensorFlow operation; train.py applies it", 0, _NON_NEGATIVE)
 
     # --- prioritized replay ----------------------------------------------------------------------
     use_priority: bool = _f("prioritized replay (else uniform sampling)", True)
@@ -351,8 +354,8 @@ def classic() -> Config:
         terminal_on_life_loss=False, augmentation=False, max_episode_steps=500,
         eval_max_episode_steps=500, env_steps=20_000, num_envs=8, start_transitions=500,
         updates_per_env_step=0.5, offline_updates=0, replay_capacity=20_000, frame_compression=0,
-        lstm_hidden_size=64, head_hidden_sizes=(64,), mlp_hidden_sizes=(128, 128),
-        mlp_state_size=64,
+        lstm_hidden_size=64, head_hidden_sizes=(64,), mlp_hidden_sizes=(64, 64),
+        mlp_state_size=64, xla_inference=True, intra_op_threads=1,
         projection_hidden_size=128, projection_output_size=128, prediction_head_hidden_size=64,
         support_size=30, num_simulations=8, batch_size=64, learning_rate=0.1,
         value_loss_coeff=1.0, sve_start_updates=6_000, td_newest_transitions=1_000,
@@ -373,7 +376,8 @@ def acrobot() -> Config:
                                target_update_interval=50, replay_capacity=50_000,
                                lr_decay_updates=10_000, sve_start_updates=7_500,
                                td_newest_transitions=2_500, eval_interval=1_250,
-                               checkpoint_interval=2_500)
+                               checkpoint_interval=2_500, mlp_hidden_sizes=(128, 128),
+                               xla_inference=False, intra_op_threads=0)
 
 
 def minatar() -> Config:

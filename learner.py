@@ -56,11 +56,20 @@ def learning_rate_at(config: Config, updates: int) -> float:
     return rate
 
 
-def use_precision(config: Config) -> bool:
-    """Set the Keras dtype policy for `config` before any network is built; returns on_gpu."""
+def configure_tensorflow(config: Config) -> bool:
+    """Set TensorFlow's intra-op threads (`intra_op_threads`) and the Keras dtype policy for
+    `config` before any network is built; returns on_gpu. The thread count can only change before
+    the process's first TensorFlow operation: later a different count is refused with a warning."""
     import keras
     import tensorflow as tf
 
+    threads = config.intra_op_threads
+    if threads and tf.config.threading.get_intra_op_parallelism_threads() != threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+        except RuntimeError:
+            print(f"warning: intra_op_threads={threads} ignored: TensorFlow is already running in "
+                  "this process with its own thread count", file=sys.stderr)
     on_gpu = bool(tf.config.list_physical_devices("GPU"))
     keras.mixed_precision.set_global_policy(precision_policy(config, on_gpu))
     if config.mixed_precision and not on_gpu and not cpu_has_bfloat16():

@@ -40,7 +40,7 @@ import envs  # noqa: E402
 from buffer import ReplayBuffer  # noqa: E402
 from config import Config  # noqa: E402
 from evaluate import play_episodes, summarize  # noqa: E402
-from learner import Learner, use_precision  # noqa: E402
+from learner import Learner, configure_tensorflow  # noqa: E402
 from mcts import search_actions  # noqa: E402
 from targets import reanalyze  # noqa: E402
 
@@ -239,7 +239,7 @@ class Trainer:
 
         from networks import EfficientZeroNet
 
-        on_gpu = use_precision(config)
+        on_gpu = configure_tensorflow(config)
         keras.utils.set_random_seed(config.seed)
         if not on_gpu:
             # Same seed, same run on CPU; GPUs lack deterministic kernels for some ops, so there
