@@ -367,6 +367,26 @@ def test_bfloat16_mixed_precision_updates_like_float32():
     assert mixed[-1] < 0.8 * mixed[0], mixed
 
 
+def test_intra_op_threads_apply_before_tensorflow_runs_and_are_refused_after():
+    """`configure_tensorflow` sets TensorFlow's intra-op thread count in a fresh process; once
+    TensorFlow has run, another count is refused with one warning and the first one stays."""
+    script = ("import dataclasses, config, learner, tensorflow as tf\n"
+              "def configure(threads):\n"
+              "    learner.configure_tensorflow(dataclasses.replace(config.classic(),\n"
+              "                                                     intra_op_threads=threads))\n"
+              "    print(tf.config.threading.get_intra_op_parallelism_threads())\n"
+              "configure(1)\n"
+              "tf.constant(1.0) + 1.0\n"
+              "configure(1)\n"
+              "configure(2)\n")
+    result = run_script("-c", script)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["1", "1", "1"]
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert warnings == ["warning: intra_op_threads=2 ignored: TensorFlow is already running in "
+                        "this process with its own thread count"]
+
+
 def test_policy_target_smoothing_trains_toward_the_mixture_with_uniform():
     smoothing = 0.2
 
