@@ -348,16 +348,14 @@ def classic() -> Config:
       fall, and at 0.25 it saw only about 90 steps ahead (`eval/initial_value`); whether ratio
       0.5 still needs the heavier weight was not tested;
     - the policy-entropy bonus of 5e-2 is the official code's for non-Atari tasks
-      (`ez/agents/base.py` adds it for DMC and Gym);
-    - for speed on a 2-core CPU: the search's network calls compiled by XLA and one TensorFlow
-      thread per operation (`docs/performance.md`); the five seeds were run again with them."""
+      (`ez/agents/base.py` adds it for DMC and Gym)."""
     return Config(
         preset="classic", env_id="CartPole-v1", network="mlp", frame_stack=1, clip_rewards=False,
         terminal_on_life_loss=False, augmentation=False, max_episode_steps=500,
         eval_max_episode_steps=500, env_steps=20_000, num_envs=8, start_transitions=500,
         updates_per_env_step=0.5, offline_updates=0, replay_capacity=20_000, frame_compression=0,
         lstm_hidden_size=64, head_hidden_sizes=(64,), mlp_hidden_sizes=(128, 128),
-        mlp_state_size=64, xla_inference=True, intra_op_threads=1,
+        mlp_state_size=64,
         projection_hidden_size=128, projection_output_size=128, prediction_head_hidden_size=64,
         support_size=30, num_simulations=8, batch_size=64, learning_rate=0.1,
         value_loss_coeff=1.0, sve_start_updates=6_000, td_newest_transitions=1_000,
@@ -367,8 +365,7 @@ def classic() -> Config:
 
 def acrobot() -> Config:
     """Acrobot-v1 with the MLP networks of `classic` and the settings it was verified with over
-    three seeds, before `classic` moved to ratio 0.5 and then to its faster settings for CartPole
-    (not yet run on Acrobot): the plain graph in the search, TensorFlow's default threads, batch
+    three seeds, before `classic` moved to ratio 0.5 for CartPole (not yet run on Acrobot): batch
     128, 4 envs, replay ratio 0.25, value weight 0.25, sequential reanalysis, the target model
     refreshed every 50 updates. Its budget is 50,000 env steps. Every step costs −1 until the goal
     or the 500-step cap, so values lie in [−260, 0]: the classic support of ±30 (|v| ≤ ~905 after
@@ -379,8 +376,7 @@ def acrobot() -> Config:
                                target_update_interval=50, replay_capacity=50_000,
                                lr_decay_updates=10_000, sve_start_updates=7_500,
                                td_newest_transitions=2_500, eval_interval=1_250,
-                               checkpoint_interval=2_500, xla_inference=False,
-                               intra_op_threads=0)
+                               checkpoint_interval=2_500)
 
 
 def minatar() -> Config:
