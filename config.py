@@ -186,7 +186,8 @@ class Config:
                              "plain graph by float rounding", False)
     intra_op_threads: int = _f("TensorFlow threads one operation may use (0: TensorFlow's default, "
                                "one per core). Takes effect once per process, before its first "
-                               "TensorFlow operation; train.py applies it", 0, _NON_NEGATIVE)
+                               "TensorFlow operation; train.py and bench.py apply it", 0,
+                               _NON_NEGATIVE)
 
     # --- prioritized replay ----------------------------------------------------------------------
     use_priority: bool = _f("prioritized replay (else uniform sampling)", True)

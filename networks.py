@@ -50,7 +50,7 @@ def compiled_call(function):
     """`function` (a `tf.function` with an input signature) as a callable that takes NumPy arrays
     (nested as the signature) and runs the traced graph directly. tf.function's own per-call handling
     costs far more than a small network's whole graph: CartPole's recurrent inference on 8 states
-    takes about 1.3 ms through the concrete function, of which the graph is about 0.3 ms; the rest
+    takes about 1.3 ms through the concrete function, of which the graph is 0.35-0.5 ms; the rest
     is binding the nested arguments to the signature, the gradient-tape checks and
     `tf.convert_to_tensor`. A search call is never recorded by a tape, so this converts each array
     with `tf.constant` (which casts to the signature's dtype) and calls the traced graph with its
