@@ -398,6 +398,7 @@ def _bench_preset(config) -> dict:
         for _ in range(PRESET_RUN_STEPS):
             trainer.play_and_learn()
         run_ms = 1000 * (time.perf_counter() - start) / (trainer.updates - first_update)
+        trainer.close()
     steps = PRESET_SELFPLAY_STEPS
     step_ms = 1000 * selfplay / steps
     update_ms = {name: 1000 * float(np.median(values)) for name, values in parts.items()}

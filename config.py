@@ -139,6 +139,10 @@ class Config:
                                     "learner updates on this one; its priorities then reach the "
                                     "sampler one update late, as in the official asynchronous "
                                     "batch workers", True)
+    reanalysis_process: bool = _f("pipelined reanalysis in a second process instead of a thread: "
+                                  "the interpreter lock then no longer makes it take turns with "
+                                  "the learner; the same targets (no effect unless "
+                                  "pipelined_reanalysis)", False)
     reanalyze_ratio: float = _f("fraction of policy targets recomputed by a fresh target-model "
                                 "search (the rest use the stored acting policy)", 1.0, _FRACTION)
     use_search_value: bool = _f("mixed value targets: SVE after the thresholds below, else TD only",

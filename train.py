@@ -42,6 +42,7 @@ from config import Config  # noqa: E402
 from evaluate import play_episodes, summarize  # noqa: E402
 from learner import Learner, configure_tensorflow  # noqa: E402
 from mcts import search_actions  # noqa: E402
+from reanalysis_worker import ReanalysisProcess  # noqa: E402
 from targets import reanalyze  # noqa: E402
 
 # TensorFlow (keras, networks.py) is imported inside the functions that build networks: it takes
@@ -255,8 +256,10 @@ class Trainer:
         self.rng = np.random.default_rng(config.seed)
         self.reanalysis_rng = np.random.default_rng((config.seed, REANALYSIS_STREAM))
         # Pipelined reanalysis: the next update's batch, sampled and handed to this one worker
-        # thread before the learner runs on the current batch (`pipelined_reanalysis`).
+        # thread before the learner runs on the current batch (`pipelined_reanalysis`); with
+        # `reanalysis_process` the thread only waits for a second process that reanalyses.
         self.reanalysis_thread = ThreadPoolExecutor(1) if config.pipelined_reanalysis else None
+        self.reanalysis_process: ReanalysisProcess | None = None
         self.prepared: PreparedTargets | None = None
         self.env_steps = self.updates = self.games = 0
         self.best_eval: float | None = None
@@ -269,6 +272,9 @@ class Trainer:
             weights = self.online.get_weights()
             self.selfplay_model.set_weights(weights)
             self.target_model.set_weights(weights)
+        if config.pipelined_reanalysis and config.reanalysis_process:
+            self.reanalysis_process = ReanalysisProcess(config, shape, actions,
+                                                        self.target_model.get_weights())
         self.envs = [envs.make_env(config.env_id, self.game_seed(i), True, config)
                      for i in range(config.num_envs)]
         self.stacker = envs.FrameStacker(config.num_envs, self.spec.frame_shape, config.frame_stack,
@@ -376,6 +382,9 @@ class Trainer:
             targets = Future()
             targets.set_result(reanalyze(batch, self.target_model, config=self.config,
                                          updates=updates, rng=self.rng))
+        elif self.reanalysis_process is not None:
+            targets = self.reanalysis_thread.submit(self.reanalysis_process.reanalyze, batch,
+                                                    updates=updates, rng=self.reanalysis_rng)
         else:
             targets = self.reanalysis_thread.submit(reanalyze, batch, self.target_model,
                                                     config=self.config, updates=updates,
@@ -423,6 +432,8 @@ class Trainer:
             if self.prepared is not None:
                 self.prepared.targets.result()        # no refresh while it reads the weights
             self.target_model.set_weights(self.online.get_weights())
+            if self.reanalysis_process is not None:
+                self.reanalysis_process.set_weights(self.target_model.get_weights())
         if result.scalars["targets/clipped_fraction"] > CLIPPED_WARNING_FRACTION \
                 and not self.warned_clipping:
             self.warned_clipping = True
@@ -498,6 +509,13 @@ class Trainer:
         path = self.save_checkpoint()
         raise FloatingPointError(f"non-finite loss at update {self.updates + 1}: the weights were "
                                  f"left untouched and the last good state saved to {path}")
+
+    def close(self) -> None:
+        """Stop the reanalysis worker thread and process, if any."""
+        if self.reanalysis_thread is not None:
+            self.reanalysis_thread.shutdown()
+        if self.reanalysis_process is not None:
+            self.reanalysis_process.close()
 
     def run(self) -> None:
         config = self.config
@@ -585,6 +603,8 @@ def main(argv: list[str] | None = None) -> int:
     except FloatingPointError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_NON_FINITE
+    finally:
+        trainer.close()
     return 0
 
 
