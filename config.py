@@ -192,6 +192,9 @@ class Config:
                                "one per core). Takes effect once per process, before its first "
                                "TensorFlow operation; train.py and bench.py apply it", 0,
                                _NON_NEGATIVE)
+    inter_op_threads: int = _f("TensorFlow threads that run independent operations of a graph at "
+                               "once (0: TensorFlow's default, one per core); applied as "
+                               "intra_op_threads", 0, _NON_NEGATIVE)
 
     # --- prioritized replay ----------------------------------------------------------------------
     use_priority: bool = _f("prioritized replay (else uniform sampling)", True)
@@ -358,9 +361,13 @@ def classic() -> Config:
       an n-step target climbs only n steps per target refresh; with n = 5 one seed of five stalled
       at a first-step value near 100 and fell back to 349 (mean of its last three evaluations),
       with n = 30 all five held (last three 452.6-500, the value reaching 227);
-    - the search's network calls compiled with XLA, and one thread per TensorFlow operation: a
-      run is bound by the interpreter lock, not by the cores, and these small matrices gain
-      nothing from a second thread; with both a run takes about 11 minutes alone, against 15."""
+    - speed settings, none of which changes a number the run computes beyond float rounding:
+      the search's network calls compiled with XLA; one TensorFlow thread per operation and per
+      graph (these small matrices gain nothing from a second one, and idle pool threads compete
+      for the two cores); the pipelined reanalysis in a second process, out of the learner's
+      interpreter lock. Seed 0 alone on a 2-core AMD EPYC: 10.8 min with XLA and one intra-op
+      thread, 10.0 with the reanalysis process too, 9.0 with one inter-op thread as well (the same
+      evaluations and losses in all three; the plain settings took 15.3 min on a 2-core Xeon)."""
     return Config(
         preset="classic", env_id="CartPole-v1", network="mlp", frame_stack=1, clip_rewards=False,
         terminal_on_life_loss=False, augmentation=False, max_episode_steps=500,
@@ -372,7 +379,8 @@ def classic() -> Config:
         support_size=30, num_simulations=8, batch_size=64, learning_rate=0.1,
         value_loss_coeff=1.0, sve_start_updates=6_000, td_newest_transitions=1_000,
         lr_decay_updates=8_000, target_update_interval=100, entropy_loss_coeff=0.05,
-        td_steps=30, xla_inference=True, intra_op_threads=1,
+        td_steps=30, xla_inference=True, intra_op_threads=1, inter_op_threads=1,
+        reanalysis_process=True,
         eval_interval=1_000, eval_episodes=10, checkpoint_interval=1_000, log_interval=50)
 
 
@@ -387,7 +395,8 @@ def acrobot() -> Config:
     return dataclasses.replace(classic(), preset="acrobot", env_id="Acrobot-v1", env_steps=50_000,
                                num_envs=4, updates_per_env_step=0.25, batch_size=128,
                                value_loss_coeff=0.25, pipelined_reanalysis=False, td_steps=5,
-                               xla_inference=False, intra_op_threads=0,
+                               xla_inference=False, intra_op_threads=0, inter_op_threads=0,
+                               reanalysis_process=False,
                                target_update_interval=50, replay_capacity=50_000,
                                lr_decay_updates=10_000, sve_start_updates=7_500,
                                td_newest_transitions=2_500, eval_interval=1_250,

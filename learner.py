@@ -57,19 +57,26 @@ def learning_rate_at(config: Config, updates: int) -> float:
 
 
 def configure_tensorflow(config: Config) -> bool:
-    """Set TensorFlow's intra-op threads (`intra_op_threads`) and the Keras dtype policy for
-    `config` before any network is built; returns on_gpu. The thread count can only change before
-    the process's first TensorFlow operation: later a different count is refused with a warning."""
+    """Set TensorFlow's thread pools (`intra_op_threads`, `inter_op_threads`) and the Keras dtype
+    policy for `config` before any network is built; returns on_gpu. A thread count can only change
+    before the process's first TensorFlow operation: later a different count is refused with a
+    warning."""
     import keras
     import tensorflow as tf
 
-    threads = config.intra_op_threads
-    if threads and tf.config.threading.get_intra_op_parallelism_threads() != threads:
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-        except RuntimeError:
-            print(f"warning: intra_op_threads={threads} ignored: TensorFlow is already running in "
-                  "this process with its own thread count", file=sys.stderr)
+    threading = tf.config.threading
+    for name, get, set_ in (
+            ("intra_op_threads", threading.get_intra_op_parallelism_threads,
+             threading.set_intra_op_parallelism_threads),
+            ("inter_op_threads", threading.get_inter_op_parallelism_threads,
+             threading.set_inter_op_parallelism_threads)):
+        threads = getattr(config, name)
+        if threads and get() != threads:
+            try:
+                set_(threads)
+            except RuntimeError:
+                print(f"warning: {name}={threads} ignored: TensorFlow is already running in this "
+                      "process with its own thread count", file=sys.stderr)
     on_gpu = bool(tf.config.list_physical_devices("GPU"))
     keras.mixed_precision.set_global_policy(precision_policy(config, on_gpu))
     if config.mixed_precision and not on_gpu and not cpu_has_bfloat16():

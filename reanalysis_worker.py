@@ -45,7 +45,7 @@ class ReanalysisProcess:
         try:
             self._connection.send(message)
             status, answer = self._connection.recv()
-        except (EOFError, BrokenPipeError, ConnectionResetError):
+        except (EOFError, OSError):            # the child has gone, or close() was called
             self._process.join(timeout=5)
             raise RuntimeError(f"the reanalysis process stopped (exit code "
                                f"{self._process.exitcode})") from None
@@ -69,7 +69,7 @@ class ReanalysisProcess:
         if self._process.is_alive():
             try:
                 self._connection.send(None)
-            except (BrokenPipeError, OSError):
+            except OSError:
                 pass
             self._process.join(timeout=10)
         if self._process.is_alive():

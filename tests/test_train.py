@@ -367,14 +367,16 @@ def test_bfloat16_mixed_precision_updates_like_float32():
     assert mixed[-1] < 0.8 * mixed[0], mixed
 
 
-def test_intra_op_threads_apply_before_tensorflow_runs_and_are_refused_after():
-    """`configure_tensorflow` sets TensorFlow's intra-op thread count in a fresh process; once
-    TensorFlow has run, another count is refused with one warning and the first one stays."""
+@pytest.mark.parametrize("pool", ["intra_op", "inter_op"])
+def test_thread_counts_apply_before_tensorflow_runs_and_are_refused_after(pool):
+    """`configure_tensorflow` sets TensorFlow's intra-op (inter-op) thread count in a fresh process;
+    once TensorFlow has run, another count is refused with one warning and the first one stays."""
     script = ("import dataclasses, config, learner, tensorflow as tf\n"
               "def configure(threads):\n"
-              "    learner.configure_tensorflow(dataclasses.replace(config.classic(),\n"
-              "                                                     intra_op_threads=threads))\n"
-              "    print(tf.config.threading.get_intra_op_parallelism_threads())\n"
+              "    learner.configure_tensorflow(dataclasses.replace(\n"
+              "        config.classic(), **{'intra_op_threads': 0, 'inter_op_threads': 0,\n"
+              f"                             '{pool}_threads': threads}}))\n"
+              f"    print(tf.config.threading.get_{pool}_parallelism_threads())\n"
               "configure(1)\n"
               "tf.constant(1.0) + 1.0\n"
               "configure(1)\n"
@@ -383,7 +385,7 @@ def test_intra_op_threads_apply_before_tensorflow_runs_and_are_refused_after():
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split() == ["1", "1", "1"]
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
-    assert warnings == ["warning: intra_op_threads=2 ignored: TensorFlow is already running in "
+    assert warnings == [f"warning: {pool}_threads=2 ignored: TensorFlow is already running in "
                         "this process with its own thread count"]
 
 
@@ -630,7 +632,8 @@ def _trainer_with_data(folder, **changes):
 
     config = dataclasses.replace(cfg.classic(), **{
         "env_steps": 400, "start_transitions": 120, "batch_size": 16, "num_simulations": 4,
-        "log_interval": 1000, "eval_interval": 10_000, "checkpoint_interval": 10_000, **changes})
+        "log_interval": 1000, "eval_interval": 10_000, "checkpoint_interval": 10_000,
+        "reanalysis_process": False, **changes})
     trainer = train.Trainer(config, str(folder), None)
     trainer.start_games(list(range(config.num_envs)))
     while len(trainer.buffer) < config.start_transitions:
@@ -650,14 +653,19 @@ def test_selfplay_and_target_models_take_the_online_weights_at_their_intervals(t
         assert same(trainer.target_model) == (updates % 3 == 0), updates
 
 
-def test_pipelined_reanalysis_prepares_the_next_batch_with_the_target_model_of_its_time(tmp_path):
+@pytest.mark.parametrize("in_process", [False, True], ids=["thread", "process"])
+def test_pipelined_reanalysis_prepares_the_next_batch_with_the_target_model_of_its_time(
+        tmp_path, in_process):
     """The batch of update 3 is drawn during update 2, before its priorities, and reanalysed in the
-    second thread with the target model as it was then (the refresh after update 2 waits for it);
-    a checkpoint discards it and rewinds both random streams."""
+    second thread (or the second process) with the target model as it was then (the refresh after
+    update 2 waits for it): the targets and the advanced random stream are those of reanalysing it
+    here, to the last bit; a checkpoint discards it and rewinds both random streams."""
     from networks import EfficientZeroNet
     from targets import reanalyze
 
-    trainer = _trainer_with_data(tmp_path, target_update_interval=2, pipelined_reanalysis=True)
+    trainer = _trainer_with_data(tmp_path, target_update_interval=2, pipelined_reanalysis=True,
+                                 reanalysis_process=in_process)
+    assert (trainer.reanalysis_process is not None) == in_process
     before_refresh = EfficientZeroNet(trainer.config, trainer.spec.observation_shape,
                                       trainer.spec.num_actions)
     before_refresh.set_weights(trainer.target_model.get_weights())
@@ -673,11 +681,24 @@ def test_pipelined_reanalysis_prepares_the_next_batch_with_the_target_model_of_i
     got = prepared.targets.result()
     np.testing.assert_array_equal(got.values, expected.values)
     np.testing.assert_array_equal(got.policies, expected.policies)
+    assert trainer.reanalysis_rng.bit_generator.state == rng.bit_generator.state
 
     trainer.save_checkpoint()
     assert trainer.prepared is None
     assert trainer.rng.bit_generator.state == prepared.rng_state
     assert trainer.reanalysis_rng.bit_generator.state == prepared.reanalysis_rng_state
+    trainer.close()
+
+
+def test_a_failing_reanalysis_process_raises_with_its_traceback_and_keeps_serving(tmp_path):
+    trainer = _trainer_with_data(tmp_path, pipelined_reanalysis=True, reanalysis_process=True)
+    worker = trainer.reanalysis_process
+    with pytest.raises(RuntimeError, match="the reanalysis process failed:(.|\n)*Traceback"):
+        worker.reanalyze(None, updates=0, rng=np.random.default_rng(0))
+    assert trainer.update_once() and trainer.update_once()
+    trainer.close()
+    with pytest.raises(RuntimeError, match="the reanalysis process stopped"):
+        worker.set_weights(trainer.target_model.get_weights())
 
 
 def test_a_resumed_run_computes_the_same_next_updates_as_the_uninterrupted_one(tmp_path):
