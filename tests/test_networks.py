@@ -474,7 +474,8 @@ def test_batch_renormalization_trains_on_what_inference_computes():
 def test_minatar_representation_keeps_the_grid_and_dynamics_tell_actions_apart():
     """downsample off: conv3x3 s1 -> C, norm, ReLU, then num_blocks residual blocks on the 10x10 grid."""
     tf.keras.utils.set_random_seed(0)
-    config = dataclasses.replace(cfg.minatar(), num_channels=8)        # reduced_channels 8
+    config = dataclasses.replace(cfg.minatar(), num_channels=8,        # reduced_channels 8
+                                 action_encoding="scalar")
     net = EfficientZeroNet(config, (10, 10, 4), 3)
     assert net.latent_shape == (10, 10, 8)
     stem = net.representation.stem
@@ -516,14 +517,15 @@ def test_one_hot_action_planes_give_each_action_its_own_embedding():
 
 def test_minatar_parameter_counts_match_a_count_by_hand():
     """The minatar network (C=16, reduced 4, heads (32,), LSTM 64, 61 bins, projections 128/128/64,
-    3 actions, 4 input channels, 10x10 grid), layer by layer; a norm layer has 2 per channel."""
+    3 actions as one-hot planes, 4 input channels, 10x10 grid), layer by layer; a norm layer has 2
+    per channel."""
     conv3 = lambda c_in, c_out: 9 * c_in * c_out                         # noqa: E731, no bias
     dense = lambda n_in, n_out: n_in * n_out + n_out                     # noqa: E731
     block = 2 * conv3(16, 16) + 2 * 2 * 16                               # residual block
     reduce = 16 * 4 + 4 + 2 * 4                                          # conv1x1 + bias, norm
     head = lambda n_in, n_out: dense(n_in, 32) + 2 * 32 + dense(32, n_out)  # noqa: E731
     representation = conv3(4, 16) + 2 * 16 + block
-    action_embedding = (1 * 4 + 4) + 2 * (10 * 10 * 4)                   # conv1x1, LayerNorm [H,W,C]
+    action_embedding = (3 * 4 + 4) + 2 * (10 * 10 * 4)                   # conv1x1, LayerNorm [H,W,C]
     transition = action_embedding + conv3(16 + 4, 16) + 2 * 16 + block
     lstm = 400 * 4 * 64 + 64 * 4 * 64 + 4 * 64                           # Keras: one bias vector
     reward = reduce + lstm + 2 * 64 + head(64, 61)
@@ -533,8 +535,8 @@ def test_minatar_parameter_counts_match_a_count_by_hand():
     expected = {"representation": representation, "dynamics": transition + reward,
                 "prediction": prediction, "projection": projection}
     expected["total"] = sum(expected.values())
-    assert expected == {"representation": 5_280, "dynamics": 131_793, "prediction": 32_728,
-                        "projection": 255_424, "total": 425_225}
+    assert expected == {"representation": 5_280, "dynamics": 131_801, "prediction": 32_728,
+                        "projection": 255_424, "total": 425_233}
     assert EfficientZeroNet(cfg.minatar(), (10, 10, 4), 3).parameter_counts() == expected
 
 
