@@ -3,10 +3,11 @@
 Reanalysis (targets.py: the target model's initial inference and Gumbel search over every sampled
 root) is pipelined with the learner: the next update's batch is reanalysed while the learner updates
 on this one. In a thread, that overlap is limited by Python's interpreter lock, which the search's
-tree and the many small network calls hold most of the time; with small networks (the classic and
-MinAtar presets) the two end up taking turns. The official code runs its reanalysis in separate
-batch-worker processes for the same reason. `ReanalysisProcess` keeps a copy of the target model in
-a child process and reanalyses there; the parent keeps its own target model (checkpoints, resume).
+tree and the many small network calls hold much of the time; with the `classic` preset's small MLPs
+the two partly take turns (MinAtar's convolutions fill both cores either way, and gain nothing).
+The official code, too, reanalyses in separate batch-worker processes. `ReanalysisProcess` keeps a
+copy of the target model in a child process and reanalyses there; the parent keeps its own target
+model (checkpoints, resume).
 
 The child computes what `targets.reanalyze` computes in the parent: the same graph on the same
 weights, batch and random stream. The parent's reanalysis random stream travels with each batch
@@ -27,7 +28,8 @@ from config import Config
 
 class ReanalysisProcess:
     """A child process holding a target model. `reanalyze` and `set_weights` block until the child
-    answers; the Trainer calls them from one worker thread, one request at a time."""
+    answers; one request at a time (the Trainer reanalyses from its worker thread and waits for the
+    batch in flight before it refreshes the weights)."""
 
     def __init__(self, config: Config, observation_shape: tuple, num_actions: int,
                  weights: list[np.ndarray]):
