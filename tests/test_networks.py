@@ -544,7 +544,7 @@ def test_minatar_parameter_counts_match_a_count_by_hand():
 def test_xla_inference_computes_what_the_graph_computes(preset, shape):
     """`xla_inference` compiles the three search-side functions with XLA: the same outputs up to
     float rounding (fused kernels sum in another order), and one trace whatever the batch size."""
-    config = cfg.get_config(preset)
+    config = dataclasses.replace(cfg.get_config(preset), xla_inference=False)
     graph = EfficientZeroNet(config, shape, 4)
     randomize(graph, seed=11)
     xla = EfficientZeroNet(dataclasses.replace(config, xla_inference=True), shape, 4)

@@ -301,7 +301,8 @@ def test_same_seed_gives_the_same_first_losses(tmp_path):
     def first_losses(folder):
         config = dataclasses.replace(cfg.classic(), env_steps=160, start_transitions=120,
                                      batch_size=16, num_simulations=4, log_interval=5,
-                                     eval_interval=10_000, checkpoint_interval=10_000)
+                                     eval_interval=10_000, checkpoint_interval=10_000,
+                                     reanalysis_process=False)
         trainer = train.Trainer(config, str(folder), None)
         trainer.start_games(list(range(config.num_envs)))
         while len(trainer.buffer) < config.start_transitions:
