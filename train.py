@@ -431,9 +431,10 @@ class Trainer:
         if self.updates % config.target_update_interval == 0:
             if self.prepared is not None:
                 self.prepared.targets.result()        # no refresh while it reads the weights
-            self.target_model.set_weights(self.online.get_weights())
+            weights = self.online.get_weights()
+            self.target_model.set_weights(weights)
             if self.reanalysis_process is not None:
-                self.reanalysis_process.set_weights(self.target_model.get_weights())
+                self.reanalysis_process.set_weights(weights)
         if result.scalars["targets/clipped_fraction"] > CLIPPED_WARNING_FRACTION \
                 and not self.warned_clipping:
             self.warned_clipping = True
