@@ -99,42 +99,51 @@ def _concatenate(outputs: list):
 class InferenceWindows(NamedTuple):
     frames: np.ndarray                  # [N, S-1+W, *frame] single frames of N windows of W positions
     positions: int                      # W
-    root_rows: np.ndarray               # [B, K+1] row of root t+k in the flat [N·W] inference
+    root_rows: np.ndarray               # [R, K+1] row of root t+k of each reanalysed sample in the
+                                        # flat [N·W] inference
     bootstrap_rows: np.ndarray          # [B, K+1] row of the bootstrap of target k there
 
 
-def initial_inferences_per_sample(config: Config) -> int:
-    """How many positions of a sample reanalysis infers (`_inference_windows`): all K+n+1 when
-    the roots and the bootstraps overlap or touch, else two windows of K+1."""
-    K = config.unroll_steps
-    return min(K + config.td_steps + 1, 2 * (K + 1))
+def initial_inferences_per_sample(config: Config) -> float:
+    """How many positions of a sample reanalysis infers on average (`_inference_windows`): all
+    K+n+1 when the roots and the bootstraps overlap or touch, else K+1 bootstraps and, for the
+    `reanalyze_ratio` share of the samples that are searched, K+1 roots."""
+    K, n = config.unroll_steps, config.td_steps
+    if n <= K + 1:
+        return float(K + n + 1)
+    return (K + 1) * (1.0 + config.reanalyze_ratio)
 
 
-def _inference_windows(batch, config: Config) -> InferenceWindows:
-    """The positions whose initial inference reanalysis needs, out of the K+n+1 sampled ones.
+def _inference_windows(batch, config: Config, reanalysed: np.ndarray) -> InferenceWindows:
+    """The positions whose initial inference reanalysis needs, out of the K+n+1 sampled ones: the
+    bootstraps of every sample and the roots of the `reanalysed` ones ([B] bool).
 
     The roots are positions 0..K; the bootstrap of target k is position min(k + n, T - t), so the
     bootstraps lie in the K+1 positions from min(n, T - t) (the first target's bootstrap). With
     n <= K+1 the two windows overlap or touch and all K+n+1 positions form one window per sample;
-    with n > K+1 each sample gives two windows of K+1 positions, 2(K+1) < K+n+1 inferences, which
-    is what makes a long TD horizon cost what a short one does. Frames past the episode's end are
-    already clamped to o_T by the buffer, so every window lies inside the sampled frames."""
+    with n > K+1 each sample gives a window of K+1 bootstrap positions and each reanalysed sample
+    one of K+1 roots, at most 2(K+1) < K+n+1 inferences, which is what makes a long TD horizon
+    cost what a short one does (and a sample that is not reanalysed cost only its bootstraps).
+    Frames past the episode's end are already clamped to o_T by the buffer, so every window lies
+    inside the sampled frames."""
     K, S = config.unroll_steps, config.frame_stack
     B = len(batch.bootstrap_positions)
     P = batch.frames.shape[1] - S + 1                                      # K+n+1
-    if initial_inferences_per_sample(config) == P:                       # one window
+    if config.td_steps <= K + 1:                                         # one window
         rows = np.arange(B)[:, None] * P
         return InferenceWindows(frames=batch.frames, positions=P,
-                                root_rows=rows + np.arange(K + 1),
+                                root_rows=(rows + np.arange(K + 1))[reanalysed],
                                 bootstrap_rows=rows + batch.bootstrap_positions)
     W = K + 1
     first = batch.bootstrap_positions[:, :1]                                # [B, 1] min(n, T-t)
     frame_index = (first + np.arange(S - 1 + W)).reshape(B, -1, *[1] * (batch.frames.ndim - 2))
     bootstrap_frames = np.take_along_axis(batch.frames, frame_index, axis=1)
-    rows = np.arange(B)[:, None] * W
-    return InferenceWindows(frames=np.concatenate([batch.frames[:, :S - 1 + W], bootstrap_frames]),
-                            positions=W, root_rows=rows + np.arange(W),
-                            bootstrap_rows=B * W + rows + batch.bootstrap_positions - first)
+    root_frames = batch.frames[reanalysed, :S - 1 + W]
+    R = len(root_frames)
+    return InferenceWindows(frames=np.concatenate([root_frames, bootstrap_frames]), positions=W,
+                            root_rows=np.arange(R)[:, None] * W + np.arange(W),
+                            bootstrap_rows=R * W + np.arange(B)[:, None] * W
+                            + batch.bootstrap_positions - first)
 
 
 def search_value_mask(config: Config, updates: int, collected_at: np.ndarray,
@@ -158,19 +167,19 @@ def reanalyze(batch, model, *, config: Config, updates: int, rng: np.random.Gene
     B, A = batch.stored_policies.shape[0], batch.stored_policies.shape[-1]
     timed = TimedModel(model)
     start = time.perf_counter()
-    windows = _inference_windows(batch, config)
+    reanalysed = np.ones(B, bool)
+    if config.reanalyze_ratio < 1.0:
+        reanalysed[rng.permutation(B)[int(round(config.reanalyze_ratio * B)):]] = False
+    windows = _inference_windows(batch, config, reanalysed)
     rows_per_call = max(1, config.reanalysis_chunk_size // windows.positions)
     output = _concatenate([timed.initial_inference_sequence(windows.frames[i:i + rows_per_call])
                            for i in range(0, len(windows.frames), rows_per_call)])
     td_values = batch.td_rewards + batch.bootstrap_discounts * output.value[windows.bootstrap_rows]
     policies = batch.stored_policies.copy()
     search_values = np.zeros((B, K + 1), np.float32)
-    reanalysed = np.ones(B, bool)
-    if config.reanalyze_ratio < 1.0:
-        reanalysed[rng.permutation(B)[int(round(config.reanalyze_ratio * B)):]] = False
     if reanalysed.any():
         rows = np.flatnonzero(reanalysed)
-        root_rows = windows.root_rows[rows].ravel()                          # [R·(K+1)]
+        root_rows = windows.root_rows.ravel()                                # [R·(K+1)]
         root = output._replace(state=tuple(s[root_rows] for s in output.state),
                                value=output.value[root_rows],
                                policy_logits=output.policy_logits[root_rows])

@@ -40,10 +40,10 @@ def update_flops(config) -> dict:
     learner_flops = graph_flops(learner._gradients.python_function,
                                 *learner._gradients.input_signature)
     K, B = config.unroll_steps, config.batch_size
-    # Reanalysis infers the roots and the bootstraps and searches the B(K+1) roots; a search
-    # makes num_simulations recurrent steps per root.
+    # Reanalysis infers the bootstraps and the roots of the reanalysed share of the samples, and
+    # searches those roots; a search makes num_simulations recurrent steps per root.
     reanalysis = (B * initial_inferences_per_sample(config) * initial
-                  + config.num_simulations * B * (K + 1) * recurrent)
+                  + config.num_simulations * config.reanalyze_ratio * B * (K + 1) * recurrent)
     selfplay = (initial + config.num_simulations * recurrent) / config.updates_per_env_step
     return {"initial_mflop_per_state": initial / 1e6,
             "recurrent_mflop_per_state": recurrent / 1e6,

@@ -190,7 +190,7 @@ def test_bootstrap_windows_of_image_frames():
     first = np.array([8, 3, 1, 8])                                   # min(n, T - t)
     positions = np.minimum(first[:, None] + np.arange(K + 1), [[8], [9], [1], [13]])
     batch = dataclasses.make_dataclass("B", ["frames", "bootstrap_positions"])(frames, positions)
-    windows = _inference_windows(batch, config)
+    windows = _inference_windows(batch, config, np.ones(4, bool))
     assert windows.positions == K + 1 and windows.frames.shape == (8, S + K, 2, 2, 3)
     for b in range(4):
         np.testing.assert_array_equal(windows.frames[b], frames[b, :S + K])
@@ -201,6 +201,13 @@ def test_bootstrap_windows_of_image_frames():
     np.testing.assert_array_equal(window, np.arange(4, 8)[:, None] + 0 * positions)
     np.testing.assert_array_equal(first[:, None] + position, positions)
     np.testing.assert_array_equal(windows.root_rows, np.arange(4)[:, None] * (K + 1) + np.arange(K + 1))
+    # Only samples 1 and 3 reanalysed: their root windows come first, then all four bootstrap ones.
+    some = _inference_windows(batch, config, np.array([False, True, False, True]))
+    assert some.frames.shape == (6, S + K, 2, 2, 3)
+    np.testing.assert_array_equal(some.frames[:2], frames[[1, 3], :S + K])
+    np.testing.assert_array_equal(some.frames[2:], windows.frames[4:])
+    np.testing.assert_array_equal(some.root_rows, np.arange(2)[:, None] * (K + 1) + np.arange(K + 1))
+    np.testing.assert_array_equal(some.bootstrap_rows, windows.bootstrap_rows - 2 * (K + 1))
 
 
 def test_reanalysis_in_chunks_gives_the_same_targets():
@@ -218,8 +225,10 @@ def test_reanalysis_in_chunks_gives_the_same_targets():
     np.testing.assert_array_equal(chunked.policies, whole.policies)
 
 
-def test_reanalyze_ratio_keeps_stored_policies_for_the_rest():
-    config = make_config(reanalyze_ratio=0.25, sve_start_updates=0, td_newest_transitions=0)
+@pytest.mark.parametrize("td_steps", [3, 8])                 # one window; roots and bootstraps apart
+def test_reanalyze_ratio_keeps_stored_policies_for_the_rest(td_steps):
+    config = make_config(reanalyze_ratio=0.25, sve_start_updates=0, td_newest_transitions=0,
+                         td_steps=td_steps)
     buffer = ReplayBuffer(config, (1,), np.float32, A, 1)
     fill(buffer, [(9, False), (6, True)])
     batch = buffer.sample(16, np.random.default_rng(1))
@@ -246,6 +255,10 @@ def test_reanalyze_ratio_keeps_stored_policies_for_the_rest():
     np.testing.assert_allclose(targets.policies[fresh][inside],
                                search.improved_policy.reshape(len(fresh), K + 1, A)[inside],
                                rtol=1e-6)
+    # The rest keep their TD targets, whose bootstraps are inferred without their roots.
+    td_only = reanalyze(batch, IndexModel(), config=dataclasses.replace(config, reanalyze_ratio=1.0,
+                        sve_start_updates=10**9), updates=0, rng=np.random.default_rng(2))
+    np.testing.assert_allclose(targets.values[kept], td_only.values[kept], rtol=1e-6)
 
 
 def test_mixed_rule_boundaries():
