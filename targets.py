@@ -11,10 +11,11 @@ reanalysis and the mixed value rule.
   z_{t+k} = Σ_{i<n} γ^i u_{t+k+i} + γ^n v(o_{t+k+n}), with no bootstrap past a terminal and v(o_T)
   with γ^(T-t-k) past a truncation (the episode-end semantics of buffer.py).
 - Reanalysis (`reanalyze`): one batched initial inference of the target model over the positions
-  every sample needs (`_inference_windows`: the roots t..t+K and the bootstraps t+n..t+K+n, as one
-  window of K+n+1 positions when they overlap, as two windows of K+1 when n > K+1; the frames are
-  stacked inside the graph), one batched Gumbel search (mcts.py, with Gumbel noise as in the official
-  code) over the B·(K+1) roots of the reanalysed samples (`reanalyze_ratio`, 1.0 in every preset):
+  the samples need (`_inference_windows`: the roots t..t+K of the searched samples and the
+  bootstraps t+n..t+K+n of all, as one window of K+n+1 positions when they overlap, as separate
+  windows of K+1 when n > K+1; the frames are stacked inside the graph), one batched Gumbel search
+  (mcts.py, with Gumbel noise as in the official code) over the (K+1) roots of each reanalysed
+  sample (a random `reanalyze_ratio` share of the batch, 1.0 in every preset):
   policy targets are the improved policies, search-based value estimates (SVE) the search
   root values; samples not reanalysed keep the stored acting policies.
 - Mixed value rule (`search_value_mask`): the TD target while fewer than
@@ -123,7 +124,7 @@ def _inference_windows(batch, config: Config, reanalysed: np.ndarray) -> Inferen
     n <= K+1 the two windows overlap or touch and all K+n+1 positions form one window per sample;
     with n > K+1 each sample gives a window of K+1 bootstrap positions and each reanalysed sample
     one of K+1 roots, at most 2(K+1) < K+n+1 inferences, which is what makes a long TD horizon
-    cost what a short one does (and a sample that is not reanalysed cost only its bootstraps).
+    cost what a short one does (and a sample that is not reanalysed costs only its bootstraps).
     Frames past the episode's end are already clamped to o_T by the buffer, so every window lies
     inside the sampled frames."""
     K, S = config.unroll_steps, config.frame_stack
