@@ -105,13 +105,19 @@ class InferenceWindows(NamedTuple):
     bootstrap_rows: np.ndarray          # [B, K+1] row of the bootstrap of target k there
 
 
+def _one_window(config: Config) -> bool:
+    """Whether the roots t..t+K and the bootstraps from t+n overlap or touch (n <= K+1), so that
+    reanalysis infers all K+n+1 sampled positions as one window per sample."""
+    return config.td_steps <= config.unroll_steps + 1
+
+
 def initial_inferences_per_sample(config: Config) -> float:
     """How many positions of a sample reanalysis infers on average (`_inference_windows`): all
     K+n+1 when the roots and the bootstraps overlap or touch, else K+1 bootstraps and, for the
     `reanalyze_ratio` share of the samples that are searched, K+1 roots."""
-    K, n = config.unroll_steps, config.td_steps
-    if n <= K + 1:
-        return float(K + n + 1)
+    K = config.unroll_steps
+    if _one_window(config):
+        return float(K + config.td_steps + 1)
     return (K + 1) * (1.0 + config.reanalyze_ratio)
 
 
@@ -130,7 +136,7 @@ def _inference_windows(batch, config: Config, reanalysed: np.ndarray) -> Inferen
     K, S = config.unroll_steps, config.frame_stack
     B = len(batch.bootstrap_positions)
     P = batch.frames.shape[1] - S + 1                                      # K+n+1
-    if config.td_steps <= K + 1:                                         # one window
+    if _one_window(config):
         rows = np.arange(B)[:, None] * P
         return InferenceWindows(frames=batch.frames, positions=P,
                                 root_rows=(rows + np.arange(K + 1))[reanalysed],
