@@ -425,7 +425,7 @@ def minatar() -> Config:
       samples not searched keep the acting search's improved policy and their TD value target;
     - Adam with lr 1e-3 and no weight decay (Atari: SGD, lr 0.2, 1e-4), value weight 1 (0.25) and
       SimSiam weight 0.5 (2): with SGD, or with the paper's weights, the dynamics g stops telling
-      the actions apart within these 6,860 updates (an offline probe on 200,000 MinAtar Breakout
+      the actions apart within 6,860 updates (an offline probe on 200,000 MinAtar Breakout
       transitions; the official code uses Adam for its DMC-state tasks);
     - a 30-step TD target (Atari: 5): early MinAtar games last about 10 steps, so a 5-step target
       is mostly the bootstrap of a target model that predicts about 0, no loss then depends on the
