@@ -21,7 +21,7 @@ import numpy as np
 import checkpoints
 import envs
 from evaluate import load_model, play_episodes
-from mcts import search_actions
+from mcts import search_with_model
 from train import EVAL_SEED_OFFSET
 
 BOARD_SYMBOLS = "POt#"        # MinAtar Breakout's channels: paddle, ball, trail, brick
@@ -44,10 +44,9 @@ def replay(model, config, game: int, last: int) -> None:
     stacker.reset(0, frame)
     steps, score = [], 0.0
     while True:
-        observation = stacker.observations()
-        searched = search_actions(model, observation, config.search_options(), None,
-                                  gumbel_scale=0.0)
-        root = model.initial_inference(observation)
+        root = model.initial_inference(stacker.observations())
+        searched = search_with_model(model, root, np.zeros_like(root.policy_logits),
+                                     **config.search_options())       # greedy: no Gumbel noise
         prior = np.exp(root.policy_logits[0] - root.policy_logits[0].max())
         action = int(searched.action[0])
         steps.append((frame, score, action, float(root.value[0]), float(searched.root_value[0]),
