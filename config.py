@@ -418,7 +418,7 @@ def minatar() -> Config:
       8 simulations (16 in Atari) halve the search cost;
     - replay ratio 0.15 (Atari 1.0), batch 64 (256), no offline updates, and a tenth of each batch
       reanalysed (`reanalyze_ratio` 0.1; the official Atari config reanalyses every sample): 14,700
-      updates, about an hour on a 2-core CPU (a whole run alone took 60.5 min, 4.05 updates/s). A
+      updates, about an hour on a 2-core CPU (a whole run alone: 60.5 min, 4.05 updates/s). A
       reanalysis of every sample is about 70% of an update's FLOPs; spent on updates instead, MinAtar
       Breakout ended on 8.37, 5.47 and 6.80 over seeds 0-2 (mean 6.88), against 6.13, 3.4 and 6.13
       (mean 5.22) with every sample reanalysed at ratio 0.07 (6,860 updates, the same hour). The
