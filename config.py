@@ -418,7 +418,7 @@ def minatar() -> Config:
       8 simulations (16 in Atari) halve the search cost;
     - replay ratio 0.15 (Atari 1.0), batch 64 (256), no offline updates, and a tenth of each batch
       reanalysed (`reanalyze_ratio` 0.1; the official Atari config reanalyses every sample): 14,700
-      updates, about an hour on a 2-core CPU (a whole run alone: 60.5 min, 4.05 updates/s). A
+      updates, about an hour on a 2-core CPU (a whole run alone took 60.5 min, 4.05 updates/s). A
       reanalysis of every sample is about 70% of an update's FLOPs; spent on updates instead, MinAtar
       Breakout ended on 8.37, 5.47 and 6.80 over seeds 0-2 (mean 6.88), against 6.13, 3.4 and 6.13
       (mean 5.22) with every sample reanalysed at ratio 0.07 (6,860 updates, the same hour). The
@@ -447,17 +447,20 @@ def minatar() -> Config:
       cap bounds a game that never ends (e.g. Breakout with a paddle that never misses)."""
     return Config(
         preset="minatar", env_id="MinAtar/Breakout-v1", downsample=False, action_encoding="one_hot",
-        frame_stack=1, augmentation=False, clip_rewards=False, terminal_on_life_loss=False,
+        frame_stack=1,
+        augmentation=False, clip_rewards=False, terminal_on_life_loss=False,
         max_episode_steps=10_000, eval_max_episode_steps=10_000, env_steps=100_000, num_envs=16,
         start_transitions=2_000, updates_per_env_step=0.15, reanalyze_ratio=0.1, offline_updates=0,
-        replay_capacity=100_000, frame_compression=0, num_channels=16, reduced_channels=4,
-        head_hidden_sizes=(32,), lstm_hidden_size=64, projection_hidden_size=128,
-        projection_output_size=128, prediction_head_hidden_size=64, support_size=30,
-        num_simulations=8, batch_size=64, optimizer="adam", learning_rate=1e-3, weight_decay=0.0,
-        value_loss_coeff=1.0, consistency_loss_coeff=0.5, td_steps=30, sve_start_updates=4_410,
-        td_newest_transitions=5_000, lr_decay_updates=11_760, selfplay_update_interval=15,
-        target_update_interval=30, entropy_loss_coeff=0.05, eval_interval=1_500, eval_episodes=30,
-        checkpoint_interval=1_500, log_interval=100)
+        replay_capacity=100_000,
+        frame_compression=0, num_channels=16, reduced_channels=4, head_hidden_sizes=(32,),
+        lstm_hidden_size=64, projection_hidden_size=128, projection_output_size=128,
+        prediction_head_hidden_size=64, support_size=30, num_simulations=8, batch_size=64,
+        optimizer="adam", learning_rate=1e-3, weight_decay=0.0, value_loss_coeff=1.0,
+        consistency_loss_coeff=0.5, td_steps=30, sve_start_updates=4_410,
+        td_newest_transitions=5_000,
+        lr_decay_updates=11_760, selfplay_update_interval=15, target_update_interval=30,
+        entropy_loss_coeff=0.05, eval_interval=1_500, eval_episodes=30, checkpoint_interval=1_500,
+        log_interval=100)
 
 
 PRESETS: dict[str, Callable[[], Config]] = {"atari100k": atari100k, "atari1h": atari1h,
