@@ -1,6 +1,7 @@
 """What does a model know about MinAtar Asterix's next step? A probe of the one-step outcomes.
 
     python docs/minatar_asterix_probe.py RUN_DIR/checkpoints/ckpt-00003000 [...]
+    python docs/minatar_asterix_probe.py --heuristic
     python docs/minatar_asterix_probe.py --supervised [--danger-only] --set frame_stack=4
     python docs/minatar_asterix_probe.py --offline RUN_DIR/checkpoints/ckpt-00003000 --updates 1500 \\
         [--set td_steps=5 ...]
@@ -13,6 +14,10 @@ collects gold. For each checkpoint the probe prints, over the danger states, how
 one-step Q, r + γ v(g(h(o), a)), and its prior pick an action that survives, against the share of
 surviving actions (chance), and the mean Q of the surviving actions minus that of the dying ones;
 and the same for gold.
+
+`--heuristic` scores uniformly random play and a player with one-step knowledge only (never step next
+to an enemy in its row, walk towards gold) over 30 games: what knowing the next step is
+worth.
 
 `--supervised` asks whether the network can learn the danger at all, with nothing else to learn: a
 fresh `minatar` network (`--set` overrides as in train.py, e.g. frame_stack=4) is trained on the true
@@ -45,6 +50,11 @@ PROBE_STATES = 1500          # danger or gold states for the checkpoint probe
 TRAIN_STATES = 20_000        # random-play states of the supervised probe ...
 HELD_OUT_STATES = 3_000      # ... and its held-out states (their danger states are probed)
 REPORT_EVERY = 500
+HEURISTIC_GAMES = 30
+# MinAtar Asterix (-v1, minimal action set): actions noop, left, up, right, down as (dy, dx); the
+# player's rows are 1-8 and its columns 0-9. Channels: player, enemy, trail, gold.
+MOVES = ((0, 0), (0, -1), (-1, 0), (0, 1), (1, 0))
+PLAYER, ENEMY, GOLD = 0, 1, 3
 
 
 def outcomes(env) -> tuple[np.ndarray, np.ndarray]:
@@ -211,11 +221,50 @@ def supervised(overrides: list[str], updates: int, danger_only: bool) -> None:
                   f"Q gap {gap:+.3f} ({time.perf_counter() - start:.0f} s)")
 
 
+def heuristic_action(frame: np.ndarray, rng: np.random.Generator) -> int:
+    """One-step knowledge only: avoid a square with an enemy within one column in its row, and
+    among the rest step towards the nearest gold (ties broken at random)."""
+    player_y, player_x = np.argwhere(frame[:, :, PLAYER])[0]
+    gold = np.argwhere(frame[:, :, GOLD])
+    scores = []
+    for dy, dx in MOVES:
+        y, x = min(8, max(1, player_y + dy)), min(9, max(0, player_x + dx))
+        enemies = np.flatnonzero(frame[y, :, ENEMY])
+        score = -10.0 * np.sum(np.abs(enemies - x) <= 1)
+        if len(gold):
+            score -= 0.1 * np.min(np.abs(gold[:, 0] - y) + np.abs(gold[:, 1] - x))
+        scores.append(score + 0.01 * rng.random())
+    return int(np.argmax(scores))
+
+
+def heuristic_scores() -> None:
+    """Mean score of uniformly random play and of `heuristic_action` over HEURISTIC_GAMES games."""
+    config = config_module.minatar()
+    rng = np.random.default_rng(0)
+    players = {"random": lambda frame: int(rng.integers(len(MOVES))),
+               "one-step heuristic": lambda frame: heuristic_action(frame, rng)}
+    for name, act in players.items():
+        returns, lengths = [], []
+        for game in range(HEURISTIC_GAMES):
+            env = envs.make_env(ENV_ID, game, False, config)
+            frame, _ = env.reset(seed=game)
+            while True:
+                frame, _, _, _, info = env.step(act(frame))
+                if "game_return" in info:
+                    returns.append(info["game_return"])
+                    lengths.append(info["game_length"])
+                    break
+        print(f"{name}: mean score {np.mean(returns):.2f} over {HEURISTIC_GAMES} games "
+              f"(mean length {np.mean(lengths):.0f} steps)")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", nargs="*")
     parser.add_argument("--supervised", action="store_true")
     parser.add_argument("--danger-only", action="store_true")
+    parser.add_argument("--heuristic", action="store_true",
+                        help="score random play and a one-step heuristic over 30 games")
     parser.add_argument("--offline", metavar="CHECKPOINT",
                         help="train a fresh network on this checkpoint's replay buffer")
     parser.add_argument("--updates", type=int, default=3000)
@@ -223,6 +272,8 @@ def main(argv=None) -> int:
                         metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     try:
+        if args.heuristic:
+            heuristic_scores()
         if args.supervised:
             supervised(args.overrides, args.updates, args.danger_only)
         if args.offline:
