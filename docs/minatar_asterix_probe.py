@@ -3,25 +3,25 @@
     python docs/minatar_asterix_probe.py RUN_DIR/checkpoints/ckpt-00003000 [...]
     python docs/minatar_asterix_probe.py --heuristic
     python docs/minatar_asterix_probe.py --supervised [--danger-only] --set frame_stack=4
-    python docs/minatar_asterix_probe.py --offline RUN_DIR/checkpoints/ckpt-00003000 --updates 1500 \\
-        [--set td_steps=5 ...]
+    python docs/minatar_asterix_probe.py --offline RUN_DIR/checkpoints/ckpt-00003000 \\
+        --updates 1500 [--set td_steps=5 ...]
 
 States come from uniformly random play. At each state the game is copied once per action and the
 copy stepped (no sticky action), so every action's true outcome is known: the game ends at once
 (the player meets an enemy) or gold is collected. Danger states are those where some actions end
-the game and others do not (about 6% of random-play states); gold states those where some action
+the game and others do not (about 7% of random-play states); gold states those where some action
 collects gold. For each checkpoint the probe prints, over the danger states, how often the model's
 one-step Q, r + γ v(g(h(o), a)), and its prior pick an action that survives, against the share of
 surviving actions (chance), and the mean Q of the surviving actions minus that of the dying ones;
 and the same for gold.
 
-`--heuristic` scores uniformly random play and a player with one-step knowledge only (never step next
-to an enemy in its row, walk towards gold) over 30 games: what knowing the next step is
+`--heuristic` scores uniformly random play and a player with one-step knowledge only (never
+step next to an enemy in its row, walk towards gold) over 30 games: what knowing the next step is
 worth.
 
 `--supervised` asks whether the network can learn the danger at all, with nothing else to learn: a
-fresh `minatar` network (`--set` overrides as in train.py, e.g. frame_stack=4) is trained on the true
-outcomes only, v(g(h(o), a)) -> 1 if a survives and 0 if it ends the game (the learner's value
+fresh `minatar` network (`--set` overrides as in train.py, e.g. frame_stack=4) is trained on the
+true outcomes only, v(g(h(o), a)) -> 1 if a survives and 0 if it ends the game (the learner's value
 cross-entropy at unroll step 1, the preset's optimiser and gradient clipping), for a random action
 of states drawn from all random-play states or only from the danger states (`--danger-only`), and
 probed on held-out danger states every `REPORT_EVERY` updates.
@@ -127,9 +127,9 @@ def outcome_report(model, states, discount: float) -> str:
     q_gold, gold_chance, gold_gap = choice_report(q[golden], gold[golden])
     prior_gold, _, _ = choice_report(logits[golden], gold[golden])
     return (f"{danger.sum()} danger states: Q picks a surviving action {q_safe:.2f}, the prior "
-            f"{prior_safe:.2f} (chance {chance:.2f}), Q gap {gap:+.3f}; {golden.sum()} gold states: "
-            f"Q picks gold {q_gold:.2f}, the prior {prior_gold:.2f} (chance {gold_chance:.2f}), "
-            f"Q gap {gold_gap:+.3f}")
+            f"{prior_safe:.2f} (chance {chance:.2f}), Q gap {gap:+.3f}; "
+            f"{golden.sum()} gold states: Q picks gold {q_gold:.2f}, the prior {prior_gold:.2f} "
+            f"(chance {gold_chance:.2f}), Q gap {gold_gap:+.3f}")
 
 
 def probe_states(config):
@@ -180,7 +180,8 @@ def supervised(overrides: list[str], updates: int, danger_only: bool) -> None:
     from learner import build_optimizer, configure_tensorflow
     from networks import EfficientZeroNet, scalar_to_two_hot, scalar_transform
 
-    config = config_module.apply_overrides(config_module.minatar(), [f"env_id={ENV_ID}", *overrides])
+    config = config_module.apply_overrides(config_module.minatar(),
+                                           [f"env_id={ENV_ID}", *overrides])
     configure_tensorflow(config)
     keras.utils.set_random_seed(config.seed)
     start = time.perf_counter()
