@@ -102,11 +102,10 @@ def is_danger(ends: np.ndarray) -> np.ndarray:
 def one_step_q(model, observations: np.ndarray, num_actions: int, discount: float):
     """(r + γ v(g(h(o), a)) [N, A], prior logits [N, A])."""
     root = model.initial_inference(observations)
-    q = [None] * num_actions
-    for action in range(num_actions):
-        output = model.recurrent_inference(root.state, np.full(len(observations), action, np.int32))
-        q[action] = output.reward + discount * output.value
-    return np.stack(q, axis=1), root.policy_logits
+    outputs = [model.recurrent_inference(root.state, np.full(len(observations), action, np.int32))
+               for action in range(num_actions)]
+    q = np.stack([output.reward + discount * output.value for output in outputs], axis=1)
+    return q, root.policy_logits
 
 
 def choice_report(scores: np.ndarray, good: np.ndarray) -> tuple[float, float, float]:
