@@ -21,16 +21,23 @@ from evaluate import load_model
 
 
 def random_play_states(env_id: str, config, count: int, seed: int) -> np.ndarray:
-    """`count` observations of uniformly random play, games restarted as they end."""
+    """`count` observations of uniformly random play, games restarted as they end, each the
+    config's `frame_stack` newest frames."""
     env = envs.make_env(env_id, seed, True, config)
+    spec = envs.env_spec(env_id, config)
+    stacker = envs.FrameStacker(1, spec.frame_shape, config.frame_stack, spec.frame_dtype)
     rng = np.random.default_rng(seed)
-    observation, _ = env.reset(seed=seed)
+    frame, _ = env.reset(seed=seed)
+    stacker.reset(0, frame)
     states = []
     while len(states) < count:
-        states.append(observation)
-        observation, _, terminated, truncated, _ = env.step(int(rng.integers(env.action_space.n)))
+        states.append(stacker.observations()[0])
+        frame, _, terminated, truncated, _ = env.step(int(rng.integers(env.action_space.n)))
         if terminated or truncated:
-            observation, _ = env.reset()
+            frame, _ = env.reset()
+            stacker.reset(0, frame)
+        else:
+            stacker.push(0, frame)
     return np.stack(states)
 
 
