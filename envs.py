@@ -287,6 +287,7 @@ class FrameStacker:
         self._frames[env_index, -1] = frame
 
     def observations(self) -> np.ndarray:
-        """[E, *stacked_shape], frames oldest -> newest along the last axis."""
-        frames = np.moveaxis(self._frames, 1, -2)                 # [E, ..., S, C]
-        return frames.reshape(*frames.shape[:-2], -1)
+        """[E, *stacked_shape], frames oldest -> newest along the last axis; a new array, never a
+        view of the stacker (with one frame a reshape would be one, and the next push would
+        overwrite what a caller kept)."""
+        return np.concatenate([self._frames[:, s] for s in range(self._stack)], axis=-1)

@@ -142,6 +142,15 @@ def test_frame_stacker_layout():
     assert envs.stacked_shape((96, 96, 3), 4) == (96, 96, 12)
 
 
+def test_frame_stacker_observations_survive_the_next_push():
+    for frame_stack in (1, 3):
+        stacker = envs.FrameStacker(1, (2, 2, 4), frame_stack, np.uint8)
+        stacker.reset(0, np.zeros((2, 2, 4), np.uint8))
+        kept = stacker.observations()
+        stacker.push(0, np.ones((2, 2, 4), np.uint8))
+        np.testing.assert_array_equal(kept, np.zeros((1, 2, 2, 4 * frame_stack), np.uint8))
+
+
 def test_human_normalized_score():
     assert envs.human_normalized_score("Breakout", 1.7) == 0.0
     assert envs.human_normalized_score("ALE/Breakout-v5", 30.5) == pytest.approx(1.0)
