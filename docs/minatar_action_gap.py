@@ -11,6 +11,7 @@ network), over random-play states of a MinAtar game:
 """
 
 import argparse
+import itertools
 
 import numpy as np
 
@@ -20,25 +21,30 @@ import envs
 from evaluate import load_model
 
 
-def random_play_states(env_id: str, config, count: int, seed: int) -> np.ndarray:
-    """`count` observations of uniformly random play, games restarted as they end, each the
-    config's `frame_stack` newest frames."""
-    env = envs.make_env(env_id, seed, True, config)
+def random_play(env_id: str, config, seed: int, training: bool):
+    """Uniformly random play, games restarted as they end: yields (env, observation) at each state,
+    the observation the config's `frame_stack` newest frames; the env stays at that state until the
+    next item is drawn."""
+    env = envs.make_env(env_id, seed, training, config)
     spec = envs.env_spec(env_id, config)
     stacker = envs.FrameStacker(1, spec.frame_shape, config.frame_stack, spec.frame_dtype)
     rng = np.random.default_rng(seed)
     frame, _ = env.reset(seed=seed)
     stacker.reset(0, frame)
-    states = []
-    while len(states) < count:
-        states.append(stacker.observations()[0])
-        frame, _, terminated, truncated, _ = env.step(int(rng.integers(env.action_space.n)))
+    while True:
+        yield env, stacker.observations()[0]
+        frame, _, terminated, truncated, _ = env.step(int(rng.integers(spec.num_actions)))
         if terminated or truncated:
             frame, _ = env.reset()
             stacker.reset(0, frame)
         else:
             stacker.push(0, frame)
-    return np.stack(states)
+
+
+def random_play_states(env_id: str, config, count: int, seed: int) -> np.ndarray:
+    """`count` observations of uniformly random play (`random_play`)."""
+    play = random_play(env_id, config, seed, training=True)
+    return np.stack([observation for _, observation in itertools.islice(play, count)])
 
 
 def action_gap(model, states: np.ndarray, num_actions: int, discount: float) -> dict:
@@ -66,7 +72,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=123)
     parser.add_argument("checkpoints", nargs="*")
     args = parser.parse_args(argv)
-    states = None
+    states_by_stack = {}          # the same random play, stacked as each checkpoint's frame_stack asks
     models = []
     if args.fresh:
         import keras
@@ -82,8 +88,10 @@ def main(argv=None) -> int:
         checkpoint = checkpoints.load_checkpoint(path)
         models.append((path, checkpoint.config, load_model(checkpoint, args.env, checkpoint.config)))
     for name, config, model in models:
-        if states is None:
-            states = random_play_states(args.env, config, args.states, args.seed)
+        if config.frame_stack not in states_by_stack:
+            states_by_stack[config.frame_stack] = random_play_states(args.env, config, args.states,
+                                                                     args.seed)
+        states = states_by_stack[config.frame_stack]
         num_actions = envs.env_spec(args.env, config).num_actions
         gap = action_gap(model, states, num_actions, config.discount)
         print(name, " ".join(f"{key}={value:.4g}" for key, value in gap.items()))

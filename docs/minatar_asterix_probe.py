@@ -30,7 +30,7 @@ probed on held-out danger states every `REPORT_EVERY` updates.
 (sampling, reanalysis, priorities, model refreshes; no self-play) on the replay buffer saved with a
 run's newest checkpoint, with that run's settings and the `--set` overrides, probed every
 `REPORT_EVERY` updates.
-Run from the repository root (PYTHONPATH=.).
+Run from the repository root (PYTHONPATH=.); random play comes from `docs/minatar_action_gap.py`.
 """
 
 import argparse
@@ -44,6 +44,7 @@ import checkpoints
 import config as config_module
 import envs
 from evaluate import load_model
+from minatar_action_gap import random_play as random_play_frames
 
 ENV_ID = "MinAtar/Asterix-v1"
 PROBE_STATES = 1500          # danger or gold states for the checkpoint probe
@@ -72,31 +73,16 @@ def outcomes(env) -> tuple[np.ndarray, np.ndarray]:
 def random_play(config, count: int, seed: int, keep) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Observations [N, 10, 10, C·S] of uniformly random play with their outcomes [N, A] (ends,
     gold), for the first `count` states where keep(ends, gold) holds."""
-    env = envs.make_env(ENV_ID, seed, False, config)
-    spec = envs.env_spec(ENV_ID, config)
-    stacker = envs.FrameStacker(1, spec.frame_shape, config.frame_stack, spec.frame_dtype)
-    rng = np.random.default_rng(seed)
-    frame, _ = env.reset(seed=seed)
-    stacker.reset(0, frame)
     observations, all_ends, all_gold = [], [], []
-    while len(observations) < count:
+    for env, observation in random_play_frames(ENV_ID, config, seed, training=False):
+        if len(observations) == count:
+            break
         ends, gold = outcomes(env)
         if keep(ends, gold):
-            observations.append(stacker.observations()[0])
+            observations.append(observation)
             all_ends.append(ends)
             all_gold.append(gold)
-        frame, _, terminated, truncated, _ = env.step(int(rng.integers(spec.num_actions)))
-        if terminated or truncated:
-            frame, _ = env.reset()
-            stacker.reset(0, frame)
-        else:
-            stacker.push(0, frame)
     return np.stack(observations), np.stack(all_ends), np.stack(all_gold)
-
-
-def is_danger(ends: np.ndarray) -> np.ndarray:
-    """Some actions end the game and others do not ([..., A] -> [...])."""
-    return ends.any(-1) & ~ends.all(-1)
 
 
 def one_step_q(model, observations: np.ndarray, num_actions: int, discount: float):
