@@ -85,6 +85,11 @@ def random_play(config, count: int, seed: int, keep) -> tuple[np.ndarray, np.nda
     return np.stack(observations), np.stack(all_ends), np.stack(all_gold)
 
 
+def is_danger(ends: np.ndarray) -> np.ndarray:
+    """Some actions end the game and others do not ([..., A] -> [...])."""
+    return ends.any(-1) & ~ends.all(-1)
+
+
 def one_step_q(model, observations: np.ndarray, num_actions: int, discount: float):
     """(r + γ v(g(h(o), a)) [N, A], prior logits [N, A])."""
     root = model.initial_inference(observations)
