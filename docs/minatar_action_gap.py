@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=123)
     parser.add_argument("checkpoints", nargs="*")
     args = parser.parse_args(argv)
-    states_by_stack = {}          # the same random play, stacked as each checkpoint's frame_stack asks
+    states_by_stack = {}          # one random play, stacked per checkpoint frame_stack
     models = []
     if args.fresh:
         import keras
