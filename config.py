@@ -68,14 +68,17 @@ class Config:
     env_steps: int = _f("total env steps collected by self-play, summed over envs (env steps)",
                         100_000, _POSITIVE)
     num_envs: int = _f("self-play envs stepped in lockstep, one batched search for all", 4, _POSITIVE)
-    start_transitions: int = _f("stored transitions before the first update (transitions)", 2000,
-                                _POSITIVE)
+    start_transitions: int = _f("stored transitions before the first update, counting those of "
+                                "games still running (transitions)", 2000, _POSITIVE)
     updates_per_env_step: float = _f("updates per env step after start_transitions (replay ratio)",
                                      1.0, _POSITIVE)
     offline_updates: int = _f("updates run on the fixed buffer after the env-step budget (updates)",
                               20_000, _NON_NEGATIVE)
-    replay_capacity: int = _f("replay buffer capacity; oldest data go first (transitions)", 100_000,
-                              _POSITIVE)
+    replay_capacity: int = _f("replay buffer capacity, split evenly over the envs; each env's oldest "
+                              "data go first (transitions)", 100_000, _POSITIVE)
+    replay_open_games: bool = _f("a position of a game still being played may be sampled once every "
+                                 "step its targets need is stored (the official code's trajectory "
+                                 "blocks); false: only after its game ends", True)
     frame_compression: int = _f("zlib level (1-9) of the replay buffer's frames, 0 stores them raw; "
                                 "lossless, Breakout frames shrink ~33x (2.8 GB -> 85 MB at 100K)", 1,
                                 (lambda v: 0 <= v <= 9, "an integer in [0, 9]"))

@@ -5,7 +5,8 @@ One process (with `reanalysis_process`, the reanalysis in a second one), read to
     buffer.sample -> reanalysis with the target model (policy targets, SVE / TD values) -> update
     update: unroll K steps of the dynamics, value-prefix / policy / value cross-entropies and the
             SimSiam consistency loss (blog topic ②), importance weights, SGD -> new priorities
-One update per env step after `start_transitions`, then `offline_updates` on the fixed buffer.
+`updates_per_env_step` updates per env step once `start_transitions` are stored (positions of games
+still running are sampled, buffer.py), then `offline_updates` on the fixed buffer.
 The self-play model is refreshed every `selfplay_update_interval` updates, the target model every
 `target_update_interval`; evaluation every `eval_interval`, an atomic checkpoint every
 `checkpoint_interval` (checkpoints.py).
@@ -137,9 +138,9 @@ class RunClock:
     def record_update(self, seconds: float, env_steps: int, updates: int) -> None:
         """One update took `seconds`. The first one also compiles the update graph and is not
         counted. The clock of the online phase starts after it, and starts again after every
-        update that comes at the env step it started at: the updates that wait for the first whole
-        episodes to reach `start_transitions` come in one burst at one env step and say nothing
-        about the online rate."""
+        update that comes at the env step it started at: updates that come in one burst at one env
+        step (the first ones, without `replay_open_games`, wait for whole games) say nothing about
+        the online rate."""
         if self._start is not None:
             self.update_seconds += seconds
             self.timed_updates += 1
@@ -424,7 +425,7 @@ class Trainer:
         if not result.finite:
             self.logger.log({"losses/non_finite_update": self.updates}, self.updates, self.env_steps)
             return False
-        self.buffer.update_priorities(batch.indices, result.priorities)
+        self.buffer.update_priorities(batch.indices, result.priorities, batch.collected_at)
         self.updates += 1
         if self.updates % config.selfplay_update_interval == 0:
             self.selfplay_model.set_weights(self.online.get_weights())
@@ -495,9 +496,15 @@ class Trainer:
         evaluations and checkpoints): the body of the online phase. Returns the search seconds."""
         search_seconds = self.selfplay_step()
         due = self.config.updates_due_at(self.env_steps)
-        while self.updates < due and len(self.buffer) >= self.config.start_transitions:
+        while self.updates < due and self.ready_to_learn():
             self.learn_once()
         return search_seconds
+
+    def ready_to_learn(self) -> bool:
+        """Whether `start_transitions` have been stored (those of running games count) and a
+        position can be sampled. With `replay_open_games` the updates then follow the replay ratio
+        from the first one; without it they wait for the first games to end and then catch up."""
+        return self.buffer.num_added >= self.config.start_transitions and len(self.buffer) > 0
 
     def learn_once(self) -> None:
         """One update, then the evaluation and checkpoint it makes due; a non-finite loss saves

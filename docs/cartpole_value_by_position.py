@@ -26,17 +26,22 @@ BATCH = 4096                                          # states per initial infer
 
 
 def stored_states(buffer: ReplayBuffer, discount: float):
-    """Every stored state: observations [N, D], discounted return to its game's end [N], env step
-    at which it was collected [N]."""
+    """Every stored state of a game that has ended: observations [N, D], discounted return to its
+    game's end [N], env step at which it was collected [N]."""
     observations, returns, collected = [], [], []
-    for start, length in buffer._episodes:
-        slots = np.arange(start, start + length) % buffer.capacity
-        to_go = np.zeros(length)
+    for env in range(buffer.num_envs):
+        ordinals = np.arange(max(0, buffer.heads[env] - buffer.region), buffer.heads[env])
+        slots = buffer.slot_of(env, ordinals)
+        game_end = buffer.episode_start[slots] + buffer.episode_length[slots]
+        slots = slots[(buffer.episode_length[slots] >= 0) & (ordinals < game_end)]   # transitions
+        to_go = np.zeros(len(slots))
         running = 0.0
-        for i in range(length - 1, -1, -1):
-            running = buffer.rewards[slots[i]] + discount * running
+        for i in range(len(slots) - 1, -1, -1):
+            last_of_its_game = i == len(slots) - 1 or \
+                buffer.episode_start[slots[i + 1]] != buffer.episode_start[slots[i]]
+            running = buffer.rewards[slots[i]] + discount * (0.0 if last_of_its_game else running)
             to_go[i] = running
-        observations.append(buffer.frames.gather(slots).reshape(length, -1))
+        observations.append(buffer.frames.gather(slots).reshape(len(slots), -1))
         returns.append(to_go)
         collected.append(buffer.collected_at[slots])
     return np.concatenate(observations), np.concatenate(returns), np.concatenate(collected)

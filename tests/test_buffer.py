@@ -7,7 +7,7 @@ import pytest
 
 import config as cfg
 import mcts
-from buffer import ReplayBuffer
+from buffer import Batch, ReplayBuffer
 from targets import reanalyze, search_diagnostics, search_value_mask, value_prefix_targets
 from networks import NetworkOutput, stack_frames
 
@@ -300,7 +300,7 @@ def test_priority_sampling_frequencies_and_weights():
     fill(buffer, [(10, True)])
     slots = np.arange(10)
     priorities = np.arange(1, 11, dtype=np.float64)
-    buffer.update_priorities(slots, priorities)
+    buffer.update_priorities(slots, priorities, buffer.collected_at[slots])
     rng = np.random.default_rng(0)
     counts = np.zeros(10)
     draws = 0
@@ -316,7 +316,7 @@ def test_priority_sampling_frequencies_and_weights():
     expected = priorities ** 0.5 / (priorities ** 0.5).sum()
     # 20,000 stratified draws: every frequency within 0.01 of its probability (std ≈ 0.003).
     np.testing.assert_allclose(counts / draws, expected, atol=0.01)
-    buffer.update_priorities(np.array([0]), np.array([1e6]))
+    buffer.update_priorities(np.array([0]), np.array([1e6]), buffer.collected_at[:1])
     assert np.mean(buffer.sample(1000, rng).indices == 0) > 0.8
 
 
@@ -324,7 +324,7 @@ def test_importance_weights_are_clipped_at_the_official_floor():
     config = make_config(replay_capacity=64, priority_alpha=1.0, priority_beta=1.0)
     buffer = ReplayBuffer(config, (1,), np.float32, A, 1)
     fill(buffer, [(10, True)])
-    buffer.update_priorities(np.arange(10), np.array([1.0] * 9 + [1000.0]))
+    buffer.update_priorities(np.arange(10), np.array([1.0] * 9 + [1000.0]), buffer.collected_at[:10])
     batch = buffer.sample(200, np.random.default_rng(0))
     rare = buffer.priorities.get(batch.indices) == 1.0
     assert rare.any() and (~rare).any()
@@ -339,8 +339,8 @@ def test_new_transitions_get_the_current_not_the_all_time_maximum_priority():
     assert buffer.max_priority() == 1.0                       # empty buffer
     fill(buffer, [(5, True)])
     np.testing.assert_array_equal(buffer.priorities.get(np.arange(5)), 1.0)
-    buffer.update_priorities(np.arange(5), np.array([9.0, 0.5, 0.5, 0.5, 0.5]))
-    buffer.update_priorities(np.array([0]), np.array([3.0]))  # the all-time maximum 9 is gone
+    buffer.update_priorities(np.arange(5), np.array([9.0, 0.5, 0.5, 0.5, 0.5]), buffer.collected_at[:5])
+    buffer.update_priorities(np.array([0]), np.array([3.0]), buffer.collected_at[:1])  # 9 is gone
     fill(buffer, [(4, True)])                                  # slots 6..9 (slot 5 holds o_T)
     np.testing.assert_array_equal(buffer.priorities.get(np.arange(6, 10)), 3.0)
     assert buffer.priorities.get(np.array([5, 10])).tolist() == [0.0, 0.0]   # final observations
@@ -367,21 +367,24 @@ def test_without_value_prefix_the_reward_targets_are_the_rewards():
     np.testing.assert_allclose(prefix, [[0.5, -0.5, 2.0, 2.0, 3.0]])   # restarts every 2 steps
 
 
-def test_wrap_around_evicts_whole_oldest_episodes():
+def test_wrap_around_removes_the_positions_whose_frames_are_overwritten():
+    """Capacity 20, one env: of four 6-step games (7 slots each, ordinals 0..27) ordinals 8..27 stay.
+    Game 1 (ordinals 7..13) keeps the positions t = 3..5, whose frames t-2..t+K+n all remain."""
     config = make_config(replay_capacity=20)
     buffer = ReplayBuffer(config, (1,), np.float32, A, 1)
-    fill(buffer, [(6, True), (6, True), (6, True), (6, True)])     # 7 slots each: only 2 fit
-    assert len(buffer) == 12 and buffer.num_added == 24
+    fill(buffer, [(6, True), (6, True), (6, True), (6, True)])
+    assert len(buffer) == 3 + 6 + 6 and buffer.num_added == 24
     batch = buffer.sample(200, np.random.default_rng(0))
     observations = stacked(batch, config)
-    episodes = set((observations[:, 0, -1] // 1000).astype(int).tolist())
-    assert episodes == {2, 3}
+    positions = set()
     for b in range(200):
         first = observations[b, 0, -1]
         episode_id, t = int(first // 1000), int(first % 1000)
+        positions.add((episode_id, t))
         obs, masks, _, prefix, _ = reference_targets(config, 6, True, t, episode_id, lambda j: 0.0)
         np.testing.assert_array_equal(observations[b], obs)
         np.testing.assert_array_equal(batch.transition_masks[b], masks)
+    assert positions == {(1, t) for t in range(3, 6)} | {(e, t) for e in (2, 3) for t in range(6)}
 
 
 def test_lockstep_envs_and_closing_an_open_episode():
@@ -395,7 +398,7 @@ def test_lockstep_envs_and_closing_an_open_episode():
                         np.zeros(2, bool), np.zeros(2), np.full((2, A), 1 / A, np.float32), 2 * t)
         if done[0]:
             buffer.begin_episodes(np.array([0]), np.array([[100.0]], np.float32))
-    assert len(buffer) == 3                   # only the finished episode of env 0 is stored
+    assert len(buffer) == 3          # env 0's finished game; no running one reaches t + K + n yet
     buffer.begin_episodes(np.array([1]), np.array([[9000.0]], np.float32))   # e.g. after a resume
     assert len(buffer) == 8
     batch = buffer.sample(100, np.random.default_rng(0))
@@ -416,7 +419,7 @@ def test_save_load_round_trip(tmp_path):
     buffer.add_step(np.array([1]), np.array([1.0], np.float32), np.array([[7001.0]], np.float32),
                     np.array([False]), np.array([False]), np.array([0.5]),
                     np.full((1, A), 1 / A, np.float32), 99)
-    buffer.update_priorities(np.arange(5), np.arange(1.0, 6.0))
+    buffer.update_priorities(np.arange(5), np.arange(1.0, 6.0), buffer.collected_at[:5])
     buffer.save(str(tmp_path / "buffer"))
     loaded = ReplayBuffer.load(str(tmp_path / "buffer"), config)
     assert len(loaded) == len(buffer) and loaded.num_added == buffer.num_added
@@ -424,9 +427,19 @@ def test_save_load_round_trip(tmp_path):
     second = loaded.sample(32, np.random.default_rng(5))
     for a, b in zip(first, second):
         np.testing.assert_array_equal(a, b)
+    # The running game goes on in both: at 10 steps its positions t + K + n < 10 are sampleable.
+    for t in range(1, 10):
+        for either in (buffer, loaded):
+            either.add_step(np.array([t % A]), np.array([1.0], np.float32),
+                            np.array([[7001.0 + t]], np.float32), np.array([False]), np.array([False]),
+                            np.array([0.5]), np.full((1, A), 1 / A, np.float32), 99 + t)
+    assert len(loaded) == len(buffer) == 12 + 2
+    for a, b in zip(buffer.sample(32, np.random.default_rng(6)),
+                    loaded.sample(32, np.random.default_rng(6))):
+        np.testing.assert_array_equal(a, b)
     buffer.begin_episodes(np.array([0]), np.array([[0.0]], np.float32))
     loaded.begin_episodes(np.array([0]), np.array([[0.0]], np.float32))
-    assert len(loaded) == len(buffer) == 13
+    assert len(loaded) == len(buffer) == 12 + 10
     with pytest.raises(ValueError, match="cannot load the replay buffer"):
         ReplayBuffer.load(str(tmp_path / "missing"), config)
 
@@ -482,3 +495,112 @@ def test_atari_frames_stack_channels_oldest_first():
         for k in range(5):
             expected = [min(max(t + k - 3 + s, 0), 6) for s in range(4)]
             np.testing.assert_array_equal(observations[b, k, 1, 1], np.repeat(expected, 3))
+
+
+# --- learning while games run (replay_open_games) -------------------------------------------------
+
+def _frame(env, game, t):
+    return env * 100_000.0 + game * 1000.0 + t
+
+
+@pytest.mark.parametrize("frame_stack", [1, 3])
+def test_running_games_give_the_positions_and_targets_of_the_whole_episode_store(frame_stack):
+    """Two lockstep envs play games of random lengths, ended by a terminal or a truncation, into a
+    store that samples running games and into the whole-episode store (`replay_open_games` false).
+    While a game runs, exactly its positions t with t + K + n < T_so_far are sampleable; the batch a
+    position gives then equals the one the whole-episode store gives for it once the game has
+    ended: frames, actions, reward and TD pieces, masks, stored policies, weights, priority."""
+    K, n = 5, 3
+    changes = dict(frame_stack=frame_stack, replay_capacity=2000)
+    streaming = ReplayBuffer(make_config(**changes), (1,), np.float32, A, 2)
+    whole = ReplayBuffer(make_config(replay_open_games=False, **changes), (1,), np.float32, A, 2)
+    rng = np.random.default_rng(0)
+    games = [[(int(rng.choice([1, 4, 9, 10, 30, 45])), bool(rng.random() < 0.5)) for _ in range(40)]
+             for _ in range(2)]
+    game_index, t = [0, 0], [0, 0]
+    for buffer in (streaming, whole):
+        buffer.begin_episodes(np.arange(2), np.array([[_frame(0, 0, 0)], [_frame(1, 0, 0)]]))
+    early = {}                                    # slot -> its batch, drawn while its game ran
+    for step in range(150):
+        actions = rng.integers(0, A, 2)
+        rewards = rng.normal(size=2).astype(np.float32)
+        policies = rng.dirichlet(np.ones(A), 2).astype(np.float32)
+        terminated, truncated = np.zeros(2, bool), np.zeros(2, bool)
+        next_frames = np.zeros((2, 1), np.float32)
+        for env in range(2):
+            t[env] += 1
+            length, ends_by_terminal = games[env][game_index[env]]
+            next_frames[env] = _frame(env, game_index[env], t[env])
+            if t[env] == length:
+                terminated[env], truncated[env] = ends_by_terminal, not ends_by_terminal
+        for buffer in (streaming, whole):
+            buffer.add_step(actions, rewards, next_frames, terminated, truncated,
+                            rng.normal(size=2), policies, 2 * step)
+        for env in range(2):
+            if terminated[env] or truncated[env]:
+                game_index[env], t[env] = game_index[env] + 1, 0
+                for buffer in (streaming, whole):
+                    buffer.begin_episodes(np.array([env]), np.array([[_frame(env, game_index[env], 0)]]))
+                continue
+            start = streaming.game_start[env]
+            ordinals = np.arange(start, start + t[env])
+            due = streaming.priorities.get(streaming.slot_of(env, ordinals)) > 0
+            np.testing.assert_array_equal(due, np.arange(t[env]) + K + n < t[env])
+            for slot in streaming.slot_of(env, ordinals[due]).tolist():
+                if slot not in early:
+                    early[slot] = streaming.batch_at(np.array([slot]), np.ones(1),
+                                                     np.random.default_rng(slot))
+    for buffer in (streaming, whole):
+        buffer.begin_episodes(np.arange(2), np.zeros((2, 1), np.float32))  # the open games end
+    assert len(early) > 50
+    slots = np.arange(streaming.capacity)
+    np.testing.assert_array_equal(streaming.priorities.get(slots), whole.priorities.get(slots))
+    assert len(streaming) == len(whole) > len(early)
+    for slot, batch in early.items():
+        late = whole.batch_at(np.array([slot]), np.ones(1), np.random.default_rng(slot))
+        for name in Batch._fields:
+            if name != "newest_env_step":
+                np.testing.assert_array_equal(getattr(batch, name), getattr(late, name), name)
+
+
+def test_a_game_longer_than_its_region_loses_only_its_oldest_positions():
+    """One env, 24 slots, a 60-step game: at every step the sampleable positions are those whose
+    oldest frame is still stored and whose targets' steps exist, and each equals the reference."""
+    config = make_config(replay_capacity=24)
+    K, n = config.unroll_steps, config.td_steps
+    buffer = ReplayBuffer(config, (1,), np.float32, A, 1)
+    buffer.begin_episodes(np.array([0]), np.array([[0.0]], np.float32))
+    for t in range(60):
+        buffer.add_step(np.array([t % A]), np.array([1.0], np.float32), np.array([[t + 1.0]], np.float32),
+                        np.array([t == 59]), np.array([False]), np.array([0.0]), acting_policy(t)[None], t)
+        played = t + 1
+        oldest_frame = max(0, played + 1 - 24)
+        due = [p for p in range(played) if max(p - S + 1, 0) >= oldest_frame
+               and (p + K + n < played or played == 60)]
+        stored = [p for p in range(oldest_frame, played) if buffer.priorities.get(p % 24) > 0]
+        assert stored == due, t
+        assert len(buffer) == len(due)
+    batch = buffer.sample(100, np.random.default_rng(0))
+    observations = stacked(batch, config)
+    for b in range(100):
+        t = int(observations[b, 0, -1])
+        obs, masks, value_masks, prefix, _ = reference_targets(config, 60, True, t, 0, lambda j: 0.0)
+        np.testing.assert_array_equal(observations[b], obs)
+        np.testing.assert_array_equal(batch.value_masks[b], value_masks)
+
+
+def test_priorities_of_positions_gone_since_their_batch_was_drawn_are_not_written():
+    """The batch's positions (game 0, slots 0..5) are overwritten before its priorities come back:
+    slot 0 by game 2's o_T, slots 1..5 by game 3's positions, which keep the priority they came with."""
+    config = make_config(replay_capacity=20)
+    buffer = ReplayBuffer(config, (1,), np.float32, A, 1)
+    fill(buffer, [(6, True)])
+    batch = buffer.sample(8, np.random.default_rng(0))
+    assert set(batch.indices.tolist()) == set(range(6))
+    fill(buffer, [(6, True)] * 3)                                       # ordinals 7..27
+    before = buffer.priorities.get(np.arange(20))
+    np.testing.assert_array_equal(before[:8], [0, 1, 1, 1, 1, 1, 1, 0])
+    buffer.update_priorities(batch.indices, np.full(8, 5.0), batch.collected_at)
+    np.testing.assert_array_equal(buffer.priorities.get(np.arange(20)), before)
+    buffer.update_priorities(np.arange(1, 6), np.full(5, 5.0), buffer.collected_at[1:6])
+    np.testing.assert_array_equal(buffer.priorities.get(np.arange(1, 6)), 5.0)

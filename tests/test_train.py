@@ -642,6 +642,61 @@ def _trainer_with_data(folder, **changes):
     return trainer
 
 
+class _EndlessGame:
+    """A vector task whose games never end (the 10,000-step cap truncates them)."""
+
+    def __new__(cls):
+        import gymnasium as gym
+
+        class EndlessGame(gym.Env):
+            observation_space = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
+            action_space = gym.spaces.Discrete(2)
+
+            def reset(self, *, seed=None, options=None):
+                super().reset(seed=seed)
+                self.t = 0
+                return np.zeros(3, np.float32), {}
+
+            def step(self, action):
+                self.t += 1
+                observation = np.array([np.sin(self.t / 10), action - 0.5, 0.0], np.float32)
+                return observation, float(action), False, False, {}
+
+        return EndlessGame()
+
+
+@pytest.mark.parametrize("open_games", [True, False])
+def test_updates_follow_the_replay_ratio_from_start_transitions_in_endless_games(tmp_path,
+                                                                                open_games):
+    """Games of 10,000 steps, 4 envs, start_transitions 200, ratio 0.5: with `replay_open_games`
+    the first update comes at env step 200 and after every step the update count is the replay
+    ratio's, with no catch-up burst; a store of whole games has nothing to sample in 400 steps."""
+    import gymnasium as gym
+    import train
+
+    if "EndlessGame-v0" not in gym.registry:
+        gym.register("EndlessGame-v0", entry_point=_EndlessGame)
+    config = dataclasses.replace(cfg.classic(), **{
+        "env_id": "EndlessGame-v0", "num_envs": 4, "env_steps": 400, "start_transitions": 200,
+        "updates_per_env_step": 0.5, "batch_size": 16, "num_simulations": 4,
+        "max_episode_steps": 10_000, "replay_open_games": open_games, "pipelined_reanalysis": False,
+        "reanalysis_process": False, "log_interval": 1000, "eval_interval": 10_000,
+        "checkpoint_interval": 10_000})
+    trainer = train.Trainer(config, str(tmp_path), None)
+    trainer.start_games(list(range(config.num_envs)))
+    counts = []
+    while trainer.env_steps < config.env_steps:
+        trainer.play_and_learn()
+        counts.append((trainer.env_steps, trainer.updates))
+    trainer.close()
+    assert trainer.games == 0
+    if not open_games:
+        assert trainer.updates == 0 and len(trainer.buffer) == 0
+        return
+    assert counts == [(steps, max(0, (steps - 200) // 2)) for steps in range(4, 404, 4)]
+    assert len(trainer.buffer) == 4 * (100 - config.unroll_steps - config.td_steps)
+
+
 def test_selfplay_and_target_models_take_the_online_weights_at_their_intervals(tmp_path):
     trainer = _trainer_with_data(tmp_path, selfplay_update_interval=2, target_update_interval=3)
 
@@ -716,7 +771,7 @@ def test_a_resumed_run_computes_the_same_next_updates_as_the_uninterrupted_one(t
             targets = reanalyze(batch, run.target_model, config=run.config, updates=run.updates,
                                 rng=run.rng)
             result = run.learner.update(batch, targets, run.updates)
-            run.buffer.update_priorities(batch.indices, result.priorities)
+            run.buffer.update_priorities(batch.indices, result.priorities, batch.collected_at)
             run.updates += 1
             results.append((batch.indices.tolist(), result.scalars, result.priorities.tolist()))
         return results
