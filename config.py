@@ -8,9 +8,11 @@ emulator frames, *updates* are gradient steps of the online network, *transition
 Presets are functions: `atari100k()`, `atari1h()` (the whole algorithm at reduced sizes and budget,
 about an hour on a 2-core CPU), `smoke()` (a one-minute end-to-end Breakout run on CPU), `classic()`
 (MLP networks for vector-observation gymnasium tasks such as CartPole-v1), `acrobot()` (classic with
-Acrobot-v1's budget) and `minatar()` (MinAtar's 10x10 games, about an hour per 100,000 env steps). Presets change only
-sizes and budgets, never the algorithm. `apply_overrides(config, ["key=value", ...])` type-checks command
-line overrides; every constructed `Config` is validated, so a bad value fails with one clear `ValueError`.
+Acrobot-v1's budget) and `minatar()` (MinAtar's 10x10 games, about an hour per 100,000 env steps).
+Presets other than `atari100k` change sizes and budgets and, where a CPU-sized run needed it,
+algorithm settings; each change is written beside it with its reason. `apply_overrides(config,
+["key=value", ...])` type-checks command line overrides; every constructed `Config` is validated, so
+a bad value fails with one clear `ValueError`.
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ Shapes: `B` batch, `K` unroll steps, `A` actions, `S` frame_stack.
 from __future__ import annotations
 
 import math
+import os
+import platform
 import sys
 from typing import NamedTuple
 
@@ -101,6 +103,29 @@ def cpu_has_bfloat16() -> bool:
     except OSError:
         return False
     return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def machine_description() -> str:
+    """The CPU model, its logical cores and matrix units, and any GPU TensorFlow sees, e.g.
+    'Intel(R) Xeon(R) Processor, 2 cores, AMX' (run folders record it beside their wall times)."""
+    import tensorflow as tf
+
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            text = cpuinfo.read()
+    except OSError:
+        text = ""
+    names = [line.split(":", 1)[1].strip() for line in text.splitlines()
+             if line.startswith("model name")]
+    parts = [names[0] if names else platform.processor() or platform.machine(),
+             f"{os.cpu_count()} cores"]
+    if "amx_tile" in text:
+        parts.append("AMX")
+    elif "avx512_bf16" in text:
+        parts.append("AVX512-BF16")
+    gpus = [tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name)
+            for gpu in tf.config.list_physical_devices("GPU")]
+    return ", ".join(parts + [f"GPU {name}" for name in gpus])
 
 
 class UpdateResult(NamedTuple):

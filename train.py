@@ -41,7 +41,7 @@ import envs  # noqa: E402
 from buffer import ReplayBuffer  # noqa: E402
 from config import Config  # noqa: E402
 from evaluate import play_episodes, summarize  # noqa: E402
-from learner import Learner, configure_tensorflow  # noqa: E402
+from learner import Learner, configure_tensorflow, machine_description  # noqa: E402
 from mcts import search_actions  # noqa: E402
 from reanalysis_worker import ReanalysisProcess  # noqa: E402
 from targets import reanalyze  # noqa: E402
@@ -176,6 +176,20 @@ def prepare_run_dir(path: str) -> None:
         raise UsageError(f"cannot write run folder '{path}': {error.strerror or error}") from None
 
 
+def record_machine(run_dir: str, env_steps: int, updates: int) -> None:
+    """Append this process's machine to `machine.json`, a list with one entry per start or resume
+    of the run, so that its wall times (metrics.csv) can be read beside the hardware."""
+    path = os.path.join(run_dir, "machine.json")
+    entries = []
+    if os.path.exists(path):
+        with open(path) as file:
+            entries = json.load(file)
+    entries.append({"env_steps": env_steps, "updates": updates, "machine": machine_description(),
+                    "started": datetime.datetime.now().isoformat(timespec="seconds")})
+    with open(path, "w") as file:
+        json.dump(entries, file, indent=1)
+
+
 # --- logging: TensorBoard scalars and metrics.csv, one place -------------------------------------
 
 class MetricsLogger:
@@ -280,6 +294,7 @@ class Trainer:
                      for i in range(config.num_envs)]
         self.stacker = envs.FrameStacker(config.num_envs, self.spec.frame_shape, config.frame_stack,
                                          self.spec.frame_dtype)
+        record_machine(run_dir, self.env_steps, self.updates)
         self.logger = MetricsLogger(run_dir, self.updates if resume_from is not None else None)
         self.logger.log_settings(config)
         self.clock = RunClock(config)

@@ -1,4 +1,4 @@
-"""It learns and it holds: the command a user would type solves CartPole-v1 (issue 12).
+"""It learns and it holds: the command a user would type solves CartPole-v1.
 
 `python train.py --env CartPole-v1 --config classic --seed SEED` must end, after its 20,000 env steps,
 with a final greedy evaluation (10 episodes) of at least 400, not only reach a peak. The run (9,750
