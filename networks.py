@@ -46,7 +46,7 @@ NORM_MOMENTUM = 0.9
 NORM_EPSILON = 1e-5
 
 
-def compiled_call(function):
+def compiled_call(function, private_api: bool = True):
     """`function` (a `tf.function` with an input signature) as a callable that takes NumPy arrays
     (nested as the signature) and runs the traced graph directly. tf.function's own per-call handling
     costs far more than a small network's whole graph: CartPole's recurrent inference on 8 states
@@ -55,19 +55,25 @@ def compiled_call(function):
     `tf.convert_to_tensor`. A search call is never recorded by a tape, so this converts each array
     with `tf.constant` (which casts to the signature's dtype) and calls the traced graph with its
     flat inputs and captured variables: the private `_inference_function.call_flat` of TensorFlow
-    2.21 (pinned in requirements.txt; `tests/test_networks.py` checks it against the public call).
-    The graph is traced on the first call."""
+    2.21 (pinned in requirements.txt). Where TensorFlow lacks that call, or with `private_api` false,
+    it calls the concrete function through its public interface: slower per call, the same graph
+    and numbers (`tests/test_networks.py` checks both paths). The graph is traced on the first call."""
     specs = tf.nest.flatten(function.input_signature)
     traced = []
 
     def call(*arguments):
         if not traced:
             concrete = function.get_concrete_function()
-            traced.append((concrete._inference_function, list(concrete.captured_inputs),
+            graph = getattr(concrete, "_inference_function", None)
+            if not (private_api and callable(getattr(graph, "call_flat", None))):
+                graph = None
+            traced.append((concrete, graph, list(concrete.captured_inputs),
                            concrete.structured_outputs))
-        graph, captured, output_structure = traced[0]
+        concrete, graph, captured, output_structure = traced[0]
         tensors = [tf.constant(value, spec.dtype)
                    for value, spec in zip(tf.nest.flatten(arguments), specs)]
+        if graph is None:
+            return concrete(*tf.nest.pack_sequence_as(function.input_signature, tensors))
         return tf.nest.pack_sequence_as(output_structure, graph.call_flat(*tensors, *captured))
 
     return call

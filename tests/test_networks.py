@@ -11,7 +11,7 @@ import tensorflow as tf
 
 import config as cfg
 from envs import FrameStacker
-from networks import (EfficientZeroNet, inverse_scalar_transform, logits_to_scalar,
+from networks import (EfficientZeroNet, compiled_call, inverse_scalar_transform, logits_to_scalar,
                       scalar_to_two_hot, scalar_transform, stack_frames)
 
 ATARI_SHAPE = (96, 96, 12)
@@ -281,6 +281,10 @@ def test_search_calls_compute_what_the_traced_functions_compute(random_smoke_net
     for mine, theirs in zip(stepped.state, state):
         assert mine.dtype == theirs.dtype.as_numpy_dtype
         np.testing.assert_array_equal(mine, theirs.numpy())
+    # The public call, which stands in where TensorFlow lacks the private one, gives the same numbers.
+    public = compiled_call(net._recurrent, private_api=False)(wide_state, actions)
+    for mine, theirs in zip(tf.nest.flatten(public), tf.nest.flatten((state, reward, value, logits))):
+        np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
 
 
 def test_stacking_in_the_graph_equals_the_frame_stacker(random_smoke_net):
