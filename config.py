@@ -316,6 +316,9 @@ def _check_type(key: str, value, expected: type) -> None:
 
 
 # --- presets ---------------------------------------------------------------------------------------
+# Each preset is atari100k() and a delta: sizes, budget, and the algorithm settings a smaller run
+# needed, one line of reason each. The measurements behind the reasons are in docs/experiments.md
+# ("Why the presets differ from `atari100k`" and the sections it names).
 
 def atari100k() -> Config:
     """The full EfficientZero V2 Atari 100K settings, no simplifications."""
@@ -323,149 +326,109 @@ def atari100k() -> Config:
 
 
 def smoke() -> Config:
-    """Breakout with a tiny network and budget: a complete run of every part in about a minute."""
-    return Config(
-        preset="smoke", env_steps=240, num_envs=2, start_transitions=64, offline_updates=8,
-        replay_capacity=1000, max_episode_steps=50, eval_max_episode_steps=100, eval_episodes=2,
+    """Breakout with a tiny network and budget: every part of the Atari path in about a minute."""
+    return dataclasses.replace(
+        atari100k(), preset="smoke",
+        # sizes
         num_channels=16, reduced_channels=4, head_hidden_sizes=(16,), lstm_hidden_size=32,
         projection_hidden_size=64, projection_output_size=64, prediction_head_hidden_size=32,
-        num_simulations=4, batch_size=8, sve_start_updates=40, td_newest_transitions=100,
-        lr_decay_updates=150, selfplay_update_interval=10, target_update_interval=20,
-        eval_interval=100, checkpoint_interval=100, keep_checkpoints=2, log_interval=10)
+        num_simulations=4, batch_size=8, num_envs=2, replay_capacity=1000,
+        # budget, and the schedules shrunk with it
+        env_steps=240, start_transitions=64, offline_updates=8, max_episode_steps=50,
+        eval_max_episode_steps=100, eval_episodes=2, sve_start_updates=40,
+        td_newest_transitions=100, lr_decay_updates=150, selfplay_update_interval=10,
+        target_update_interval=20, eval_interval=100, checkpoint_interval=100, keep_checkpoints=2,
+        log_interval=10)
 
 
 def atari1h() -> Config:
-    """The whole algorithm on an Atari game at reduced sizes and budget: under an hour on a 2-core CPU
-    (6,000 env steps, 2,600 updates, a 32-channel network, batch 64, 8 simulations). The thresholds
-    T1, T2 keep their share of the run (30% of the updates, 5% of the transitions)."""
-    return Config(
-        preset="atari1h", env_steps=6_000, start_transitions=800, updates_per_env_step=0.5,
-        offline_updates=0, replay_capacity=10_000, eval_max_episode_steps=2_000, eval_episodes=10,
+    """The whole Atari algorithm at reduced sizes: under an hour on a 2-core CPU."""
+    return dataclasses.replace(
+        atari100k(), preset="atari1h",
+        # sizes
         num_channels=32, reduced_channels=8, lstm_hidden_size=128, projection_hidden_size=256,
         projection_output_size=256, prediction_head_hidden_size=64, num_simulations=8,
-        batch_size=64, sve_start_updates=780, td_newest_transitions=300,
+        batch_size=64, replay_capacity=10_000,
+        # budget: 6,000 env steps, 2,600 updates; T1 and T2 keep their shares (30%, 5%)
+        env_steps=6_000, start_transitions=800, updates_per_env_step=0.5, offline_updates=0,
+        sve_start_updates=780, td_newest_transitions=300, eval_max_episode_steps=2_000,
         eval_interval=650, checkpoint_interval=650, log_interval=50)
 
 
+def _vector_task() -> Config:
+    """What the vector-observation presets (classic, acrobot) share."""
+    return dataclasses.replace(
+        atari100k(),
+        # environment: one vector per observation, no lives, unclipped rewards, a 500-step cap
+        frame_stack=1, terminal_on_life_loss=False, clip_rewards=False, augmentation=False,
+        max_episode_steps=500, eval_max_episode_steps=500,
+        # sizes: MLP networks; a support of ±30 covers |v| ≤ ~905 (CartPole, Acrobot: ≤ 260)
+        network="mlp", head_hidden_sizes=(64,), lstm_hidden_size=64, projection_hidden_size=128,
+        projection_output_size=128, prediction_head_hidden_size=64, support_size=30,
+        num_simulations=8, frame_compression=0,
+        # budget
+        start_transitions=500, offline_updates=0, log_interval=50,
+        # algorithm: why
+        learning_rate=0.1,           # the first vector-task preset's rate, kept by every seed since
+        entropy_loss_coeff=0.05)     # the official bonus for non-Atari tasks (ez/agents/base.py)
+
+
 def classic() -> Config:
-    """Vector-observation gymnasium tasks (CartPole-v1) with MLP networks, sized for a 20,000-step
-    run on a 2-core CPU. Values up to ~260 (γ = 0.997, 500 steps) are h(260) ≈ 15.4 after the
-    transform, so a support of ±30 covers them. What differs from `atari100k`, and why (five seeds
-    each, `docs/experiments.md`):
-    - replay ratio 0.5 with batch 64 and 8 envs: 9,750 updates. At 0.25 two of five seeds were
-      still climbing when the run ended; at 0.5 all five end solved. Everything counted in updates
-      keeps its rate per env step: the target model is refreshed every 100 updates = 200 env
-      steps, as often per env step as Atari's 200 updates at ratio 1 (n-step TD values climb n
-      steps per refresh); T1 = 6,000 and the lr decay at 8,000 updates;
-    - value loss weight 1.0 (Atari 0.25): CartPole's value must rank states 100s of steps from a
-      fall, and at 0.25 it saw only about 90 steps ahead (`eval/initial_value`); whether ratio
-      0.5 still needs the heavier weight was not tested;
-    - the policy-entropy bonus of 5e-2 is the official code's for non-Atari tasks
-      (`ez/agents/base.py` adds it for DMC and Gym);
-    - a 30-step TD target (Atari: 5): a balanced pole's value sums about 260 steps of reward, and
-      an n-step target climbs only n steps per target refresh; with n = 5 one seed of five stalled
-      at a first-step value near 100 and fell back to 349 (mean of its last three evaluations),
-      with n = 30 all five held (last three 452.6-500, the value reaching 227);
-    - speed settings, none of which changes a number the run computes beyond float rounding:
-      the search's network calls compiled with XLA; one TensorFlow thread per operation and per
-      graph (these small matrices gain nothing from a second one, and idle pool threads compete
-      for the two cores); the pipelined reanalysis in a second process, out of the learner's
-      interpreter lock. Seed 0 alone on a 2-core AMD EPYC: 10.8 min with XLA and one intra-op
-      thread, 10.0 with the reanalysis process too, 9.0 with one inter-op thread as well (the same
-      evaluations and losses in all three; the plain settings took 15.3 min on a 2-core Xeon)."""
-    return Config(
-        preset="classic", env_id="CartPole-v1", network="mlp", frame_stack=1, clip_rewards=False,
-        terminal_on_life_loss=False, augmentation=False, max_episode_steps=500,
-        eval_max_episode_steps=500, env_steps=20_000, num_envs=8, start_transitions=500,
-        updates_per_env_step=0.5, offline_updates=0, replay_capacity=20_000, frame_compression=0,
-        lstm_hidden_size=64, head_hidden_sizes=(64,), mlp_hidden_sizes=(128, 128),
-        mlp_state_size=64,
-        projection_hidden_size=128, projection_output_size=128, prediction_head_hidden_size=64,
-        support_size=30, num_simulations=8, batch_size=64, learning_rate=0.1,
-        value_loss_coeff=1.0, sve_start_updates=6_000, td_newest_transitions=1_000,
-        lr_decay_updates=8_000, target_update_interval=100, entropy_loss_coeff=0.05,
-        td_steps=30, xla_inference=True, intra_op_threads=1, inter_op_threads=1,
-        reanalysis_process=True,
-        eval_interval=1_000, eval_episodes=10, checkpoint_interval=1_000, log_interval=50)
+    """CartPole-v1 in about 10 minutes of a 2-core CPU, held by five of five seeds."""
+    return dataclasses.replace(
+        _vector_task(), preset="classic", env_id="CartPole-v1",
+        # sizes
+        batch_size=64, num_envs=8, replay_capacity=20_000,
+        # budget: 20,000 env steps, 9,750 updates; refreshes at Atari's rate per env step
+        env_steps=20_000, updates_per_env_step=0.5,   # at 0.25 two seeds of five still climbed
+        target_update_interval=100, sve_start_updates=6_000, td_newest_transitions=1_000,
+        lr_decay_updates=8_000, eval_interval=1_000, checkpoint_interval=1_000,
+        # algorithm: why
+        value_loss_coeff=1.0,        # at 0.25 the value saw ~90 steps ahead of a 500-step game
+        td_steps=30,                 # with 5, one seed of five stalled at a first value near 100
+        # speed only: the same numbers up to float rounding (docs/performance.md)
+        xla_inference=True, intra_op_threads=1, inter_op_threads=1, reanalysis_process=True)
 
 
 def acrobot() -> Config:
-    """Acrobot-v1 with the MLP networks of `classic` and the settings it was verified with over
-    three seeds, before `classic` moved to ratio 0.5 for CartPole (not yet run on Acrobot): batch
-    128, 4 envs, replay ratio 0.25, value weight 0.25, sequential reanalysis, the target model
-    refreshed every 50 updates, a 5-step TD target, the plain graph and TensorFlow's default
-    threads. Its budget is 50,000 env steps. Every step costs −1 until the goal
-    or the 500-step cap, so values lie in [−260, 0]: the classic support of ±30 (|v| ≤ ~905 after
-    the transform) covers them."""
-    return dataclasses.replace(classic(), preset="acrobot", env_id="Acrobot-v1", env_steps=50_000,
-                               num_envs=4, updates_per_env_step=0.25, batch_size=128,
-                               value_loss_coeff=0.25, pipelined_reanalysis=False, td_steps=5,
-                               xla_inference=False, intra_op_threads=0, inter_op_threads=0,
-                               reanalysis_process=False,
-                               target_update_interval=50, replay_capacity=50_000,
-                               lr_decay_updates=10_000, sve_start_updates=7_500,
-                               td_newest_transitions=2_500, eval_interval=1_250,
-                               checkpoint_interval=2_500)
+    """Acrobot-v1 with the settings its three seeds were verified with."""
+    return dataclasses.replace(
+        _vector_task(), preset="acrobot", env_id="Acrobot-v1",
+        # sizes
+        batch_size=128, replay_capacity=50_000,
+        # budget: 50,000 env steps, 12,375 updates
+        env_steps=50_000, updates_per_env_step=0.25, target_update_interval=50,
+        sve_start_updates=7_500, td_newest_transitions=2_500, lr_decay_updates=10_000,
+        eval_interval=1_250, checkpoint_interval=2_500,
+        # algorithm: why
+        pipelined_reanalysis=False)  # verified with each batch reanalysed by the latest model
 
 
 def minatar() -> Config:
-    """MinAtar (`MinAtar/<Game>-v1`, 10x10 binary channels): the Atari algorithm, sized so 100,000
-    env steps fit about an hour on a 2-core CPU (`python bench.py minatar` projects it). What differs
-    from `atari100k`, and why:
-    - the grid is kept (downsample off) and the network is small: 16 channels, 4-channel head
-      convs, a 64-unit LSTM, 128-wide SimSiam projections. The updates, not self-play, bound a run;
-    - one frame per observation (frame_stack 1): MinAtar's channels already show motion (Breakout's
-      ball trail, the direction channels of Asterix and Seaquest), as in MinAtar's own baselines;
-    - no augmentation: a shifted grid moves walls and objects to impossible places, and the channels
-      are binary, so intensity jitter has nothing to jitter;
-    - 16 envs in lockstep (4 in Atari): a search makes 9 network calls whatever its batch, and at
-      these sizes a call's fixed cost, not its batch, sets the self-play speed (`bench.py minatar`);
-      8 simulations (16 in Atari) halve the search cost;
-    - replay ratio 0.15 (Atari 1.0), batch 64 (256), no offline updates, and a tenth of each batch
-      reanalysed (`reanalyze_ratio` 0.1; the official Atari config reanalyses every sample): 14,700
-      updates, about an hour on a 2-core CPU (a whole run alone took 60.5 min, 4.05 updates/s). A
-      reanalysis of every sample is about 70% of an update's FLOPs; spent on updates instead, MinAtar
-      Breakout ended on 8.37, 5.47 and 6.80 over seeds 0-2 (mean 6.88), against 6.13, 3.4 and 6.13
-      (mean 5.22) with every sample reanalysed at ratio 0.07 (6,860 updates, the same hour). The
-      samples not searched keep the acting search's improved policy and their TD value target;
-    - Adam with lr 1e-3 and no weight decay (Atari: SGD, lr 0.2, 1e-4), value weight 1 (0.25) and
-      SimSiam weight 0.5 (2): with SGD, or with the paper's weights, the dynamics g stops telling
-      the actions apart within 6,860 updates (an offline probe on 200,000 MinAtar Breakout
-      transitions; the official code uses Adam for its DMC-state tasks);
-    - a 30-step TD target (Atari: 5): early MinAtar games last about 10 steps, so a 5-step target
-      is mostly the bootstrap of a target model that predicts about 0, no loss then depends on the
-      action, and g loses it (without SimSiam as fast as with it) (seed 0: evaluations stayed 0
-      with n = 5 and climbed to 7.6 in one run with n = 30; a rerun that differed only in float
-      rounding lost the action and stayed at random level, so this is the best setting measured,
-      not yet a reliable one). Reanalysis infers only the roots and the bootstraps, so n = 30
-      costs what n = 5 does;
-      the self-play and target refresh intervals keep Atari's rate per env step (100 and 200
-      updates at ratio 1 -> 15 and 30 at 0.15), T1 keeps its 30% share of the updates (4,410) and
-      T2 = 5,000 transitions its 5% of the transitions; the lr decays at 80% of the updates;
-    - the action enters the dynamics as one-hot planes (A planes, 1 on plane a), not the official
-      single plane of value a/A: after conv1x1 and LayerNorm over 4 channels the scalar plane's
-      actions lie on one curve and the state path outgrows them (Breakout: g's action difference
-      fell to 1.8% by 1,400 updates, evaluations 0.0-0.2); one-hot planes kept it (32%) and
-      three seeds ended on 6.13, 3.4, 6.13 (best 6.13, 6.23, 16.83; ratio 0.07, all reanalysed);
-    - the policy-entropy bonus of the classic preset (the official code's for non-ALE tasks);
-    - rewards are 0 or 1 already (no clipping) and a game is one episode (no lives); the 10,000-step
-      cap bounds a game that never ends (e.g. Breakout with a paddle that never misses)."""
-    return Config(
-        preset="minatar", env_id="MinAtar/Breakout-v1", downsample=False, action_encoding="one_hot",
-        frame_stack=1,
-        augmentation=False, clip_rewards=False, terminal_on_life_loss=False,
-        max_episode_steps=10_000, eval_max_episode_steps=10_000, env_steps=100_000, num_envs=16,
-        start_transitions=2_000, updates_per_env_step=0.15, reanalyze_ratio=0.1, offline_updates=0,
-        replay_capacity=100_000,
-        frame_compression=0, num_channels=16, reduced_channels=4, head_hidden_sizes=(32,),
-        lstm_hidden_size=64, projection_hidden_size=128, projection_output_size=128,
-        prediction_head_hidden_size=64, support_size=30, num_simulations=8, batch_size=64,
-        optimizer="adam", learning_rate=1e-3, weight_decay=0.0, value_loss_coeff=1.0,
-        consistency_loss_coeff=0.5, td_steps=30, sve_start_updates=4_410,
-        td_newest_transitions=5_000,
-        lr_decay_updates=11_760, selfplay_update_interval=15, target_update_interval=30,
-        entropy_loss_coeff=0.05, eval_interval=1_500, eval_episodes=30, checkpoint_interval=1_500,
-        log_interval=100)
+    """MinAtar (`MinAtar/<Game>-v1`, 10x10 binary channels): the Atari algorithm at a size whose
+    100,000 env steps take about an hour of a 2-core CPU (`python bench.py minatar`)."""
+    return dataclasses.replace(
+        atari100k(), preset="minatar", env_id="MinAtar/Breakout-v1",
+        # environment: rewards are 0 or 1, a game is one episode, the channels already show motion
+        frame_stack=1, terminal_on_life_loss=False, clip_rewards=False,
+        max_episode_steps=10_000, eval_max_episode_steps=10_000,     # a game that never ends
+        augmentation=False,          # a shifted grid moves walls; binary channels have no intensity
+        # sizes: the grid is kept; updates, not self-play, bound a run
+        downsample=False, num_channels=16, reduced_channels=4, lstm_hidden_size=64,
+        projection_hidden_size=128, projection_output_size=128, prediction_head_hidden_size=64,
+        support_size=30, num_simulations=8, batch_size=64, frame_compression=0,
+        num_envs=16,                 # a search costs about the same for 4 states or 16 here
+        # budget: 14,700 updates; refreshes at Atari's rate per env step, T1 at 30% of the updates
+        updates_per_env_step=0.15, offline_updates=0, selfplay_update_interval=15,
+        target_update_interval=30, sve_start_updates=4_410, lr_decay_updates=11_760,
+        eval_interval=1_500, eval_episodes=30, checkpoint_interval=1_500,
+        # algorithm: why
+        reanalyze_ratio=0.1,         # the updates a full reanalysis costs buy more
+        optimizer="adam", learning_rate=1e-3, weight_decay=0.0,   # with SGD, or with the paper's
+        value_loss_coeff=1.0, consistency_loss_coeff=0.5,         # weights, g lost the action
+        td_steps=30,                 # early games last ~10 steps: a 5-step target is all bootstrap
+        action_encoding="one_hot",   # the plane a/A lost the action after conv1x1 and LayerNorm
+        entropy_loss_coeff=0.05)     # the official bonus for non-Atari tasks
 
 
 PRESETS: dict[str, Callable[[], Config]] = {"atari100k": atari100k, "atari1h": atari1h,

@@ -65,3 +65,36 @@ def test_json_with_unknown_key_or_wrong_type_is_refused():
         cfg.Config.from_json('{"bogus": 1}')
     with pytest.raises(ValueError, match="'seed' must be of type int"):
         cfg.Config.from_json('{"seed": "zero"}')
+
+
+def test_every_preset_computes_what_its_recorded_settings_say():
+    """tests/presets.json holds every preset's settings: a change to a preset is a deliberate edit
+    of both (recorded when the presets became deltas of atari100k, unchanged by that rewrite)."""
+    import json
+    import os
+
+    with open(os.path.join(os.path.dirname(__file__), "presets.json")) as file:
+        recorded = json.load(file)
+    assert sorted(recorded) == sorted(cfg.PRESETS)
+    for name, make in cfg.PRESETS.items():
+        assert json.loads(make().to_json()) == recorded[name], name
+
+
+def test_no_preset_keyword_restates_its_base():
+    """Each preset is `dataclasses.replace(base(), key=value, ...)`: every value differs from the
+    base's, so each line of a preset is a change."""
+    import ast
+    import inspect
+
+    for name in list(cfg.PRESETS) + ["_vector_task"]:
+        function = getattr(cfg, name)
+        calls = [node for node in ast.walk(ast.parse(inspect.getsource(function)))
+                 if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "replace"]
+        if name == "atari100k":
+            assert not calls
+            continue
+        (call,) = calls
+        base = getattr(cfg, call.args[0].func.id)()
+        for keyword in call.keywords:
+            value = ast.literal_eval(keyword.value)
+            assert value != getattr(base, keyword.arg), f"{name} restates {keyword.arg}={value!r}"
