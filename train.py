@@ -27,8 +27,6 @@ import json
 import os
 import sys
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import NamedTuple
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -43,8 +41,7 @@ from config import Config  # noqa: E402
 from evaluate import play_episodes, summarize  # noqa: E402
 from learner import Learner, configure_tensorflow, machine_description  # noqa: E402
 from mcts import search_actions  # noqa: E402
-from reanalysis_worker import ReanalysisProcess  # noqa: E402
-from targets import reanalyze  # noqa: E402
+from target_pipeline import TargetPipeline  # noqa: E402
 
 # TensorFlow (keras, networks.py) is imported inside the functions that build networks: it takes
 # seconds to load, and the command line answers --help and usage errors before it is needed.
@@ -234,16 +231,6 @@ class MetricsLogger:
         self._file.close()
 
 
-class PreparedTargets(NamedTuple):
-    """The batch of an update and its targets: computed, or being computed by the reanalysis thread.
-    The random states from before the batch was drawn let a checkpoint discard it exactly."""
-    batch: object                        # buffer.Batch
-    targets: Future                      # -> targets.Targets
-    sample_seconds: float
-    rng_state: dict                      # Trainer.rng before the batch was sampled
-    reanalysis_rng_state: dict           # Trainer.reanalysis_rng before its reanalysis
-
-
 # --- the run --------------------------------------------------------------------------------------
 
 class Trainer:
@@ -270,12 +257,6 @@ class Trainer:
         self.learner = Learner(config, self.online, shape, actions)
         self.rng = np.random.default_rng(config.seed)
         self.reanalysis_rng = np.random.default_rng((config.seed, REANALYSIS_STREAM))
-        # Pipelined reanalysis: the next update's batch, sampled and handed to this one worker
-        # thread before the learner runs on the current batch (`pipelined_reanalysis`); with
-        # `reanalysis_process` the thread only waits for a second process that reanalyses.
-        self.reanalysis_thread = ThreadPoolExecutor(1) if config.pipelined_reanalysis else None
-        self.reanalysis_process: ReanalysisProcess | None = None
-        self.prepared: PreparedTargets | None = None
         self.env_steps = self.updates = self.games = 0
         self.best_eval: float | None = None
         self.last_eval: float | None = None
@@ -287,15 +268,15 @@ class Trainer:
             weights = self.online.get_weights()
             self.selfplay_model.set_weights(weights)
             self.target_model.set_weights(weights)
-        if config.pipelined_reanalysis and config.reanalysis_process:
-            self.reanalysis_process = ReanalysisProcess(config, shape, actions,
-                                                        self.target_model.get_weights())
+        self.pipeline = TargetPipeline(
+            config, lambda rng: self.buffer.sample(config.batch_size, rng), self.target_model,
+            self.rng, self.reanalysis_rng, shape, actions)
         self.envs = [envs.make_env(config.env_id, self.game_seed(i), True, config)
                      for i in range(config.num_envs)]
         self.stacker = envs.FrameStacker(config.num_envs, self.spec.frame_shape, config.frame_stack,
                                          self.spec.frame_dtype)
-        record_machine(run_dir, self.env_steps, self.updates)
         self.logger = MetricsLogger(run_dir, self.updates if resume_from is not None else None)
+        record_machine(run_dir, self.env_steps, self.updates)
         self.logger.log_settings(config)
         self.clock = RunClock(config)
         if not on_gpu and config.preset == "atari100k":
@@ -328,7 +309,7 @@ class Trainer:
               f"{len(self.buffer)} transitions")
 
     def save_checkpoint(self) -> str:
-        self._discard_prepared()
+        self.pipeline.discard()
         arrays = {"online": self.online.get_weights(), "selfplay": self.selfplay_model.get_weights(),
                   "target": self.target_model.get_weights(), **self.learner.variables_to_save()}
         state = {"env_steps": self.env_steps, "updates": self.updates, "games": self.games,
@@ -386,53 +367,13 @@ class Trainer:
         return search_seconds
 
     # -- learning --
-    def prepare_targets(self, updates: int) -> PreparedTargets:
-        """Sample the batch of update number `updates` + 1 and reanalyse it with the target model:
-        at once, or in the reanalysis thread (with its own random stream) when pipelined."""
-        rng_state = self.rng.bit_generator.state
-        reanalysis_rng_state = self.reanalysis_rng.bit_generator.state
-        start = time.perf_counter()
-        batch = self.buffer.sample(self.config.batch_size, self.rng)
-        sample_seconds = time.perf_counter() - start
-        if self.reanalysis_thread is None:
-            targets = Future()
-            targets.set_result(reanalyze(batch, self.target_model, config=self.config,
-                                         updates=updates, rng=self.rng))
-        elif self.reanalysis_process is not None:
-            targets = self.reanalysis_thread.submit(self.reanalysis_process.reanalyze, batch,
-                                                    updates=updates, rng=self.reanalysis_rng)
-        else:
-            targets = self.reanalysis_thread.submit(reanalyze, batch, self.target_model,
-                                                    config=self.config, updates=updates,
-                                                    rng=self.reanalysis_rng)
-        return PreparedTargets(batch, targets, sample_seconds, rng_state, reanalysis_rng_state)
-
-    def _discard_prepared(self) -> None:
-        """Drop a batch prepared ahead and rewind the random streams to before it: a checkpoint
-        then holds exactly what a run resumed from it will compute next."""
-        if self.prepared is not None:
-            self.prepared.targets.result()
-            self.rng.bit_generator.state = self.prepared.rng_state
-            self.reanalysis_rng.bit_generator.state = self.prepared.reanalysis_rng_state
-            self.prepared = None
-
     def update_once(self) -> bool:
-        """Sample, reanalyse, update once; returns False if the loss was not finite.
-
-        Pipelined (`pipelined_reanalysis`), the next update's batch is sampled before the learner
-        runs and reanalysed in the second thread meanwhile (and during the self-play that follows),
-        so its priorities miss this update's, and across a target refresh its targets come from
-        the previous target model: the staleness the official code's batch workers also have."""
+        """Sample and reanalyse (target_pipeline.py), update once, write the new priorities and
+        refresh the model copies that are due; returns False if the loss was not finite."""
         config = self.config
         start = time.perf_counter()
-        prepared, self.prepared = self.prepared, None
-        if prepared is None:
-            prepared = self.prepare_targets(self.updates)
-        batch = prepared.batch
-        targets = prepared.targets.result()
-        reanalysed = time.perf_counter()
-        if self.reanalysis_thread is not None and self.updates + 1 < config.total_updates:
-            self.prepared = self.prepare_targets(self.updates + 1)
+        prepared = self.pipeline.next(self.updates, prefetch=self.updates + 1 < config.total_updates)
+        batch, targets = prepared.batch, prepared.targets.result()
         learner_start = time.perf_counter()
         result = self.learner.update(batch, targets, self.updates)
         done = time.perf_counter()
@@ -445,12 +386,14 @@ class Trainer:
         if self.updates % config.selfplay_update_interval == 0:
             self.selfplay_model.set_weights(self.online.get_weights())
         if self.updates % config.target_update_interval == 0:
-            if self.prepared is not None:
-                self.prepared.targets.result()        # no refresh while it reads the weights
-            weights = self.online.get_weights()
-            self.target_model.set_weights(weights)
-            if self.reanalysis_process is not None:
-                self.reanalysis_process.set_weights(weights)
+            self.pipeline.set_target_weights(self.online.get_weights())
+        self._warn_once_about_clipping(result)
+        if self.updates % config.log_interval == 0:
+            self._log_update(batch, targets, result, prepared, done - learner_start)
+        return True
+
+    def _warn_once_about_clipping(self, result) -> None:
+        config = self.config
         if result.scalars["targets/clipped_fraction"] > CLIPPED_WARNING_FRACTION \
                 and not self.warned_clipping:
             self.warned_clipping = True
@@ -461,20 +404,22 @@ class Trainer:
                   f"lie outside the support (support_size={config.support_size}); the largest, "
                   f"|{largest:.0f}|, needs --set support_size={support_size_for(largest)}",
                   file=sys.stderr)
-        if self.updates % config.log_interval == 0:
-            if self.fixed_frames is None:
-                self.fixed_frames = batch.frames[:, :config.frame_stack]
-            scalars = dict(result.scalars)
-            scalars.update(targets.diagnostics)
-            scalars.update(self.learner.normalization_gap(self.fixed_frames))
-            scalars["targets/sve_fraction"] = targets.sve_fraction
-            scalars["perf/sample_ms"] = 1000 * prepared.sample_seconds
-            scalars["perf/reanalyze_ms"] = 1000 * (targets.network_seconds + targets.tree_seconds)
-            scalars["perf/reanalyze_tree_ms"] = 1000 * targets.tree_seconds
-            scalars["perf/reanalyze_wait_ms"] = 1000 * (reanalysed - start)
-            scalars["perf/update_ms"] = 1000 * (done - learner_start)
-            self.logger.log(scalars, self.updates, self.env_steps)
-        return True
+
+    def _log_update(self, batch, targets, result, prepared, update_seconds: float) -> None:
+        """Losses, target diagnostics and timings of this update (every `log_interval`)."""
+        config = self.config
+        if self.fixed_frames is None:
+            self.fixed_frames = batch.frames[:, :config.frame_stack]
+        scalars = dict(result.scalars)
+        scalars.update(targets.diagnostics)
+        scalars.update(self.learner.normalization_gap(self.fixed_frames))
+        scalars["targets/sve_fraction"] = targets.sve_fraction
+        scalars["perf/sample_ms"] = 1000 * prepared.sample_seconds
+        scalars["perf/reanalyze_ms"] = 1000 * (targets.network_seconds + targets.tree_seconds)
+        scalars["perf/reanalyze_tree_ms"] = 1000 * targets.tree_seconds
+        scalars["perf/reanalyze_wait_ms"] = 1000 * prepared.wait_seconds
+        scalars["perf/update_ms"] = 1000 * update_seconds
+        self.logger.log(scalars, self.updates, self.env_steps)
 
     def evaluate(self) -> None:
         start = time.perf_counter()
@@ -535,10 +480,7 @@ class Trainer:
 
     def close(self) -> None:
         """Stop the reanalysis worker thread and process, if any."""
-        if self.reanalysis_thread is not None:
-            self.reanalysis_thread.shutdown()
-        if self.reanalysis_process is not None:
-            self.reanalysis_process.close()
+        self.pipeline.close()
 
     def run(self) -> None:
         config = self.config

@@ -721,13 +721,13 @@ def test_pipelined_reanalysis_prepares_the_next_batch_with_the_target_model_of_i
 
     trainer = _trainer_with_data(tmp_path, target_update_interval=2, pipelined_reanalysis=True,
                                  reanalysis_process=in_process)
-    assert (trainer.reanalysis_process is not None) == in_process
+    assert (trainer.pipeline.process is not None) == in_process
     before_refresh = EfficientZeroNet(trainer.config, trainer.spec.observation_shape,
                                       trainer.spec.num_actions)
     before_refresh.set_weights(trainer.target_model.get_weights())
     trainer.update_once()
     trainer.update_once()
-    prepared = trainer.prepared
+    prepared = trainer.pipeline.prepared
     assert prepared is not None
     assert not all(np.array_equal(a, b) for a, b in zip(trainer.target_model.get_weights(),
                                                          before_refresh.get_weights()))
@@ -740,7 +740,7 @@ def test_pipelined_reanalysis_prepares_the_next_batch_with_the_target_model_of_i
     assert trainer.reanalysis_rng.bit_generator.state == rng.bit_generator.state
 
     trainer.save_checkpoint()
-    assert trainer.prepared is None
+    assert trainer.pipeline.prepared is None
     assert trainer.rng.bit_generator.state == prepared.rng_state
     assert trainer.reanalysis_rng.bit_generator.state == prepared.reanalysis_rng_state
     trainer.close()
@@ -748,7 +748,7 @@ def test_pipelined_reanalysis_prepares_the_next_batch_with_the_target_model_of_i
 
 def test_a_failing_reanalysis_process_raises_with_its_traceback_and_keeps_serving(tmp_path):
     trainer = _trainer_with_data(tmp_path, pipelined_reanalysis=True, reanalysis_process=True)
-    worker = trainer.reanalysis_process
+    worker = trainer.pipeline.process
     with pytest.raises(RuntimeError, match="the reanalysis process failed:(.|\n)*Traceback"):
         worker.reanalyze(None, updates=0, rng=np.random.default_rng(0))
     assert trainer.update_once() and trainer.update_once()
