@@ -33,10 +33,18 @@ _ALL_POSITIVE = (lambda v: len(v) > 0 and all(x > 0 for x in v), "a non-empty li
 _ANY_POSITIVE = (lambda v: all(x > 0 for x in v), "a list of values > 0 (may be empty)")
 
 
-def _f(text: str, default, rule=None):
-    """A dataclass field with its one-line doc (and unit) and an optional (check, allowed) rule."""
+# What kind of setting a field is: one of the paper's (the default), a switch between the paper's
+# behaviour and another one (for ablations and the CPU presets; its doc names which is the paper's),
+# or a speed setting, which changes no computed number (xla_inference: only its float rounding).
+PAPER, SWITCH, SPEED = "paper", "switch", "speed"
+
+
+def _f(text: str, default, rule=None, kind: str = PAPER):
+    """A dataclass field with its one-line doc (and unit), an optional (check, allowed) rule and its
+    kind (PAPER, SWITCH or SPEED)."""
     check, allowed = rule if rule else (None, "")
-    return field(default=default, metadata={"doc": text, "check": check, "allowed": allowed})
+    return field(default=default, metadata={"doc": text, "check": check, "allowed": allowed,
+                                            "kind": kind})
 
 
 @dataclass(frozen=True)
@@ -53,7 +61,7 @@ class Config:
     frame_skip: int = _f("frames per agent step, max-pooled over the last two (frames)", 4, _POSITIVE)
     noop_max: int = _f("maximum random no-op actions at episode start (env steps)", 30, _NON_NEGATIVE)
     frame_size: int = _f("side of the square resized Atari frame (pixels)", 96, _POSITIVE)
-    grayscale: bool = _f("grayscale Atari frames instead of RGB (the blog's simplification)", False)
+    grayscale: bool = _f("grayscale Atari frames instead of RGB (the blog's simplification)", False, kind=SWITCH)
     frame_stack: int = _f("number of consecutive frames stacked into one observation", 4, _POSITIVE)
     terminal_on_life_loss: bool = _f("a lost life ends the episode in training (never in evaluation)",
                                      True)
@@ -64,7 +72,7 @@ class Config:
                                      27000, _POSITIVE)
     continuous_action_bins: int = _f("a vector task's continuous (Box) action is discretised into "
                                      "this many evenly spaced values per dimension (Pendulum-v1)", 5,
-                                     _POSITIVE)
+                                     _POSITIVE, kind=SWITCH)
 
     # --- budget ----------------------------------------------------------------------------------
     env_steps: int = _f("total env steps collected by self-play, summed over envs (env steps)",
@@ -80,10 +88,10 @@ class Config:
                               "data go first (transitions)", 100_000, _POSITIVE)
     replay_open_games: bool = _f("a position of a game still being played may be sampled once every "
                                  "step its targets need is stored (the official code's trajectory "
-                                 "blocks); false: only after its game ends", True)
+                                 "blocks); false: only after its game ends", True, kind=SWITCH)
     frame_compression: int = _f("zlib level (1-9) of the replay buffer's frames, 0 stores them raw; "
                                 "lossless, Breakout frames shrink ~33x (2.8 GB -> 85 MB at 100K)", 1,
-                                (lambda v: 0 <= v <= 9, "an integer in [0, 9]"))
+                                (lambda v: 0 <= v <= 9, "an integer in [0, 9]"), kind=SPEED)
 
     # --- networks (EZ V2 appendix, network architecture) -----------------------------------------------------------------
     network: str = _f("'conv' (Atari residual stack) or 'mlp' (vector observations)", "conv")
@@ -91,26 +99,26 @@ class Config:
                            _POSITIVE)
     num_blocks: int = _f("residual blocks after downsampling (conv representation)", 1, _POSITIVE)
     downsample: bool = _f("the conv representation shrinks 96x96 frames to 6x6 (Atari); false keeps "
-                          "a small grid's size (MinAtar's 10x10)", True)
+                          "a small grid's size (MinAtar's 10x10)", True, kind=SWITCH)
     reduced_channels: int = _f("channels of the 1x1 convs in the reward/value/policy heads", 16,
                                _POSITIVE)
     action_encoding: str = _f("how the conv dynamics sees the action: 'scalar' (one plane of value "
                               "a/A, the official code) or 'one_hot' (A planes, 1 on plane a); either "
                               "goes through conv1x1, LayerNorm and ReLU",
-                              "scalar")
+                              "scalar", kind=SWITCH)
     head_hidden_sizes: tuple = _f("hidden layer sizes of the reward/value/policy MLPs", (32,),
                                   _ANY_POSITIVE)
     mlp_hidden_sizes: tuple = _f("hidden sizes of the MLP representation/dynamics (mlp)", (128, 128),
                                  _ALL_POSITIVE)
     mlp_state_size: int = _f("size of the flat latent state (mlp)", 64, _POSITIVE)
     normalization: str = _f("'batch' (BatchNorm, the paper) or 'group' (GroupNorm, the blog)",
-                            "batch")
-    group_norm_groups: int = _f("groups of GroupNorm when normalization='group'", 8, _POSITIVE)
+                            "batch", kind=SWITCH)
+    group_norm_groups: int = _f("groups of GroupNorm when normalization='group'", 8, _POSITIVE, kind=SWITCH)
     batch_renorm: bool = _f("BatchNorm trains on batch statistics corrected toward its moving "
                             "statistics (Batch Renormalization), so inference computes what "
-                            "training computes (false: plain BatchNorm, the paper)", True)
+                            "training computes (false: plain BatchNorm, the paper)", True, kind=SWITCH)
     value_prefix: bool = _f("predict value prefixes with an LSTM (EZ) instead of per-step rewards",
-                            True)
+                            True, kind=SWITCH)
     lstm_hidden_size: int = _f("hidden size of the value-prefix LSTM", 512, _POSITIVE)
     lstm_horizon_len: int = _f("the value prefix and LSTM reset every this many steps (env steps)", 5,
                                _POSITIVE)
@@ -128,30 +136,30 @@ class Config:
     c_scale: float = _f("sigma(q) = (c_visit + max N) * c_scale * q", 0.1, _POSITIVE)
     q_normalization: str = _f("rescaling of Q to [0, 1] in the search: 'tree' (one min/max per tree "
                               "over every backed-up return, the official EZ V2 tree) or 'node' "
-                              "(per node, mctx and the Gumbel paper)", "tree")
+                              "(per node, mctx and the Gumbel paper)", "tree", kind=SWITCH)
     value_delta_max: float = _f("with q_normalization='tree': floor of the tree's Q range",
                                 0.01, _POSITIVE)
     gumbel_scale: float = _f("scale of the root Gumbel noise in self-play (0 = greedy)", 1.0,
-                             _NON_NEGATIVE)
+                             _NON_NEGATIVE, kind=SWITCH)
     discount: float = _f("per env step discount gamma", 0.997, _DISCOUNT)
 
     # --- targets (EZ V2: value prefix, SVE, mixed value) ------------------------------------------------------------------
     unroll_steps: int = _f("K: dynamics unroll length in training (env steps)", 5, _POSITIVE)
     td_steps: int = _f("n of the n-step TD value target (env steps)", 5, _POSITIVE)
     reanalysis_chunk_size: int = _f("most observations per representation call in reanalysis; "
-                                    "bounds peak memory, results unchanged", 512, _POSITIVE)
+                                    "bounds peak memory, results unchanged", 512, _POSITIVE, kind=SPEED)
     pipelined_reanalysis: bool = _f("reanalyse the next batch in a second thread while the "
                                     "learner updates on this one; its priorities then reach the "
                                     "sampler one update late, as in the official asynchronous "
-                                    "batch workers", True)
+                                    "batch workers", True, kind=SWITCH)
     reanalysis_process: bool = _f("pipelined reanalysis in a second process instead of a thread: "
                                   "the interpreter lock then no longer makes it take turns with "
                                   "the learner; the same targets (no effect unless "
-                                  "pipelined_reanalysis)", False)
+                                  "pipelined_reanalysis)", False, kind=SPEED)
     reanalyze_ratio: float = _f("fraction of policy targets recomputed by a fresh target-model "
-                                "search (the rest use the stored acting policy)", 1.0, _FRACTION)
+                                "search (the rest use the stored acting policy)", 1.0, _FRACTION, kind=SWITCH)
     use_search_value: bool = _f("mixed value targets: SVE after the thresholds below, else TD only",
-                                True)
+                                True, kind=SWITCH)
     sve_start_updates: int = _f("T1: TD value targets only while the update count is below this "
                                 "(updates)", 30_000, _NON_NEGATIVE)
     td_newest_transitions: int = _f("T2: samples among the newest T2 transitions keep TD targets "
@@ -163,7 +171,7 @@ class Config:
     policy_loss_coeff: float = _f("weight of the policy cross-entropy", 1.0, _NON_NEGATIVE)
     policy_target_smoothing: float = _f("weight of the uniform distribution mixed into every policy "
                                         "target (0 = the paper): bounds the prior's logit gaps",
-                                        0.0, _FRACTION)
+                                        0.0, _FRACTION, kind=SWITCH)
     value_loss_coeff: float = _f("weight of the value cross-entropy", 0.25, _NON_NEGATIVE)
     consistency_loss_coeff: float = _f("weight of the SimSiam consistency loss (paper: 2.0)", 2.0,
                                        _NON_NEGATIVE)
@@ -189,20 +197,20 @@ class Config:
                                _POSITIVE)
     lr_decay_factor: float = _f("lr step-decay factor", 0.1, _POSITIVE)
     mixed_precision: bool = _f("lower-precision compute with float32 weights: float16 with a "
-                               "dynamic loss scale on a GPU, bfloat16 on a CPU", False)
+                               "dynamic loss scale on a GPU, bfloat16 on a CPU", False, kind=SWITCH)
     xla_inference: bool = _f("compile the search's network calls (initial and recurrent "
                              "inference) with XLA: fewer, fused kernels; results differ from the "
-                             "plain graph by float rounding", False)
+                             "plain graph by float rounding", False, kind=SPEED)
     intra_op_threads: int = _f("TensorFlow threads one operation may use (0: TensorFlow's default, "
                                "one per core). Takes effect once per process, before its first "
                                "TensorFlow operation; train.py and bench.py apply it", 0,
-                               _NON_NEGATIVE)
+                               _NON_NEGATIVE, kind=SPEED)
     inter_op_threads: int = _f("TensorFlow threads that run independent operations of a graph at "
                                "once (0: TensorFlow's default, one per core); applied as "
-                               "intra_op_threads", 0, _NON_NEGATIVE)
+                               "intra_op_threads", 0, _NON_NEGATIVE, kind=SPEED)
 
     # --- prioritized replay ----------------------------------------------------------------------
-    use_priority: bool = _f("prioritized replay (else uniform sampling)", True)
+    use_priority: bool = _f("prioritized replay (else uniform sampling)", True, kind=SWITCH)
     priority_alpha: float = _f("priority exponent alpha", 1.0, _NON_NEGATIVE)
     priority_beta: float = _f("importance-weight exponent beta", 1.0, _FRACTION)
     priority_epsilon: float = _f("added to |v - z| so no priority is zero", 1e-6, _POSITIVE)
@@ -210,7 +218,7 @@ class Config:
                                     "to [this, 1] (official replay buffer: 0.1)", 0.1, _FRACTION)
 
     # --- augmentation ----------------------------------------------------------------------------
-    augmentation: bool = _f("random shift and intensity jitter on image observations", True)
+    augmentation: bool = _f("random shift and intensity jitter on image observations", True, kind=SWITCH)
     shift_pad: int = _f("random shift: replicate-pad by this many pixels, then crop", 4,
                         _NON_NEGATIVE)
     intensity_sigma: float = _f("intensity jitter: scale by 1 + sigma * clip(N(0,1), -2, 2)", 0.05,
@@ -487,8 +495,19 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
 
 
 def describe(config: Config) -> str:
-    """One line per field: name, value and doc, for printing the settings at the start of a run."""
+    """One line per field: name, value, kind (switch or speed; the paper's settings unmarked) and
+    doc, for TensorBoard's text tab."""
     lines = []
     for f in dataclasses.fields(config):
-        lines.append(f"{f.name:<28} {getattr(config, f.name)!s:<18} # {f.metadata['doc']}")
+        kind = "" if f.metadata["kind"] == PAPER else f"[{f.metadata['kind']}] "
+        lines.append(f"{f.name:<28} {getattr(config, f.name)!s:<18} # {kind}{f.metadata['doc']}")
     return "\n".join(lines)
+
+
+def differences_from_paper(config: Config) -> dict[str, object]:
+    """The settings in which `config` differs from `atari100k()`, the paper's Atari 100K settings,
+    but for the task, the seed and the preset's name: {field: value}."""
+    paper = atari100k()
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+            if f.name not in ("preset", "env_id", "seed")
+            and getattr(config, f.name) != getattr(paper, f.name)}

@@ -557,6 +557,9 @@ def main(argv: list[str] | None = None) -> int:
                 file.write(config.to_json())
         print(", ".join(f"{key}={getattr(config, key)}" for key in HEADLINE_SETTINGS)
               + f"; {config.total_updates} updates")
+        differences = config_module.differences_from_paper(config)
+        print("differs from the paper's settings (atari100k): "
+              + (", ".join(f"{key}={value}" for key, value in differences.items()) or "nothing"))
         print(f"run folder: {run_dir} (every setting in config.json)"
               + (f"; resuming from {resume_from.path}" if resume_from else ""))
         trainer = Trainer(config, run_dir, resume_from)

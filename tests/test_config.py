@@ -98,3 +98,14 @@ def test_no_preset_keyword_restates_its_base():
         for keyword in call.keywords:
             value = ast.literal_eval(keyword.value)
             assert value != getattr(base, keyword.arg), f"{name} restates {keyword.arg}={value!r}"
+
+
+def test_fields_are_labelled_and_a_preset_lists_its_differences_from_the_paper():
+    kinds = {f.name: f.metadata["kind"] for f in dataclasses.fields(cfg.Config)}
+    assert set(kinds.values()) == {cfg.PAPER, cfg.SWITCH, cfg.SPEED}
+    assert kinds["unroll_steps"] == cfg.PAPER and kinds["q_normalization"] == cfg.SWITCH
+    assert kinds["xla_inference"] == cfg.SPEED
+    assert cfg.differences_from_paper(cfg.atari100k()) == {}
+    assert cfg.differences_from_paper(dataclasses.replace(cfg.atari100k(), seed=3,
+                                                          td_steps=7)) == {"td_steps": 7}
+    assert cfg.differences_from_paper(cfg.acrobot())["pipelined_reanalysis"] is False

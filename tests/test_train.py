@@ -59,6 +59,10 @@ def test_smoke_run_writes_everything_a_user_relies_on(smoke_run):
     assert loaded.state["updates"] == cfg.smoke().total_updates
     assert loaded.buffer_path is not None
     assert "done:" in result.stdout
+    assert "differs from the paper's settings (atari100k): max_episode_steps=50, " in result.stdout
+    with open(os.path.join(run_dir, "machine.json")) as file:
+        (machine,) = json.load(file)
+    assert machine["env_steps"] == 0 and "cores" in machine["machine"]
 
 
 @pytest.mark.slow
