@@ -176,7 +176,8 @@ class Learner:
             tf.TensorSpec([config.batch_size, K + 1], tf.float32),     # value masks
             tf.TensorSpec([config.batch_size], tf.float32),            # importance weights
         ]
-        self._gradients = tf.function(self._compute_gradients, input_signature=signature)
+        # The traced loss and gradients of one batch (public for docs/probes/network_flops.py).
+        self.gradients = tf.function(self._compute_gradients, input_signature=signature)
         self._apply = tf.function(self._apply_gradients)
         self._root_outputs_graph = tf.function(self._root_outputs_both_modes)
 
@@ -343,7 +344,7 @@ class Learner:
 
     def update(self, batch, targets, updates: int) -> UpdateResult:
         statistics = [v.numpy() for v in self._statistics]
-        gradients, priorities, scalars = self._gradients(
+        gradients, priorities, scalars = self.gradients(
             batch.frames[:, :self.config.frame_stack + self.config.unroll_steps],
             batch.actions.astype(np.int32),
             batch.reward_targets.astype(np.float32), targets.values.astype(np.float32),

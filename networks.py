@@ -559,7 +559,7 @@ class EfficientZeroNet:
                              "recurrent_inference": 0}
         obs_dtype = tf.uint8 if self.is_image else tf.float32
         self._initial = tf.function(
-            self._initial_graph, jit_compile=config.xla_inference,
+            self.initial_graph, jit_compile=config.xla_inference,
             input_signature=[tf.TensorSpec([None, *self.observation_shape], obs_dtype)])
         # One replay frame: the stacked observation has frame_stack of them along its last axis.
         self.frame_shape = (*self.observation_shape[:-1],
@@ -573,7 +573,7 @@ class EfficientZeroNet:
             state_spec += (lstm_spec, lstm_spec, tf.TensorSpec([None], tf.float32),
                            tf.TensorSpec([None], tf.int32))
         self._recurrent = tf.function(
-            self._recurrent_graph, jit_compile=config.xla_inference,
+            self.recurrent_graph, jit_compile=config.xla_inference,
             input_signature=[state_spec, tf.TensorSpec([None], tf.int32)])
         self._initial_call = compiled_call(self._initial)
         self._initial_sequence_call = compiled_call(self._initial_sequence)
@@ -643,7 +643,9 @@ class EfficientZeroNet:
 
     # --- the search-side adapter (NumPy in and out) -----------------------------------------------------
 
-    def _initial_graph(self, observations):
+    def initial_graph(self, observations):
+        """The graph `initial_inference` traces: observations [B, *obs] -> (state, reward 0, value,
+        policy logits), scalars decoded."""
         self.trace_counts["initial_inference"] += 1      # Python side effect: runs only when tracing
         return self._initial_outputs(observations)
 
@@ -663,7 +665,9 @@ class EfficientZeroNet:
         value = logits_to_scalar(value_logits, self.config.support_size)
         return state, tf.zeros_like(value), value, policy_logits
 
-    def _recurrent_graph(self, state, actions):
+    def recurrent_graph(self, state, actions):
+        """The graph `recurrent_inference` traces: (state, actions [B]) -> (next state, reward,
+        value, policy logits), scalars decoded."""
         self.trace_counts["recurrent_inference"] += 1
         support_size = self.config.support_size
         if self.config.value_prefix:

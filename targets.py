@@ -5,7 +5,7 @@ reanalysis and the mixed value rule.
   the sum of rewards since the LSTM's last restart (every `lstm_horizon_len` steps), not the single
   reward; `value_prefix_targets` builds those targets from the sampled rewards. The other places it
   lives: networks.RewardHead (the LSTM head), learner.Learner (the restart inside the unroll) and
-  networks.EfficientZeroNet._recurrent_graph (the search reads each edge's reward as the difference
+  networks.EfficientZeroNet.recurrent_graph (the search reads each edge's reward as the difference
   of consecutive prefixes).
 - TD pieces (`td_pieces`): the reward sums and bootstrap positions/discounts of the n-step targets
   z_{t+k} = Σ_{i<n} γ^i u_{t+k+i} + γ^n v(o_{t+k+n}), with no bootstrap past a terminal and v(o_T)

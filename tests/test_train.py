@@ -534,7 +534,7 @@ def test_every_loss_term_equals_a_plain_numpy_computation():
 
     for variable, saved in zip(learner._statistics, statistics):
         variable.assign(saved)
-    gradients, _, scalars = learner._gradients(
+    gradients, _, scalars = learner.gradients(
         batch.frames, batch.actions, batch.reward_targets, targets.values, targets.policies,
         transition, value, weights)
     assert float(scalars["losses/value"]) == pytest.approx(value_loss.mean() / K, rel=1e-4)
@@ -549,10 +549,10 @@ def test_every_loss_term_equals_a_plain_numpy_computation():
                                            value_loss_coeff=0.0, entropy_loss_coeff=0.0,
                                            weight_decay=0.0)
     learner.config = only_consistency
-    learner._gradients = tf.function(learner._compute_gradients)
+    learner.gradients = tf.function(learner._compute_gradients)
     for variable, saved in zip(learner._statistics, statistics):
         variable.assign(saved)
-    gradients, _, _ = learner._gradients(
+    gradients, _, _ = learner.gradients(
         batch.frames, batch.actions, batch.reward_targets, targets.values, targets.policies,
         transition, value, weights)
     reference = tape.gradient(reference_objective, net.trainable_variables)

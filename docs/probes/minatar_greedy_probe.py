@@ -1,7 +1,7 @@
 """Why does a MinAtar Breakout checkpoint lose its balls? A probe of the greedy evaluation.
 
-    python docs/minatar_greedy_probe.py --checkpoint RUN_DIR --simulations 8,16,32
-    python docs/minatar_greedy_probe.py --checkpoint RUN_DIR --replay 0 --last 8
+    python docs/probes/minatar_greedy_probe.py --checkpoint RUN_DIR --simulations 8,16,32
+    python docs/probes/minatar_greedy_probe.py --checkpoint RUN_DIR --replay 0 --last 8
 
 The first form plays the run's own evaluation games (the 30 games of `train.py`'s evaluations: the
 same env seeds, greedy search without Gumbel noise) once per simulation count and prints the sorted
@@ -9,20 +9,24 @@ scores, so a deeper search can be compared with the one the run trained and eval
 second replays one of those games with the run's own settings and prints the last boards before the
 episode ends, each with the action taken, the root value v(s) of f, the search value (SVE), the
 root's completed Q per action and the prior. Boards: P paddle, O ball, t the ball's trail, # brick.
-Run from the repository root (PYTHONPATH=.).
 """
 
 import argparse
 import dataclasses
+import os
+import sys
 import time
 
 import numpy as np
 
-import checkpoints
-import envs
-from evaluate import load_model, play_episodes
-from mcts import search_with_model
-from train import EVAL_SEED_OFFSET
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)                 # the project's modules, without PYTHONPATH
+
+import checkpoints  # noqa: E402
+import envs  # noqa: E402
+from evaluate import load_model, play_episodes  # noqa: E402
+from mcts import search_with_model  # noqa: E402
+from train import EVAL_SEED_OFFSET  # noqa: E402
 
 BOARD_SYMBOLS = "POt#"        # MinAtar Breakout's channels: paddle, ball, trail, brick
 ACTION_NAMES = ("NOOP", "LEFT", "RIGHT")

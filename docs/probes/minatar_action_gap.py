@@ -6,19 +6,24 @@ network), over random-play states of a MinAtar game:
 - one-step Q range: max - min over actions of r(s, a) + γ v(g(s, a)), averaged over states;
 - the root value and the prior's max - min logit, averaged over states.
 
-    PYTHONPATH=. python docs/minatar_action_gap.py --env MinAtar/Breakout-v1 \\
+    python docs/probes/minatar_action_gap.py --env MinAtar/Breakout-v1 \\
         [--fresh] [<run>/checkpoints/ckpt-<updates> ...]
 """
 
 import argparse
 import itertools
+import os
+import sys
 
 import numpy as np
 
-import checkpoints
-import config as config_module
-import envs
-from evaluate import load_model
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)                 # the project's modules, without PYTHONPATH
+
+import checkpoints  # noqa: E402
+import config as config_module  # noqa: E402
+import envs  # noqa: E402
+from evaluate import load_model  # noqa: E402
 
 
 def random_play(env_id: str, config, seed: int, training: bool):

@@ -3,19 +3,25 @@ on the traced graphs: an initial and a recurrent inference per state, the learne
 (forward and backward, one batch), and from them a full update (the reanalysis of a batch plus
 the update plus its share of self-play searches).
 
-    PYTHONPATH=. python docs/network_flops.py [--config minatar] [--env MinAtar/Breakout-v1]
+    python docs/probes/network_flops.py [--config minatar] [--env MinAtar/Breakout-v1]
 """
 
 import argparse
 import dataclasses
+import os
+import sys
 
+import numpy as np
 import tensorflow as tf
 
-import config as config_module
-import envs
-from learner import Learner
-from networks import EfficientZeroNet
-from targets import initial_inferences_per_sample
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)                 # the project's modules, without PYTHONPATH
+
+import config as config_module  # noqa: E402
+import envs  # noqa: E402
+from learner import Learner  # noqa: E402
+from networks import EfficientZeroNet  # noqa: E402
+from targets import initial_inferences_per_sample  # noqa: E402
 
 
 def graph_flops(function, *signature) -> int:
@@ -30,15 +36,16 @@ def update_flops(config) -> dict:
     spec = envs.env_spec(config.env_id, config)
     net = EfficientZeroNet(config, spec.observation_shape, spec.num_actions)
     obs_dtype = tf.uint8 if net.is_image else tf.float32
-    initial = graph_flops(net._initial_graph,
+    initial = graph_flops(net.initial_graph,
                           tf.TensorSpec([1, *spec.observation_shape], obs_dtype))
-    state_spec = [tf.TensorSpec([1, *s.shape[1:]], s.dtype)
-                  for s in net._recurrent.input_signature[0]]
-    recurrent = graph_flops(lambda *state: net._recurrent_graph(state[:-1], state[-1]),
+    state = net.initial_inference(np.zeros((1, *spec.observation_shape),
+                                           obs_dtype.as_numpy_dtype)).state
+    state_spec = [tf.TensorSpec([1, *s.shape[1:]], s.dtype) for s in state]
+    recurrent = graph_flops(lambda *state: net.recurrent_graph(state[:-1], state[-1]),
                             *state_spec, tf.TensorSpec([1], tf.int32))
     learner = Learner(config, net, spec.observation_shape, spec.num_actions)
-    learner_flops = graph_flops(learner._gradients.python_function,
-                                *learner._gradients.input_signature)
+    learner_flops = graph_flops(learner.gradients.python_function,
+                                *learner.gradients.input_signature)
     K, B = config.unroll_steps, config.batch_size
     # Reanalysis infers the bootstraps and the roots of the reanalysed share of the samples, and
     # searches those roots; a search makes num_simulations recurrent steps per root.

@@ -1,24 +1,29 @@
 """Does the greedy search overrule a CartPole checkpoint's prior where its own Q disagrees?
 
-    python docs/cartpole_search_override.py --checkpoint runs/<run>/checkpoints/ckpt-00004875
+    python docs/probes/cartpole_search_override.py --checkpoint runs/<run>/checkpoints/ckpt-00004875
 
 Plays `--games` greedy games (the evaluation's search without Gumbel noise, start seeds `--seed`,
 `--seed` + 1, ...) and counts, over every step, how often the root's completed Q prefers the action the prior (policy
 logits) does not, and in those states how often the played action followed Q. The action is the
 argmax of logits + σ(q̂), σ = (c_visit + max N) · c_scale · q̂ at most (c_visit + max N) · c_scale
 nats, so a prior more confident than that cannot be overruled. `--c-scale` replays the same
-checkpoint with another c_scale. Run from the repository root (PYTHONPATH=.).
+checkpoint with another c_scale.
 """
 
 import argparse
 import dataclasses
+import os
+import sys
 
 import numpy as np
 
-import checkpoints
-import envs
-from evaluate import load_model
-from mcts import search_with_model
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)                 # the project's modules, without PYTHONPATH
+
+import checkpoints  # noqa: E402
+import envs  # noqa: E402
+from evaluate import load_model  # noqa: E402
+from mcts import search_with_model  # noqa: E402
 
 ENV_ID = "CartPole-v1"
 MAX_STEPS = 500

@@ -1,7 +1,7 @@
 """Can the dynamics g learn what an action does on MinAtar Breakout? A supervised probe of the model.
 
-    python docs/minatar_q_probe.py --optimizer sgd --learning-rate 0.1 --updates 1500
-    python docs/minatar_q_probe.py --optimizer adam --learning-rate 0.001 --updates 1200
+    python docs/probes/minatar_q_probe.py --optimizer sgd --learning-rate 0.1 --updates 1500
+    python docs/probes/minatar_q_probe.py --optimizer adam --learning-rate 0.001 --updates 1200
 
 Random play gives the true action values Q(s, a) of the uniform policy: the mean discounted return
 of (s, a) over every visit of exactly that frame, for the frames seen at least `--min-visits` times
@@ -12,18 +12,23 @@ training; `--consistency-coeff c` adds the learner's SimSiam term for that step,
 cosine between P2(P1(g(h(o_t), a_t))) and the stop-gradient P1(h(o_{t+1})), and `--value-coeff`
 weights the value term (the learner's is 0.25; 1 by default here). Every sixth of the run it prints the model's one-step Q gap (max - min over actions of
 v(g(s, a))) beside the true gap, and how often its best action is the true best where the true gap
-exceeds 0.1 (chance: one in three). Run from the repository root (PYTHONPATH=.).
+exceeds 0.1 (chance: one in three).
 """
 
 import argparse
 import dataclasses
+import os
+import sys
 import time
 from collections import defaultdict
 
 import numpy as np
 
-import config as config_module
-import envs
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)                 # the project's modules, without PYTHONPATH
+
+import config as config_module  # noqa: E402
+import envs  # noqa: E402
 
 ENV_ID = "MinAtar/Breakout-v1"
 CLEAR_GAP = 0.1                 # true gaps above this count for the best-action agreement

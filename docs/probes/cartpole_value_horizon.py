@@ -1,6 +1,6 @@
 """How far ahead does a CartPole checkpoint's value see, and how do its games end?
 
-    python docs/cartpole_value_horizon.py --checkpoint runs/<run>/checkpoints/ckpt-00004875
+    python docs/probes/cartpole_value_horizon.py --checkpoint runs/<run>/checkpoints/ckpt-00004875
 
 Plays `--games` greedy games (the evaluation's search, start seeds `--seed`, `--seed` + 1, ...) and
 prints, for each, its length, where the cart and the pole were at the end (CartPole fails at
@@ -8,17 +8,22 @@ prints, for each, its length, where the cart and the pole were at the end (CartP
 root value against the discounted return of the rest of the game, Σ_{i≥t} γ^(i−t) (CartPole pays 1
 a step; a game cut at 500 steps is worth more than its return says, up to 1/(1 − γ) = 333). A value
 far below the return cannot see how the game ends: a cart drifting off the track is then invisible
-until it is too late. Run from the repository root (PYTHONPATH=.).
+until it is too late.
 """
 
 import argparse
+import os
+import sys
 
 import numpy as np
 
-import checkpoints
-import envs
-from evaluate import load_model
-from mcts import search_actions
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)                 # the project's modules, without PYTHONPATH
+
+import checkpoints  # noqa: E402
+import envs  # noqa: E402
+from evaluate import load_model  # noqa: E402
+from mcts import search_actions  # noqa: E402
 
 ENV_ID = "CartPole-v1"
 MAX_STEPS = 500

@@ -1,9 +1,9 @@
 """What does a model know about MinAtar Asterix's next step? A probe of the one-step outcomes.
 
-    python docs/minatar_asterix_probe.py RUN_DIR/checkpoints/ckpt-00003000 [...]
-    python docs/minatar_asterix_probe.py --heuristic
-    python docs/minatar_asterix_probe.py --supervised [--danger-only] --set frame_stack=4
-    python docs/minatar_asterix_probe.py --offline RUN_DIR/checkpoints/ckpt-00003000 \\
+    python docs/probes/minatar_asterix_probe.py RUN_DIR/checkpoints/ckpt-00003000 [...]
+    python docs/probes/minatar_asterix_probe.py --heuristic
+    python docs/probes/minatar_asterix_probe.py --supervised [--danger-only] --set frame_stack=4
+    python docs/probes/minatar_asterix_probe.py --offline RUN_DIR/checkpoints/ckpt-00003000 \\
         --updates 1500 [--set td_steps=5 ...]
 
 States come from uniformly random play. At each state the game is copied once per action and the
@@ -30,21 +30,25 @@ probed on held-out danger states every `REPORT_EVERY` updates.
 (sampling, reanalysis, priorities, model refreshes; no self-play) on the replay buffer saved with a
 run's newest checkpoint, with that run's settings and the `--set` overrides, probed every
 `REPORT_EVERY` updates.
-Run from the repository root (PYTHONPATH=.); random play comes from `docs/minatar_action_gap.py`.
+random play comes from `docs/probes/minatar_action_gap.py`.
 """
 
 import argparse
 import copy
+import os
 import sys
 import time
 
 import numpy as np
 
-import checkpoints
-import config as config_module
-import envs
-from evaluate import load_model
-from minatar_action_gap import random_play as random_play_frames
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)                 # the project's modules, without PYTHONPATH
+
+import checkpoints  # noqa: E402
+import config as config_module  # noqa: E402
+import envs  # noqa: E402
+from evaluate import load_model  # noqa: E402
+from minatar_action_gap import random_play as random_play_frames  # noqa: E402
 
 ENV_ID = "MinAtar/Asterix-v1"
 PROBE_STATES = 1500          # danger or gold states for the checkpoint probe

@@ -5,19 +5,24 @@ buffer (the newest checkpoint of a run), with its target model, as the run's nex
 - `policy_improvement_kl`: mean KL(improved policy ‖ prior) over the reanalysed roots (nats);
 - `improved_policy_entropy` against `prior_entropy`, and the mean best-minus-second completed Q.
 
-    PYTHONPATH=. python docs/reanalysis_floor_screen.py --env MinAtar/Asterix-v1 \\
+    python docs/probes/reanalysis_floor_screen.py --env MinAtar/Asterix-v1 \\
         <run>/checkpoints/ckpt-<updates> [--floors 0.01 0.1 0.3] [--batches 4]
 """
 
 import argparse
 import dataclasses
+import os
+import sys
 
 import numpy as np
 
-import checkpoints
-from buffer import ReplayBuffer
-from evaluate import load_model
-from targets import reanalyze
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)                 # the project's modules, without PYTHONPATH
+
+import checkpoints  # noqa: E402
+from buffer import ReplayBuffer  # noqa: E402
+from evaluate import load_model  # noqa: E402
+from targets import reanalyze  # noqa: E402
 
 KEYS = ("policy_improvement_kl", "improved_policy_entropy", "prior_entropy", "root_q_gap")
 

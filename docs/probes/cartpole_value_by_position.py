@@ -1,23 +1,27 @@
 """Does a CartPole checkpoint's value rank the cart's position, and is it pulled down by old games?
 
-    python docs/cartpole_value_by_position.py --checkpoint runs/<run>/checkpoints/ckpt-00004875
+    python docs/probes/cartpole_value_by_position.py --checkpoint runs/<run>/checkpoints/ckpt-00004875
 
 Reads the replay buffer saved with a run's last checkpoint (only that one keeps it) and bins every
 stored state o_t by when it was collected (quarters of the run) and by the cart's distance from the
 centre |x|. For each bin it prints the network's value v(o_t) (initial inference, no search) beside
 the discounted return the stored game actually earned from o_t on, Σ_{i≥t} γ^(i−t) u_i (cut at a
 truncation). A value that grows with |x| would steer the cart off the track; a value far below the
-return near the centre, where every game starts, is short-sighted there. Run from the repository
-root (PYTHONPATH=.).
+return near the centre, where every game starts, is short-sighted there.
 """
 
 import argparse
+import os
+import sys
 
 import numpy as np
 
-import checkpoints
-from buffer import ReplayBuffer
-from evaluate import load_model
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)                 # the project's modules, without PYTHONPATH
+
+import checkpoints  # noqa: E402
+from buffer import ReplayBuffer  # noqa: E402
+from evaluate import load_model  # noqa: E402
 
 DISTANCE_EDGES = (0.0, 0.25, 0.5, 1.0, 1.5, 2.4)     # |x| bins; CartPole fails beyond 2.4
 PERIODS = 4                                           # collection-time bins (quarters of the run)
