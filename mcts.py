@@ -2,7 +2,8 @@
 
 Implements the search of "Policy improvement by planning with Gumbel" (Danihelka et al., ICLR 2022,
 Appendix D) with the semantics of DeepMind's mctx `gumbel_muzero_policy` and
-`qtransform_completed_by_mix_value`. B trees advance in lockstep, so each simulation makes
+`qtransform_completed_by_mix_value`; `mcts_reference.py` is the same search for one tree, written
+plainly (read it first; the tests hold the two equal). B trees advance in lockstep, so each simulation makes
 one batched `recurrent_fn` call for all of them: 4 trees when acting, B·(K+1) = 1,536 in reanalysis.
 
 Shapes: B trees, A actions, N = num_simulations + 1 nodes per tree (node 0 is the root; simulation i
@@ -26,9 +27,10 @@ array per state leaf per simulation (a state pool, as the official code's), gath
   units: r + γ·v for visited actions, the mixed value for the others) and the search-based value
   estimate (SVE): the root's mean of its network value and every backed-up return.
 
-Speed: a node's σ(q̂), and so its interior choice, changes only when a backup passes through it. The
-backup therefore recomputes σ for all nodes of all B paths in one batched pass and caches each interior
-node's next edge and the root's scores; the selection walk is then a few gathers per depth.
+Speed: a node's σ(q̂), and so its interior choice, changes only when a backup passes through it, or,
+with the tree-wide Q range, when a backup moves that range. The backup therefore recomputes σ for all
+nodes of all B paths (and every node of a tree whose range moved) in one batched pass and caches each
+interior node's next edge and the root's scores; the selection walk is then a few gathers per depth.
 
 Differences from EfficientZero V2's official tree (`ez/mcts/ctree/cnode.cpp`, `cminimax.cpp`,
 `ez/mcts/cy_mcts.py`); the search follows mctx, checked against golden values from mctx 0.0.71 in
@@ -199,15 +201,18 @@ class _Trees:
         """A per-edge array viewed as [A, B, N] (scratch node left out)."""
         return array[:, :self.scratch].reshape(self.num_actions, self.batch, -1)
 
-    def record_returns(self, returns: np.ndarray, on_path: np.ndarray) -> None:
+    def record_returns(self, returns: np.ndarray, on_path: np.ndarray) -> np.ndarray:
         """Fold one simulation's backed-up returns into the per-tree min/max, as the official tree's
         back-propagation: returns [D, B] (row d: r + γ·G of the edge leaving path node d) and the
-        root's own entry γ·returns[0] (the root has no reward)."""
-        on_path_returns = np.where(on_path, returns, np.inf).min(axis=0)
+        root's own entry γ·returns[0] (the root has no reward). Returns [B] whether a tree's range
+        changed."""
         root_entry = self.discount * returns[0]
-        np.minimum(self.q_low, np.minimum(on_path_returns, root_entry), out=self.q_low)
-        on_path_returns = np.where(on_path, returns, -np.inf).max(axis=0)
-        np.maximum(self.q_high, np.maximum(on_path_returns, root_entry), out=self.q_high)
+        low = np.minimum(np.where(on_path, returns, np.inf).min(axis=0), root_entry)
+        high = np.maximum(np.where(on_path, returns, -np.inf).max(axis=0), root_entry)
+        changed = (low < self.q_low) | (high > self.q_high)
+        np.minimum(self.q_low, low, out=self.q_low)
+        np.maximum(self.q_high, high, out=self.q_high)
+        return changed
 
     def rescale(self, completed: np.ndarray, nodes: np.ndarray) -> np.ndarray:
         """Completed Q [A, R] of nodes [R] -> q̂ in [0, 1].
@@ -364,9 +369,10 @@ def gumbel_search(prior_logits: np.ndarray, root_value: np.ndarray, root_state,
         return value
 
     def backup(nodes: np.ndarray, edges: np.ndarray, on_path: np.ndarray,
-               value: np.ndarray) -> None:
+               value: np.ndarray) -> np.ndarray | None:
         """Back the leaf value [B] up every path at once, as [D, B] arrays; past its leaf a path
-        holds the scratch node (-1) and edge, which absorb the writes."""
+        holds the scratch node (-1) and edge, which absorb the writes. With the tree-wide Q range,
+        returns [B] whether each tree's range changed."""
         rewards = edge_reward_flat.take(edges)
         # The scratch edge's reward is 0, so with discount 1 off the path the leaf value passes down
         # unchanged to the leaf's row; on the path, mctx's leaf_value = reward + discount * leaf_value.
@@ -384,16 +390,20 @@ def gumbel_search(prior_logits: np.ndarray, root_value: np.ndarray, root_state,
         child_values[:-1] = np.where(on_path[1:], new_values[1:], value)
         child_values[-1] = value
         edge_q_flat[edges] = rewards + gamma * child_values
-        if trees.tree_wide:
-            trees.record_returns(returns, on_path)
         edge_visits_flat[edges] = edge_visits_flat.take(edges) + 1
+        return trees.record_returns(returns, on_path) if trees.tree_wide else None
 
     for simulation in range(num_simulations):
         nodes, edges, on_path, leaf_edge = select(simulation)
         value = expand(simulation + 1, leaf_edge)
-        backup(nodes, edges, on_path, value)
+        range_changed = backup(nodes, edges, on_path, value)
         # Refresh σ on every path node (roots are the first B, their cached next edge unused).
         sigma, completed = trees.refresh(nodes[on_path])
+        if range_changed is not None and range_changed.any():
+            # A new tree-wide min or max changes σ(q̂) at every node of that tree, also off the
+            # path: refresh their cached choices (the official tree scores its children afresh at
+            # every selection, with the current range).
+            trees.refresh((root[range_changed, None] + np.arange(1, simulation + 2)).ravel())
         root_sigma, root_completed = sigma[:, :batch], completed[:, :batch]
         scores = root_scores(root_sigma)
 

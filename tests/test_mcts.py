@@ -8,93 +8,7 @@ import pytest
 
 import mcts
 from mcts import considered_visits_sequence, gumbel_search
-
-
-# --- a slow, literal one-tree reference of mctx's gumbel_muzero_policy ------------------------------
-
-def softmax(x):
-    e = np.exp(np.asarray(x, np.float64) - np.max(x))
-    return e / e.sum()
-
-
-class RefNode:
-    def __init__(self, logits, value, state):
-        self.logits, self.raw_value, self.value, self.visits = list(logits), value, value, 1
-        self.state = state
-        self.children, self.rewards = {}, {}
-
-    def child_q(self, a, discount):
-        child = self.children[a]
-        return self.rewards[a] + discount * child.value
-
-    def sigma(self, discount, c_visit, c_scale):
-        A = len(self.logits)
-        visits = [self.children[a].visits if a in self.children else 0 for a in range(A)]
-        probs = [max(p, np.finfo(np.float32).tiny) for p in softmax(self.logits)]
-        total = sum(visits)
-        visited = [a for a in range(A) if visits[a] > 0]
-        if visited:
-            weight = sum(probs[a] for a in visited)
-            weighted_q = sum(probs[a] * self.child_q(a, discount) for a in visited) / weight
-        else:
-            weighted_q = 0.0
-        mixed = (self.raw_value + total * weighted_q) / (total + 1)
-        completed = [self.child_q(a, discount) if visits[a] > 0 else mixed for a in range(A)]
-        low, high = min(completed), max(completed)
-        scaled = [(q - low) / max(high - low, 1e-8) for q in completed]
-        return completed, [(c_visit + max(visits)) * c_scale * s for s in scaled], visits
-
-
-def reference_search(logits, value, state, step, n, m, gumbel, discount, c_visit=50.0,
-                     c_scale=0.1, invalid=None):
-    """step(state, action) -> (next_state, reward, value, logits) for ONE tree."""
-    A = len(logits)
-    logits = np.asarray(logits, np.float64)
-    if invalid is not None:
-        logits = logits - logits.max()
-        logits = np.where(invalid, np.finfo(np.float32).min, logits)
-    root = RefNode(logits, value, state)
-    num_valid = A if invalid is None else A - int(np.sum(invalid))
-    table = considered_visits_sequence(min(m, num_valid), n)
-    shifted = logits - logits.max()
-
-    def root_scores(considered):
-        _, sigma, visits = root.sigma(discount, c_visit, c_scale)
-        scores = []
-        for a in range(A):
-            s = max(-1e9, gumbel[a] + shifted[a] + sigma[a])
-            if visits[a] != considered or (invalid is not None and invalid[a]):
-                s = -np.inf
-            scores.append(s)
-        return scores
-
-    for sim in range(n):
-        node, path = root, []
-        action = int(np.argmax(root_scores(table[sim])))
-        while True:
-            path.append((node, action))
-            if action not in node.children:
-                break
-            node = node.children[action]
-            _, sigma, visits = node.sigma(discount, c_visit, c_scale)
-            improved = softmax(np.asarray(node.logits) + sigma)
-            total = sum(visits)
-            action = int(np.argmax([improved[a] - visits[a] / (1 + total) for a in range(A)]))
-        parent, action = path[-1]
-        next_state, reward, leaf_value, leaf_logits = step(parent.state, action)
-        parent.children[action] = RefNode(leaf_logits, leaf_value, next_state)
-        parent.rewards[action] = reward
-        returns = leaf_value
-        for node, action in reversed(path):
-            returns = node.rewards[action] + discount * returns
-            node.value = (node.value * node.visits + returns) / (node.visits + 1)
-            node.visits += 1
-    completed, sigma, visits = root.sigma(discount, c_visit, c_scale)
-    action = int(np.argmax(root_scores(max(visits))))
-    improved = np.asarray(logits) + sigma
-    if invalid is not None:
-        improved = np.where(invalid, np.finfo(np.float32).min, improved - improved.max())
-    return action, softmax(improved), np.asarray(visits), np.asarray(completed), root.value
+from mcts_reference import reference_search, softmax
 
 
 class HashModel:
@@ -404,7 +318,8 @@ def test_mixed_value_completes_unvisited_actions():
 @pytest.mark.parametrize("A, n, m, B", [(2, 1, 2, 5), (3, 4, 4, 5), (4, 16, 4, 5), (6, 50, 16, 5),
                                         (4, 16, 1, 5), (5, 24, 4, 5), (2, 16, 2, 5), (3, 50, 2, 5),
                                         (4, 4, 16, 5), (4, 16, 4, 300)])
-def test_equals_reference_on_random_problems(A, n, m, B):
+@pytest.mark.parametrize("q_normalization", ["node", "tree"])
+def test_equals_reference_on_random_problems(A, n, m, B, q_normalization):
     """B=300 also takes the whole-row argmax path (ROWWISE_ARGMAX_MIN_COLUMNS)."""
     for seed in range(3 if B < 100 else 1):
         model = HashModel(A, seed)
@@ -432,11 +347,12 @@ def test_equals_reference_on_random_problems(A, n, m, B):
         values = np.array([r[1] for r in roots], np.float32)
         out = gumbel_search(logits, values, state, batched, num_simulations=n,
                             max_num_considered_actions=m, gumbel=gumbel, discount=discount,
-                            invalid_actions=invalid)
+                            invalid_actions=invalid, q_normalization=q_normalization)
         for b in range(B):
             action, policy, visits, completed, root_value = reference_search(
-                logits[b], values[b], roots[b][0], model.step_one, n, m, gumbel[b], discount,
-                invalid=invalid[b])
+                logits[b], values[b], roots[b][0], model.step_one, num_simulations=n,
+                max_num_considered_actions=m, gumbel=gumbel[b], discount=discount,
+                invalid=invalid[b], q_normalization=q_normalization)
             np.testing.assert_array_equal(out.visit_counts[b], visits)
             assert out.action[b] == action
             np.testing.assert_allclose(out.improved_policy[b], policy, atol=1e-5)
