@@ -25,6 +25,7 @@ import csv
 import datetime
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -173,15 +174,30 @@ def prepare_run_dir(path: str) -> None:
         raise UsageError(f"cannot write run folder '{path}': {error.strerror or error}") from None
 
 
+def code_version() -> str:
+    """The repository's commit, '+changes' when files differ from it; 'unknown' outside git."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True,
+                                capture_output=True, check=True).stdout.strip()
+        changes = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                 cwd=root, text=True, capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+changes" if changes.strip() else "")
+
+
 def record_machine(run_dir: str, env_steps: int, updates: int) -> None:
-    """Append this process's machine to `machine.json`, a list with one entry per start or resume
-    of the run, so that its wall times (metrics.csv) can be read beside the hardware."""
+    """Append this process's machine and code version to `machine.json`, a list with one entry
+    per start or resume of the run, so that its wall times (metrics.csv) can be read beside the
+    hardware and its results beside the code."""
     path = os.path.join(run_dir, "machine.json")
     entries = []
     if os.path.exists(path):
         with open(path) as file:
             entries = json.load(file)
     entries.append({"env_steps": env_steps, "updates": updates, "machine": machine_description(),
+                    "code": code_version(),
                     "started": datetime.datetime.now().isoformat(timespec="seconds")})
     with open(path, "w") as file:
         json.dump(entries, file, indent=1)
