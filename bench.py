@@ -43,6 +43,7 @@ classic: the same for the `classic` preset on CartPole-v1 (20,000 env steps).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -65,11 +66,12 @@ SEARCH_MIN_SECONDS = 0.2                 # each repeat runs searches until this 
 
 
 def bench_search() -> dict:
-    """Simulations per second of `mcts.gumbel_search` at each batch size in SEARCH_BATCH_SIZES."""
+    """Simulations per second of `mcts.gumbel_search` at each batch size in SEARCH_BATCH_SIZES,
+    with the tree-wide Q range of every preset ("tree") and mctx's per-node one ("node")."""
     from mcts import gumbel_search
 
     results = {}
-    for batch in SEARCH_BATCH_SIZES:
+    for batch, q_normalization in itertools.product(SEARCH_BATCH_SIZES, ("tree", "node")):
         rng = np.random.default_rng(0)
         num_actions, num_simulations = SEARCH_NUM_ACTIONS, SEARCH_NUM_SIMULATIONS
         rewards = rng.normal(size=(num_simulations, batch)).astype(np.float32)
@@ -90,7 +92,7 @@ def bench_search() -> dict:
             return gumbel_search(root_logits, root_value, root_state, recurrent_fn,
                                  num_simulations=num_simulations,
                                  max_num_considered_actions=SEARCH_NUM_CONSIDERED, gumbel=gumbel,
-                                 discount=0.997)
+                                 discount=0.997, q_normalization=q_normalization)
 
         search()                                                       # warm-up
         best = float("inf")
@@ -103,7 +105,7 @@ def bench_search() -> dict:
                 if elapsed >= SEARCH_MIN_SECONDS:
                     break
             best = min(best, elapsed / count)
-        results[f"B={batch}"] = {"seconds_per_search": best,
+        results[f"B={batch}, {q_normalization}"] = {"seconds_per_search": best,
                                  "sims_per_second": batch * num_simulations / best}
     results["settings"] = {"num_actions": SEARCH_NUM_ACTIONS,
                            "num_simulations": SEARCH_NUM_SIMULATIONS,

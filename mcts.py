@@ -401,9 +401,11 @@ def gumbel_search(prior_logits: np.ndarray, root_value: np.ndarray, root_state,
         sigma, completed = trees.refresh(nodes[on_path])
         if range_changed is not None and range_changed.any():
             # A new tree-wide min or max changes σ(q̂) at every node of that tree, also off the
-            # path: refresh their cached choices (the official tree scores its children afresh at
-            # every selection, with the current range).
-            trees.refresh((root[range_changed, None] + np.arange(1, simulation + 2)).ravel())
+            # path (the official tree scores children afresh at every selection, with the current
+            # range): refresh the cached choices of its nodes that have a child. A node without
+            # one has equal completed Q for all actions, so its choice is the prior's whatever q̂.
+            nodes = (root[range_changed, None] + np.arange(1, simulation + 2)).ravel()
+            trees.refresh(nodes[trees.visits.take(nodes) > 1])
         root_sigma, root_completed = sigma[:, :batch], completed[:, :batch]
         scores = root_scores(root_sigma)
 
