@@ -1,11 +1,10 @@
-"""Plot learning curves from runs' metrics.csv files into a PNG (used for the README figures).
+"""Plot learning curves from runs' metrics (metrics.csv or metrics.csv.gz) into a PNG (used for the README figures).
 
     python docs/plot_curves.py --key eval/mean --out docs/figures/cartpole.png runs/CartPole-v1-classic-seed*
 Each run folder becomes one line (labelled by its folder name); the x axis is env steps.
 """
 
 import argparse
-import csv
 import os
 import sys
 
@@ -14,14 +13,16 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run_data import metrics_rows  # noqa: E402
+
 
 def read_curve(run_dir: str, key: str) -> tuple[list[int], list[float]]:
     steps, values = [], []
-    with open(os.path.join(run_dir, "metrics.csv")) as file:
-        for row in csv.DictReader(file):
-            if row["key"] == key:
-                steps.append(int(row["env_steps"]))
-                values.append(float(row["value"]))
+    for row in metrics_rows(run_dir):
+        if row["key"] == key:
+            steps.append(int(row["env_steps"]))
+            values.append(float(row["value"]))
     return steps, values
 
 
@@ -49,6 +50,7 @@ def main(argv=None) -> int:
     axes.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(args.out, dpi=110)
+    plt.close(figure)
     return 0
 
 

@@ -11,7 +11,6 @@ and range of the final evaluations, the best evaluation any seed reached, random
 """
 
 import argparse
-import csv
 import dataclasses
 import glob
 import json
@@ -21,8 +20,10 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import config as config_module  # noqa: E402
+from run_data import metrics_rows  # noqa: E402
 
 RUNS = os.path.join(ROOT, "docs", "runs")
 README = os.path.join(ROOT, "README.md")
@@ -45,12 +46,11 @@ def todays_preset(run_config: dict) -> bool:
 def wall_seconds(folder: str) -> float:
     """The run's wall time: metrics.csv's clock restarts at each resume, so its segments add up."""
     total = segment = 0.0
-    with open(os.path.join(folder, "metrics.csv"), newline="") as file:
-        for row in csv.DictReader(file):
-            seconds = float(row["wall_seconds"])
-            if seconds < segment:
-                total += segment
-            segment = seconds
+    for row in metrics_rows(folder):
+        seconds = float(row["wall_seconds"])
+        if seconds < segment:
+            total += segment
+        segment = seconds
     return total + segment
 
 

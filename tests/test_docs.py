@@ -22,3 +22,34 @@ def test_every_docs_script_answers_help_from_another_folder(tmp_path):
         stdout, stderr = process.communicate(timeout=300)
         assert process.returncode == 0, f"{script}: {stderr[-1500:]}"
         assert stdout.startswith("usage:"), script
+
+
+def test_compressed_metrics_read_as_the_plain_file(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "docs"))
+    import run_data
+
+    text = "updates,env_steps,wall_seconds,key,value\n0,16,0.5,eval/mean,1.5\n100,2016,9.0,eval/mean,2\n"
+    (tmp_path / "metrics.csv").write_text(text)
+    plain = list(run_data.metrics_rows(str(tmp_path)))
+    run_data.compress(str(tmp_path))
+    assert not (tmp_path / "metrics.csv").exists()
+    assert list(run_data.metrics_rows(str(tmp_path))) == plain
+    assert [row["value"] for row in plain] == ["1.5", "2"]
+    first = (tmp_path / "metrics.csv.gz").read_bytes()
+    (tmp_path / "metrics.csv").write_text(text)
+    run_data.compress(str(tmp_path))
+    assert (tmp_path / "metrics.csv.gz").read_bytes() == first           # deterministic bytes
+
+
+def test_every_figure_is_regenerated_to_the_byte_from_the_committed_run_data(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "docs"))
+    import make_figures
+
+    written = sorted(os.path.basename(path) for path in make_figures.make(str(tmp_path)))
+    committed = sorted(name for name in os.listdir(os.path.join(ROOT, "docs", "figures"))
+                       if name.endswith(".png"))
+    assert written == committed
+    for name in written:
+        with open(tmp_path / name, "rb") as new, \
+                open(os.path.join(ROOT, "docs", "figures", name), "rb") as old:
+            assert new.read() == old.read(), f"docs/figures/{name} differs from its data"
