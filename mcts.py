@@ -192,6 +192,83 @@ class _Trees:
         self.edge_q = np.zeros(edges, np.float32)               # [A, T] r(a) + γ·value(child)
         self.logits = np.zeros(edges, np.float32)               # [A, T] prior logits
         self.probs = np.zeros(edges, np.float32)                # [A, T] softmax(logits) ≥ TINY
+        self.root = np.arange(batch) * num_nodes                # [B] flat root nodes
+        self.lanes = np.arange(batch)
+        # Views: per node [B, N], per edge [A, B, N], the root's edge visits [A, B], flat edges.
+        self.node_value = self.per_node(self.value)
+        self.node_raw_value = self.per_node(self.raw_value)
+        self.node_visits = self.per_node(self.visits)
+        self.node_next_edge = self.per_node(self.next_edge)
+        self.node_logits, self.node_probs = self.per_edge(self.logits), self.per_edge(self.probs)
+        self.root_visits = self.per_edge(self.edge_visits)[:, :, 0]
+        self.child_flat, self.edge_reward_flat = self.child.ravel(), self.edge_reward.ravel()
+        self.edge_q_flat, self.edge_visits_flat = self.edge_q.ravel(), self.edge_visits.ravel()
+
+    def store_node(self, new: int, logits: np.ndarray, value: np.ndarray) -> None:
+        """Store node `new` of every tree from logits [B, A] and value [B]."""
+        self.node_raw_value[:, new] = self.node_value[:, new] = value
+        self.node_visits[:, new] = 1
+        logits = np.ascontiguousarray(logits.T)                              # [A, B]
+        self.node_logits[:, :, new] = logits
+        probs = _softmax(logits, axis=0)
+        np.maximum(probs, TINY, out=self.node_probs[:, :, new])
+        # A fresh node has σ = 0 (all completed Q equal), so its first choice is argmax of the prior.
+        self.node_next_edge[:, new] = _argmax_actions(probs) * self.stride + self.root + new
+
+    def select(self, root_scores: np.ndarray):
+        """The root's edge by `root_scores` [A, B] (-inf where not considered), then cached
+        interior choices until an edge without a child. A tree whose edge has no child steps to
+        index -1, the scratch node, and stays there: the scratch node's next edge is its own (child
+        UNVISITED), so no per-depth masking is needed. Returns the path's nodes and edges [D, B],
+        on_path [D, B] and the new edge [B]."""
+        edge = _argmax_actions(root_scores) * self.stride + self.root
+        path_nodes, path_edges = [self.root], [edge]                       # per depth, [B] each
+        while True:
+            child = self.child_flat.take(edge)
+            if child.max() < 0:
+                break
+            edge = self.next_edge.take(child)
+            path_nodes.append(child)
+            path_edges.append(edge)
+        nodes, edges = np.array(path_nodes), np.array(path_edges)          # [D, B]
+        on_path = nodes >= 0                                               # [D, B]
+        depth = on_path.sum(axis=0) - 1                                    # [B] depth of the leaf parent
+        return nodes, edges, on_path, edges.ravel().take(depth * self.batch + self.lanes)
+
+    def backup(self, nodes: np.ndarray, edges: np.ndarray, on_path: np.ndarray,
+               value: np.ndarray) -> np.ndarray | None:
+        """Back the leaf value [B] up every path at once, as [D, B] arrays; past its leaf a path
+        holds the scratch node (-1) and edge, which absorb the writes. With the tree-wide Q range,
+        returns [B] whether each tree's range changed."""
+        rewards = self.edge_reward_flat.take(edges)
+        # The scratch edge's reward is 0, so with discount 1 off the path the leaf value passes down
+        # unchanged to the leaf's row; on the path, mctx's leaf_value = reward + discount * leaf_value.
+        discounts = np.where(on_path, self.discount, np.float32(1))
+        returns = np.empty((len(nodes) + 1, self.batch), np.float32)           # [D + 1, B]
+        returns[-1] = value
+        for d in range(len(nodes) - 1, -1, -1):
+            np.add(rewards[d], discounts[d] * returns[d + 1], out=returns[d])
+        returns = returns[:-1]
+        counts = self.visits.take(nodes)
+        new_values = (self.value.take(nodes) * counts + returns) / (counts + 1)
+        self.value[nodes] = new_values
+        self.visits[nodes] = counts + 1
+        child_values = np.empty_like(new_values)            # value of each edge's child after backup
+        child_values[:-1] = np.where(on_path[1:], new_values[1:], value)
+        child_values[-1] = value
+        self.edge_q_flat[edges] = rewards + self.discount * child_values
+        self.edge_visits_flat[edges] = self.edge_visits_flat.take(edges) + 1
+        return self.record_returns(returns, on_path) if self.tree_wide else None
+
+    def refresh_moved_ranges(self, range_changed: np.ndarray | None, simulation: int) -> None:
+        """A new tree-wide min or max changes σ(q̂) at every node of that tree, also off the path
+        (the official tree scores children afresh at every selection, with the current range):
+        refresh the cached choices of its nodes that have a child. A node without one has equal
+        completed Q for all actions, so its choice is the prior's whatever q̂."""
+        if range_changed is None or not range_changed.any():
+            return
+        nodes = (self.root[range_changed, None] + np.arange(1, simulation + 2)).ravel()
+        self.refresh(nodes[self.visits.take(nodes) > 1])
 
     def per_node(self, array: np.ndarray) -> np.ndarray:
         """A per-node array viewed as [B, N] (scratch node left out)."""
@@ -277,144 +354,93 @@ def gumbel_search(prior_logits: np.ndarray, root_value: np.ndarray, root_state,
         raise ValueError(f"q_normalization must be 'node' or 'tree', got {q_normalization!r}")
     prior_logits = np.asarray(prior_logits, np.float32)
     batch, num_actions = prior_logits.shape
-    num_nodes = num_simulations + 1
-    trees = _Trees(batch, num_nodes, num_actions, discount=discount, c_visit=c_visit,
+    trees = _Trees(batch, num_simulations + 1, num_actions, discount=discount, c_visit=c_visit,
                    c_scale=c_scale, q_normalization=q_normalization,
                    value_delta_max=value_delta_max)
-    gamma, stride = trees.discount, trees.stride
-    root = np.arange(batch) * num_nodes                                       # [B] flat root nodes
-    node_value, raw_value = trees.per_node(trees.value), trees.per_node(trees.raw_value)
-    node_visits, next_edge = trees.per_node(trees.visits), trees.per_node(trees.next_edge)
-    node_logits, node_probs = trees.per_edge(trees.logits), trees.per_edge(trees.probs)
-    root_visits = trees.per_edge(trees.edge_visits)[:, :, 0]                  # [A, B] view
-    child_flat, next_edge_flat = trees.child.ravel(), trees.next_edge
-    edge_reward_flat, edge_q_flat = trees.edge_reward.ravel(), trees.edge_q.ravel()
-    edge_visits_flat = trees.edge_visits.ravel()
-
-    def store_node(new: int, logits: np.ndarray, value: np.ndarray) -> None:
-        """Store node `new` of every tree from logits [B, A] and value [B]."""
-        raw_value[:, new] = node_value[:, new] = value
-        node_visits[:, new] = 1
-        logits = np.ascontiguousarray(logits.T)                              # [A, B]
-        node_logits[:, :, new] = logits
-        probs = _softmax(logits, axis=0)
-        np.maximum(probs, TINY, out=node_probs[:, :, new])
-        # A fresh node has σ = 0 (all completed Q equal), so its first choice is argmax of the prior.
-        next_edge[:, new] = _argmax_actions(probs) * stride + root + new
-
     # Root: invalid actions masked as mctx does; scores use logits shifted to max 0 (score_considered).
     if invalid_actions is not None:
         invalid_actions = np.asarray(invalid_actions, bool)
     logits = _mask_invalid(prior_logits, invalid_actions)                      # [B, A]
-    store_node(0, logits, np.asarray(root_value, np.float32))
-    gumbel_plus_logits = (np.asarray(gumbel, np.float32)
-                          + (logits - logits.max(axis=1, keepdims=True))).T    # [A, B]
-    invalid_penalty = (np.zeros((num_actions, batch), np.float32) if invalid_actions is None
-                       else np.where(invalid_actions.T, -np.inf, 0).astype(np.float32))
-    num_valid = (np.full(batch, num_actions) if invalid_actions is None
-                 else num_actions - invalid_actions.sum(axis=1))
-    num_considered = np.minimum(max_num_considered_actions, num_valid)                 # [B]
-    considered_visits = _considered_visits_table(max_num_considered_actions, num_simulations)[
-        num_considered].T.copy()                                                       # [n, B]
-
-    def root_scores(root_sigma: np.ndarray) -> np.ndarray:
-        """g + logits + σ(q̂) floored at LOW_LOGIT, -inf for invalid actions: [A, B]."""
-        return np.maximum(gumbel_plus_logits + root_sigma, LOW_LOGIT) + invalid_penalty
-
+    trees.store_node(0, logits, np.asarray(root_value, np.float32))
+    root = _Root(gumbel, logits, invalid_actions, max_num_considered_actions, num_simulations)
     # Before any visit σ(q̂) = 0 and every completed Q is the root's value.
     root_sigma = np.zeros((num_actions, batch), np.float32)
-    root_completed = np.broadcast_to(node_value[:, 0], (num_actions, batch))
-    scores = root_scores(root_sigma)
-
-    # Node states as the official code's state pool: state_pool[j] holds node j of every tree, the
-    # arrays as the model returned them (never copied in); a parent's state is gathered per tree.
-    is_tuple = isinstance(root_state, tuple)
-    state_pool = [_as_leaves(root_state)]
-
-    lanes = np.arange(batch)
-
-    def select(simulation: int):
-        """The root by sequential halving, then cached interior choices until an edge without a
-        child. A tree whose edge has no child steps to index -1, the scratch node, and stays there:
-        the scratch node's next edge is its own (child UNVISITED), so no per-depth masking is
-        needed. Returns the path's nodes and edges [D, B], on_path [D, B] and the new edge [B]."""
-        considered = np.where(root_visits == considered_visits[simulation], scores, -np.inf)
-        edge = _argmax_actions(considered) * stride + root
-        path_nodes, path_edges = [root], [edge]                            # per depth, [B] each
-        while True:
-            child = child_flat.take(edge)
-            if child.max() < 0:
-                break
-            edge = next_edge_flat.take(child)
-            path_nodes.append(child)
-            path_edges.append(edge)
-        nodes, edges = np.array(path_nodes), np.array(path_edges)          # [D, B]
-        on_path = nodes >= 0                                               # [D, B]
-        depth = on_path.sum(axis=0) - 1                                    # [B] depth of the leaf parent
-        return nodes, edges, on_path, edges.ravel().take(depth * batch + lanes)
-
-    def expand(new: int, leaf_edge: np.ndarray) -> np.ndarray:
-        """One batched network call for node `new` of every tree, the child of `leaf_edge` [B];
-        returns its value [B]."""
-        leaf_action, leaf_parent = np.divmod(leaf_edge, stride)
-        parent_states = _gather_states(state_pool, leaf_parent - root)
-        next_state, reward, value, child_logits = recurrent_fn(
-            parent_states if is_tuple else parent_states[0], leaf_action)
-        _check_recurrent_output(reward, value, child_logits, batch, num_actions)
-        state_pool.append(_as_leaves(next_state))
-        value = np.asarray(value, np.float32)
-        store_node(new, np.asarray(child_logits, np.float32), value)
-        child_flat[leaf_edge] = root + new
-        edge_reward_flat[leaf_edge] = reward
-        return value
-
-    def backup(nodes: np.ndarray, edges: np.ndarray, on_path: np.ndarray,
-               value: np.ndarray) -> np.ndarray | None:
-        """Back the leaf value [B] up every path at once, as [D, B] arrays; past its leaf a path
-        holds the scratch node (-1) and edge, which absorb the writes. With the tree-wide Q range,
-        returns [B] whether each tree's range changed."""
-        rewards = edge_reward_flat.take(edges)
-        # The scratch edge's reward is 0, so with discount 1 off the path the leaf value passes down
-        # unchanged to the leaf's row; on the path, mctx's leaf_value = reward + discount * leaf_value.
-        discounts = np.where(on_path, gamma, np.float32(1))
-        returns = np.empty((len(nodes) + 1, batch), np.float32)                # [D + 1, B]
-        returns[-1] = value
-        for d in range(len(nodes) - 1, -1, -1):
-            np.add(rewards[d], discounts[d] * returns[d + 1], out=returns[d])
-        returns = returns[:-1]
-        counts = trees.visits.take(nodes)
-        new_values = (trees.value.take(nodes) * counts + returns) / (counts + 1)
-        trees.value[nodes] = new_values
-        trees.visits[nodes] = counts + 1
-        child_values = np.empty_like(new_values)            # value of each edge's child after backup
-        child_values[:-1] = np.where(on_path[1:], new_values[1:], value)
-        child_values[-1] = value
-        edge_q_flat[edges] = rewards + gamma * child_values
-        edge_visits_flat[edges] = edge_visits_flat.take(edges) + 1
-        return trees.record_returns(returns, on_path) if trees.tree_wide else None
-
+    root_completed = np.broadcast_to(trees.node_value[:, 0], (num_actions, batch))
+    scores = root.scores(root_sigma)
+    states = _StatePool(root_state, recurrent_fn, trees)
     for simulation in range(num_simulations):
-        nodes, edges, on_path, leaf_edge = select(simulation)
-        value = expand(simulation + 1, leaf_edge)
-        range_changed = backup(nodes, edges, on_path, value)
+        nodes, edges, on_path, leaf_edge = trees.select(
+            root.considered(scores, trees.root_visits, simulation))
+        value = states.expand(simulation + 1, leaf_edge)
+        range_changed = trees.backup(nodes, edges, on_path, value)
         # Refresh σ on every path node (roots are the first B, their cached next edge unused).
         sigma, completed = trees.refresh(nodes[on_path])
-        if range_changed is not None and range_changed.any():
-            # A new tree-wide min or max changes σ(q̂) at every node of that tree, also off the
-            # path (the official tree scores children afresh at every selection, with the current
-            # range): refresh the cached choices of its nodes that have a child. A node without
-            # one has equal completed Q for all actions, so its choice is the prior's whatever q̂.
-            nodes = (root[range_changed, None] + np.arange(1, simulation + 2)).ravel()
-            trees.refresh(nodes[trees.visits.take(nodes) > 1])
+        trees.refresh_moved_ranges(range_changed, simulation)
         root_sigma, root_completed = sigma[:, :batch], completed[:, :batch]
-        scores = root_scores(root_sigma)
+        scores = root.scores(root_sigma)
 
     # Final choice: mctx's score_considered with the most-visited actions as the considered ones.
+    root_visits = trees.root_visits
     considered = np.where(root_visits == root_visits.max(axis=0), scores, -np.inf)
     improved_policy = _softmax(_mask_invalid(logits + root_sigma.T, invalid_actions), axis=1)
     return SearchOutput(_argmax_actions(considered), improved_policy.astype(np.float32),
                         root_visits.T.astype(np.int32), root_completed.T.astype(np.float32),
-                        trees.value.take(root))
+                        trees.value.take(trees.root))
+
+
+class _Root:
+    """What the root's choice needs besides σ(q̂): g + logits, the invalid actions' penalty and the
+    sequential-halving table of the visit count a considered action has at each simulation."""
+
+    def __init__(self, gumbel: np.ndarray, logits: np.ndarray, invalid_actions: np.ndarray | None,
+                 max_num_considered_actions: int, num_simulations: int):
+        batch, num_actions = logits.shape
+        self.gumbel_plus_logits = (np.asarray(gumbel, np.float32)
+                                   + (logits - logits.max(axis=1, keepdims=True))).T    # [A, B]
+        self.invalid_penalty = (
+            np.zeros((num_actions, batch), np.float32) if invalid_actions is None
+            else np.where(invalid_actions.T, -np.inf, 0).astype(np.float32))
+        num_valid = (np.full(batch, num_actions) if invalid_actions is None
+                     else num_actions - invalid_actions.sum(axis=1))
+        num_considered = np.minimum(max_num_considered_actions, num_valid)             # [B]
+        self.considered_visits = _considered_visits_table(
+            max_num_considered_actions, num_simulations)[num_considered].T.copy()      # [n, B]
+
+    def scores(self, root_sigma: np.ndarray) -> np.ndarray:
+        """g + logits + σ(q̂) floored at LOW_LOGIT, -inf for invalid actions: [A, B]."""
+        return np.maximum(self.gumbel_plus_logits + root_sigma, LOW_LOGIT) + self.invalid_penalty
+
+    def considered(self, scores: np.ndarray, root_visits: np.ndarray,
+                   simulation: int) -> np.ndarray:
+        """Sequential halving: the scores of the actions with the visit count that simulation
+        `simulation` considers, -inf elsewhere."""
+        return np.where(root_visits == self.considered_visits[simulation], scores, -np.inf)
+
+
+class _StatePool:
+    """Node states as the official code's state pool: pool[j] holds node j of every tree, the arrays
+    as the model returned them (never copied in); a parent's state is gathered per tree."""
+
+    def __init__(self, root_state, recurrent_fn: Callable, trees: _Trees):
+        self.is_tuple = isinstance(root_state, tuple)
+        self.pool = [_as_leaves(root_state)]
+        self.recurrent_fn, self.trees = recurrent_fn, trees
+
+    def expand(self, new: int, leaf_edge: np.ndarray) -> np.ndarray:
+        """One batched network call for node `new` of every tree, the child of `leaf_edge` [B];
+        returns its value [B]."""
+        trees = self.trees
+        leaf_action, leaf_parent = np.divmod(leaf_edge, trees.stride)
+        parent_states = _gather_states(self.pool, leaf_parent - trees.root)
+        next_state, reward, value, child_logits = self.recurrent_fn(
+            parent_states if self.is_tuple else parent_states[0], leaf_action)
+        _check_recurrent_output(reward, value, child_logits, trees.batch, trees.num_actions)
+        self.pool.append(_as_leaves(next_state))
+        value = np.asarray(value, np.float32)
+        trees.store_node(new, np.asarray(child_logits, np.float32), value)
+        trees.child_flat[leaf_edge] = trees.root + new
+        trees.edge_reward_flat[leaf_edge] = reward
+        return value
 
 
 def search_with_model(model, root, gumbel: np.ndarray, *, num_simulations: int,
