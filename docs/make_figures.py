@@ -1,7 +1,7 @@
 """Regenerate every figure in docs/figures from the run data in docs/runs.
 
     python docs/make_figures.py                   # rewrite docs/figures/*.png
-    python docs/make_figures.py --out-dir /tmp/x  # write them elsewhere (the tests compare bytes)
+    python docs/make_figures.py --out-dir /tmp/x  # write them elsewhere (a test compares pixels)
 
 docs/figures/commands.txt holds one `python docs/plot_curves.py ...` command per figure, as a reader
 would type it from the repository root; this script runs each in-process.
