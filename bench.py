@@ -43,6 +43,7 @@ classic: the same for the `classic` preset on CartPole-v1 (20,000 env steps).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -71,9 +72,9 @@ def bench_search() -> dict:
     from mcts import gumbel_search
 
     results = {}
+    num_actions, num_simulations = SEARCH_NUM_ACTIONS, SEARCH_NUM_SIMULATIONS
     for batch, q_normalization in itertools.product(SEARCH_BATCH_SIZES, ("tree", "node")):
         rng = np.random.default_rng(0)
-        num_actions, num_simulations = SEARCH_NUM_ACTIONS, SEARCH_NUM_SIMULATIONS
         rewards = rng.normal(size=(num_simulations, batch)).astype(np.float32)
         values = rng.normal(size=(num_simulations, batch)).astype(np.float32)
         logits = rng.normal(size=(num_simulations, batch, num_actions)).astype(np.float32)
@@ -83,16 +84,16 @@ def bench_search() -> dict:
         gumbel = rng.gumbel(size=(batch, num_actions)).astype(np.float32)
         counter = [0]
 
-        def recurrent_fn(state, actions):
+        def recurrent_fn(state, actions, counter=counter, rewards=rewards, values=values,
+                         logits=logits):
             i = counter[0] % num_simulations
             counter[0] += 1
             return state, rewards[i], values[i], logits[i]
 
-        def search():
-            return gumbel_search(root_logits, root_value, root_state, recurrent_fn,
-                                 num_simulations=num_simulations,
-                                 max_num_considered_actions=SEARCH_NUM_CONSIDERED, gumbel=gumbel,
-                                 discount=0.997, q_normalization=q_normalization)
+        search = functools.partial(gumbel_search, root_logits, root_value, root_state, recurrent_fn,
+                                   num_simulations=num_simulations,
+                                   max_num_considered_actions=SEARCH_NUM_CONSIDERED, gumbel=gumbel,
+                                   discount=0.997, q_normalization=q_normalization)
 
         search()                                                       # warm-up
         best = float("inf")
@@ -190,9 +191,9 @@ def _atari_trainer(run_dir: str):
 def bench_buffer() -> dict:
     """Sampling + target assembly from a full 100K Atari buffer; reanalysis network vs tree time."""
     from buffer import ReplayBuffer
-    from targets import reanalyze
     from envs import env_spec
     from networks import EfficientZeroNet
+    from targets import reanalyze
 
     config = _atari_config()
     spec = env_spec(config.env_id, config)

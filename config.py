@@ -24,7 +24,6 @@ import typing
 from dataclasses import dataclass, field
 from typing import Callable
 
-
 _POSITIVE = (lambda v: v > 0, "> 0")
 _NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
 _FRACTION = (lambda v: 0.0 <= v <= 1.0, "in [0, 1]")

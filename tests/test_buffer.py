@@ -8,8 +8,8 @@ import pytest
 import config as cfg
 import mcts
 from buffer import Batch, ReplayBuffer
-from targets import reanalyze, search_diagnostics, search_value_mask, value_prefix_targets
 from networks import NetworkOutput, stack_frames
+from targets import reanalyze, search_diagnostics, search_value_mask, value_prefix_targets
 
 A = 3
 
@@ -156,7 +156,7 @@ def test_reanalysis_targets(terminated, td_steps):
         first = observations[b, 0, -1]
         episode_id, t = int(first // 1000), int(first % 1000)
         _, masks, _, _, td = reference_targets(config, lengths[episode_id], terminated, t, episode_id,
-                                            lambda j: (episode_id * 1000.0 + j) / 100.0)
+                                            lambda j, e=episode_id: (e * 1000.0 + j) / 100.0)
         np.testing.assert_allclose(targets.values[b], td, rtol=1e-5)
         for k in range(K + 1):
             if masks[k] == 0:

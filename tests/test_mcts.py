@@ -89,11 +89,11 @@ def _generate_golden_fixtures():
     import mctx
 
     arrays = {}
-    for i, (A, n, m, discount, B, with_invalid) in enumerate(GOLDEN_CASES):
+    for i, (_A, n, m, discount, _B, _with_invalid) in enumerate(GOLDEN_CASES):
         problem = golden_problem(i)
         tables = {k: jnp.asarray(problem[k]) for k in ("reward", "value", "logits")}
 
-        def recurrent_fn(params, rng_key, action, state):
+        def recurrent_fn(params, rng_key, action, state, tables=tables, discount=discount):
             child, reward, value, logits = table_step(tables, state, action)
             return mctx.RecurrentFnOutput(reward=reward, discount=jnp.full_like(reward, discount),
                                           prior_logits=logits, value=value), child
@@ -101,7 +101,7 @@ def _generate_golden_fixtures():
         # gumbel_muzero_policy draws its noise from the key; feed ours through a stub of the draw.
         gumbel = jnp.asarray(problem["gumbel"])
         original = jax.random.gumbel
-        jax.random.gumbel = lambda key, shape, dtype: gumbel
+        jax.random.gumbel = lambda key, shape, dtype, gumbel=gumbel: gumbel
         try:
             out = mctx.gumbel_muzero_policy(
                 params=(), rng_key=jax.random.PRNGKey(0),
@@ -331,8 +331,10 @@ def test_equals_reference_on_random_problems(A, n, m, B, q_normalization):
         invalid[:, 0] = False
         discount = [0.997, 0.0, 0.5][seed]
 
+        root_ids = np.arange(B)
+
         # The batched search sees a path-encoded state; the reference sees tuples.
-        def batched(state, actions):
+        def batched(state, actions, model=model, root_ids=root_ids):
             paths, lengths = state
             out = [model.step_one((100 + int(b),) + tuple(int(x) for x in p[:k]), a)
                    for b, p, k, a in zip(root_ids, paths, lengths, actions)]
@@ -341,7 +343,6 @@ def test_equals_reference_on_random_problems(A, n, m, B, q_normalization):
             return ((new_paths, lengths + 1), np.array([o[1] for o in out]),
                     np.array([o[2] for o in out]), np.stack([o[3] for o in out]))
 
-        root_ids = np.arange(B)
         state = (np.zeros((B, n + 1), np.int64), np.zeros(B, np.int64))
         logits = np.stack([r[2] for r in roots])
         values = np.array([r[1] for r in roots], np.float32)

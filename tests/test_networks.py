@@ -11,8 +11,15 @@ import tensorflow as tf
 
 import config as cfg
 from envs import FrameStacker
-from networks import (EfficientZeroNet, compiled_call, inverse_scalar_transform, logits_to_scalar,
-                      scalar_to_two_hot, scalar_transform, stack_frames)
+from networks import (
+    EfficientZeroNet,
+    compiled_call,
+    inverse_scalar_transform,
+    logits_to_scalar,
+    scalar_to_two_hot,
+    scalar_transform,
+    stack_frames,
+)
 
 ATARI_SHAPE = (96, 96, 12)
 S = 300

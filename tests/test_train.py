@@ -677,6 +677,7 @@ def test_updates_follow_the_replay_ratio_from_start_transitions_in_endless_games
     the first update comes at env step 200 and after every step the update count is the replay
     ratio's, with no catch-up burst; a store of whole games has nothing to sample in 400 steps."""
     import gymnasium as gym
+
     import train
 
     if "EndlessGame-v0" not in gym.registry:

@@ -45,7 +45,7 @@ def main() -> None:
     for game in range(args.games):
         env = envs.make_env(ENV_ID, args.seed + game, False, config)
         observation, _ = env.reset(seed=args.seed + game)
-        for step in range(MAX_STEPS):
+        for step in range(MAX_STEPS):  # noqa: B007 (read after the loop: the steps played)
             root = model.initial_inference(observation[None])
             search = search_with_model(model, root, np.zeros_like(root.policy_logits),
                                        **config.search_options())     # greedy: no Gumbel noise
