@@ -150,8 +150,8 @@ def _section_key(name: str) -> str:
 
 
 def _breakout_frames(config, count: int, rng: np.random.Generator) -> np.ndarray:
-    """`count` single frames [count, *frame] of Breakout under random play (as the buffer stores them,
-    so that frame compression sees real frames rather than incompressible noise)."""
+    """`count` single frames [count, *frame] of Breakout under random play (as the buffer stores
+    them, so that frame compression sees real frames rather than incompressible noise)."""
     from envs import make_env
 
     env = make_env(config.env_id, seed=0, training=True, config=config)

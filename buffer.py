@@ -37,8 +37,8 @@ real action):
 - value_masks[k] = 1 while t+k < T, and at t+k = T when the episode terminated: a terminal o_T is
   absorbing and its value target is 0; a truncated episode's o_T is an ordinary state that is never
   trained toward 0 (the TD targets before it bootstrap from v(o_T)).
-- reward targets (targets.value_prefix_targets): with `value_prefix`, running sums of clipped rewards
-  from t, restarting every `lstm_horizon_len`; without it, the per-step rewards;
+- reward targets (targets.value_prefix_targets): with `value_prefix`, running sums of clipped
+  rewards from t, restarting every `lstm_horizon_len`; without it, the per-step rewards;
 - TD pieces (targets.td_pieces): z = Σ_{i<n} γ^i u_{t+k+i} + γ^n v(o_{t+k+n}); no bootstrap past a
   terminal; past a truncation the bootstrap is v(o_T) with γ^(T-t-k).
 A running game's T is not known yet; its sampleable positions read nothing past t+K+n, so they are
@@ -114,7 +114,8 @@ class _SumTree:
             targets = np.where(go_right, targets - self.nodes[left], targets)
             positions = left + go_right
         leaves = positions - self.leaves
-        # Rounding can land on an empty leaf at a segment border: step back to the nearest non-empty.
+        # Rounding can land on an empty leaf at a segment border: step back to the nearest
+        # non-empty.
         empty = self.nodes[positions] <= 0
         if empty.any():
             valid = np.flatnonzero(self.nodes[self.leaves:] > 0)
@@ -124,8 +125,8 @@ class _SumTree:
 
 
 class _FrameRing:
-    """The ring's frames, one per slot: a dense [C, *frame] array, or with `frame_compression` > 0 one
-    zlib blob per slot, decoded when gathered (each distinct slot once). Lossless either way."""
+    """The ring's frames, one per slot: a dense [C, *frame] array, or with `frame_compression` > 0
+    one zlib blob per slot, decoded when gathered (each distinct slot once). Lossless either way."""
 
     def __init__(self, capacity: int, frame_shape: tuple, frame_dtype, compression: int):
         self.capacity, self.frame_shape, self.frame_dtype = capacity, frame_shape, frame_dtype
@@ -241,11 +242,12 @@ class ReplayBuffer:
     def slot_of(self, env_ids: np.ndarray, ordinals: np.ndarray) -> np.ndarray:
         return env_ids * self.region + ordinals % self.region
 
-    # --- writing -------------------------------------------------------------------------------------
+    # --- writing ----------------------------------------------------------------------------------
 
     def begin_episodes(self, env_ids: np.ndarray, first_frames: np.ndarray) -> None:
         """Start games in `env_ids` [M] from their first frames [M, *frame]. A game still running
-        there ends as truncated (a resumed run restarts its envs); one without a step is replaced."""
+        there ends as truncated (a resumed run restarts its envs); one without a step is
+        replaced."""
         env_ids = np.asarray(env_ids, np.int64)
         for env in env_ids.tolist():
             if self.game_start[env] < 0:
@@ -263,8 +265,8 @@ class ReplayBuffer:
 
     def add_step(self, actions, rewards, next_frames, terminated, truncated, root_values, policies,
                  env_step: int) -> None:
-        """One lockstep step of every env ([N] arrays; policies [N, A]; next_frames [N, *frame]): the
-        transition from each env's newest observation and the observation it led to."""
+        """One lockstep step of every env ([N] arrays; policies [N, A]; next_frames [N, *frame]):
+        the transition from each env's newest observation and the observation it led to."""
         if (self.game_start < 0).any():
             raise ValueError("add_step for an env whose game has not begun (begin_episodes)")
         every = np.arange(self.num_envs)
@@ -283,7 +285,8 @@ class ReplayBuffer:
             self._end_games(np.flatnonzero(ended), np.asarray(terminated, bool)[ended])
         if self.config.replay_open_games:
             running = np.flatnonzero(~ended)
-            # Position p is due once its game has a transition past o_{p+K+n}: p + K + n < heads - 1.
+            # Position p is due once its game has a transition past o_{p+K+n}:
+            # p + K + n < heads - 1.
             horizon = self.config.unroll_steps + self.config.td_steps
             self._enable(running, self.heads[running] - 1 - horizon)
 
@@ -359,7 +362,7 @@ class ReplayBuffer:
         arrays = sum(getattr(self, name).nbytes for name in _ARRAY_FIELDS)
         return self.frames.nbytes() + arrays + self.priorities.nodes.nbytes
 
-    # --- sampling -------------------------------------------------------------------------------------
+    # --- sampling ---------------------------------------------------------------------------------
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:
         config = self.config
@@ -394,7 +397,8 @@ class ReplayBuffer:
         offset = ordinal - start                                             # t within the game
         steps = offset[:, None] + np.arange(positions)                      # [B, P] t+k
         # Single frames t-S+1 .. t+K+n, clamped into [0, T]; stacking them into observations is left
-        # to the network's graph (networks.stack_frames), a 3x smaller host copy than stacked arrays.
+        # to the network's graph (networks.stack_frames), a 3x smaller host copy than stacked
+        # arrays.
         frame_offsets = offset[:, None] + np.arange(-S + 1, positions)
         frame_slots = self.slot_of(env[:, None],
                                   start[:, None] + np.clip(frame_offsets, 0, length[:, None]))
@@ -424,8 +428,8 @@ class ReplayBuffer:
 
     def update_priorities(self, indices: np.ndarray, priorities: np.ndarray,
                           collected_at: np.ndarray) -> None:
-        """New priorities [B] for the positions of a batch (`indices` and `collected_at` as the batch
-        carries them), but for those that left the buffer since the batch was drawn."""
+        """New priorities [B] for the positions of a batch (`indices` and `collected_at` as the
+        batch carries them), but for those that left the buffer since the batch was drawn."""
         if not self.config.use_priority:
             return
         indices = np.asarray(indices, np.int64)
@@ -433,7 +437,7 @@ class ReplayBuffer:
         values = np.asarray(priorities, np.float64) ** self.config.priority_alpha
         self.priorities.set(indices[still_there], values[still_there])
 
-    # --- persistence (no pickle) ----------------------------------------------------------------------
+    # --- persistence (no pickle) ------------------------------------------------------------------
 
     def save(self, folder: str) -> None:
         os.makedirs(folder, exist_ok=True)

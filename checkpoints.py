@@ -4,11 +4,12 @@ A checkpoint is a folder `<run>/checkpoints/ckpt-<updates:08d>/` holding
     weights.npz   every array: online, self-play and target network weights, optimiser variables
     state.json    counters, RNG states, evaluation scores (anything JSON-able the trainer keeps)
     config.json   the run's configuration
-    buffer/       the replay buffer, in the newest checkpoint only (about 0.11 GB at 100K Atari transitions with the default frame compression)
+    buffer/       the replay buffer, in the newest checkpoint only (about 0.11 GB at 100K Atari
+                  transitions with the default frame compression)
     COMPLETE      written last: a folder without it is never loaded
-It is written under `.tmp-ckpt-<updates>` and renamed when complete, so killing the process at any moment
-leaves the previous checkpoint usable. Only after the rename is the buffer of the older checkpoints
-removed and the checkpoints beyond the newest `keep` deleted. Arrays are read with
+It is written under `.tmp-ckpt-<updates>` and renamed when complete, so killing the process at any
+moment leaves the previous checkpoint usable. Only after the rename is the buffer of the older
+checkpoints removed and the checkpoints beyond the newest `keep` deleted. Arrays are read with
 `allow_pickle=False`; nothing is ever unpickled.
 """
 

@@ -3,7 +3,8 @@
 The numbers of `atari100k()` are the full EfficientZero V2 settings for the Atari 100K benchmark
 (Wang et al. 2024, Table 7 and the official `ez/config/exp/atari.yaml`). Units are
 stated per field: *env steps* are agent steps (one action, = 4 frames on Atari), *frames* are raw
-emulator frames, *updates* are gradient steps of the online network, *transitions* are stored env steps.
+emulator frames, *updates* are gradient steps of the online network, *transitions* are stored env
+steps.
 
 Presets are functions: `atari100k()`, `atari1h()` (the whole algorithm at reduced sizes and budget,
 about an hour on a 2-core CPU), `smoke()` (a one-minute end-to-end Breakout run on CPU), `classic()`
@@ -57,70 +58,78 @@ class Config:
                    _NON_NEGATIVE)
 
     # --- environment (Atari 100K protocol) ----------------------------------------
-    frame_skip: int = _f("frames per agent step, max-pooled over the last two (frames)", 4, _POSITIVE)
-    noop_max: int = _f("maximum random no-op actions at episode start (env steps)", 30, _NON_NEGATIVE)
+    frame_skip: int = _f("frames per agent step, max-pooled over the last two (frames)", 4,
+                         _POSITIVE)
+    noop_max: int = _f("maximum random no-op actions at episode start (env steps)", 30,
+                       _NON_NEGATIVE)
     frame_size: int = _f("side of the square resized Atari frame (pixels)", 96, _POSITIVE)
-    grayscale: bool = _f("grayscale Atari frames instead of RGB (the blog's simplification)", False, kind=SWITCH)
+    grayscale: bool = _f("grayscale Atari frames instead of RGB (the blog's simplification)", False,
+                         kind=SWITCH)
     frame_stack: int = _f("number of consecutive frames stacked into one observation", 4, _POSITIVE)
-    terminal_on_life_loss: bool = _f("a lost life ends the episode in training (never in evaluation)",
-                                     True)
+    terminal_on_life_loss: bool = _f("a lost life ends the episode in training (never in "
+                                     "evaluation)", True)
     clip_rewards: bool = _f("train on sign-clipped rewards (raw rewards are always logged)", True)
     max_episode_steps: int = _f("episode cap in training (env steps; 3,000 = 12,000 frames)", 3000,
                                 _POSITIVE)
     eval_max_episode_steps: int = _f("episode cap in evaluation (env steps; 27,000 = 108K frames)",
                                      27000, _POSITIVE)
     continuous_action_bins: int = _f("a vector task's continuous (Box) action is discretised into "
-                                     "this many evenly spaced values per dimension (Pendulum-v1)", 5,
-                                     _POSITIVE, kind=SWITCH)
+                                     "this many evenly spaced values per dimension (Pendulum-v1)",
+                                     5, _POSITIVE, kind=SWITCH)
 
     # --- budget ----------------------------------------------------------------------------------
     env_steps: int = _f("total env steps collected by self-play, summed over envs (env steps)",
                         100_000, _POSITIVE)
-    num_envs: int = _f("self-play envs stepped in lockstep, one batched search for all", 4, _POSITIVE)
+    num_envs: int = _f("self-play envs stepped in lockstep, one batched search for all", 4,
+                       _POSITIVE)
     start_transitions: int = _f("stored transitions before the first update, counting those of "
                                 "games still running (transitions)", 2000, _POSITIVE)
     updates_per_env_step: float = _f("updates per env step after start_transitions (replay ratio)",
                                      1.0, _POSITIVE)
     offline_updates: int = _f("updates run on the fixed buffer after the env-step budget (updates)",
                               20_000, _NON_NEGATIVE)
-    replay_capacity: int = _f("replay buffer capacity, split evenly over the envs; each env's oldest "
-                              "data go first (transitions)", 100_000, _POSITIVE)
-    replay_open_games: bool = _f("a position of a game still being played may be sampled once every "
-                                 "step its targets need is stored (the official code's trajectory "
-                                 "blocks); false: only after its game ends", True, kind=SWITCH)
-    frame_compression: int = _f("zlib level (1-9) of the replay buffer's frames, 0 stores them raw; "
-                                "lossless, Breakout frames shrink ~33x (2.8 GB -> 85 MB at 100K)", 1,
-                                (lambda v: 0 <= v <= 9, "an integer in [0, 9]"), kind=SPEED)
+    replay_capacity: int = _f("replay buffer capacity, split evenly over the envs; each env's "
+                              "oldest data go first (transitions)", 100_000, _POSITIVE)
+    replay_open_games: bool = _f("a position of a game still being played may be sampled once "
+                                 "every step its targets need is stored (the official code's "
+                                 "trajectory blocks); false: only after its game ends", True,
+                                 kind=SWITCH)
+    frame_compression: int = _f("zlib level (1-9) of the replay buffer's frames, 0 stores them "
+                                "raw; lossless, Breakout frames shrink ~33x (2.8 GB -> 85 MB at "
+                                "100K)", 1, (lambda v: 0 <= v <= 9, "an integer in [0, 9]"),
+                                kind=SPEED)
 
-    # --- networks (EZ V2 appendix, network architecture) -----------------------------------------------------------------
+    # --- networks (EZ V2 appendix, network architecture) ------------------------------------------
     network: str = _f("'conv' (Atari residual stack) or 'mlp' (vector observations)", "conv")
     num_channels: int = _f("channels of the latent state (conv); the first conv has half", 64,
                            _POSITIVE)
     num_blocks: int = _f("residual blocks after downsampling (conv representation)", 1, _POSITIVE)
-    downsample: bool = _f("the conv representation shrinks 96x96 frames to 6x6 (Atari); false keeps "
-                          "a small grid's size (MinAtar's 10x10)", True, kind=SWITCH)
+    downsample: bool = _f("the conv representation shrinks 96x96 frames to 6x6 (Atari); false "
+                          "keeps a small grid's size (MinAtar's 10x10)", True, kind=SWITCH)
     reduced_channels: int = _f("channels of the 1x1 convs in the reward/value/policy heads", 16,
                                _POSITIVE)
     action_encoding: str = _f("how the conv dynamics sees the action: 'scalar' (one plane of value "
-                              "a/A, the official code) or 'one_hot' (A planes, 1 on plane a); either "
-                              "goes through conv1x1, LayerNorm and ReLU",
+                              "a/A, the official code) or 'one_hot' (A planes, 1 on plane a); "
+                              "either goes through conv1x1, LayerNorm and ReLU",
                               "scalar", kind=SWITCH)
     head_hidden_sizes: tuple = _f("hidden layer sizes of the reward/value/policy MLPs", (32,),
                                   _ANY_POSITIVE)
-    mlp_hidden_sizes: tuple = _f("hidden sizes of the MLP representation/dynamics (mlp)", (128, 128),
-                                 _ALL_POSITIVE)
+    mlp_hidden_sizes: tuple = _f("hidden sizes of the MLP representation/dynamics (mlp)",
+                                 (128, 128), _ALL_POSITIVE)
     mlp_state_size: int = _f("size of the flat latent state (mlp)", 64, _POSITIVE)
     normalization: str = _f("'batch' (BatchNorm, the paper) or 'group' (GroupNorm, the blog)",
                             "batch", kind=SWITCH)
-    group_norm_groups: int = _f("groups of GroupNorm when normalization='group'", 8, _POSITIVE, kind=SWITCH)
+    group_norm_groups: int = _f("groups of GroupNorm when normalization='group'", 8, _POSITIVE,
+                                kind=SWITCH)
     batch_renorm: bool = _f("BatchNorm trains on batch statistics corrected toward its moving "
                             "statistics (Batch Renormalization), so inference computes what "
-                            "training computes (false: plain BatchNorm, the paper)", True, kind=SWITCH)
+                            "training computes (false: plain BatchNorm, the paper)", True,
+                            kind=SWITCH)
     value_prefix: bool = _f("predict value prefixes with an LSTM (EZ) instead of per-step rewards",
                             True, kind=SWITCH)
     lstm_hidden_size: int = _f("hidden size of the value-prefix LSTM", 512, _POSITIVE)
-    lstm_horizon_len: int = _f("the value prefix and LSTM reset every this many steps (env steps)", 5,
-                               _POSITIVE)
+    lstm_horizon_len: int = _f("the value prefix and LSTM reset every this many steps (env steps)",
+                               5, _POSITIVE)
     support_size: int = _f("categorical support is the integers [-support_size, support_size]", 300,
                            _POSITIVE)
     projection_hidden_size: int = _f("SimSiam projection hidden width", 1024, _POSITIVE)
@@ -133,20 +142,21 @@ class Config:
     max_num_considered_actions: int = _f("root actions sampled by Gumbel top-k (m)", 4, _POSITIVE)
     c_visit: float = _f("sigma(q) = (c_visit + max N) * c_scale * q", 50.0, _POSITIVE)
     c_scale: float = _f("sigma(q) = (c_visit + max N) * c_scale * q", 0.1, _POSITIVE)
-    q_normalization: str = _f("rescaling of Q to [0, 1] in the search: 'tree' (one min/max per tree "
-                              "over every backed-up return, the official EZ V2 tree) or 'node' "
-                              "(per node, mctx and the Gumbel paper)", "tree", kind=SWITCH)
+    q_normalization: str = _f("rescaling of Q to [0, 1] in the search: 'tree' (one min/max per "
+                              "tree over every backed-up return, the official EZ V2 tree) or "
+                              "'node' (per node, mctx and the Gumbel paper)", "tree", kind=SWITCH)
     value_delta_max: float = _f("with q_normalization='tree': floor of the tree's Q range",
                                 0.01, _POSITIVE)
     gumbel_scale: float = _f("scale of the root Gumbel noise in self-play (0 = greedy)", 1.0,
                              _NON_NEGATIVE, kind=SWITCH)
     discount: float = _f("per env step discount gamma", 0.997, _DISCOUNT)
 
-    # --- targets (EZ V2: value prefix, SVE, mixed value) ------------------------------------------------------------------
+    # --- targets (EZ V2: value prefix, SVE, mixed value) ------------------------------------------
     unroll_steps: int = _f("K: dynamics unroll length in training (env steps)", 5, _POSITIVE)
     td_steps: int = _f("n of the n-step TD value target (env steps)", 5, _POSITIVE)
     reanalysis_chunk_size: int = _f("most observations per representation call in reanalysis; "
-                                    "bounds peak memory, results unchanged", 512, _POSITIVE, kind=SPEED)
+                                    "bounds peak memory, results unchanged", 512, _POSITIVE,
+                                    kind=SPEED)
     pipelined_reanalysis: bool = _f("reanalyse the next batch in a second thread while the "
                                     "learner updates on this one; its priorities then reach the "
                                     "sampler one update late, as in the official asynchronous "
@@ -156,7 +166,8 @@ class Config:
                                   "the learner; the same targets (no effect unless "
                                   "pipelined_reanalysis)", False, kind=SPEED)
     reanalyze_ratio: float = _f("fraction of policy targets recomputed by a fresh target-model "
-                                "search (the rest use the stored acting policy)", 1.0, _FRACTION, kind=SWITCH)
+                                "search (the rest use the stored acting policy)", 1.0, _FRACTION,
+                                kind=SWITCH)
     use_search_value: bool = _f("mixed value targets: SVE after the thresholds below, else TD only",
                                 True, kind=SWITCH)
     sve_start_updates: int = _f("T1: TD value targets only while the update count is below this "
@@ -168,18 +179,19 @@ class Config:
     reward_loss_coeff: float = _f("weight of the value-prefix (reward) cross-entropy", 1.0,
                                   _NON_NEGATIVE)
     policy_loss_coeff: float = _f("weight of the policy cross-entropy", 1.0, _NON_NEGATIVE)
-    policy_target_smoothing: float = _f("weight of the uniform distribution mixed into every policy "
-                                        "target (0 = the paper): bounds the prior's logit gaps",
+    policy_target_smoothing: float = _f("weight of the uniform distribution mixed into every "
+                                        "policy target (0 = the paper): bounds the prior's logit "
+                                        "gaps",
                                         0.0, _FRACTION, kind=SWITCH)
     value_loss_coeff: float = _f("weight of the value cross-entropy", 0.25, _NON_NEGATIVE)
     consistency_loss_coeff: float = _f("weight of the SimSiam consistency loss (paper: 2.0)", 2.0,
                                        _NON_NEGATIVE)
-    entropy_loss_coeff: float = _f("weight of the policy-entropy bonus subtracted from the loss; the "
-                                   "official code applies it to DMC and Gym tasks (5e-2 in "
+    entropy_loss_coeff: float = _f("weight of the policy-entropy bonus subtracted from the loss; "
+                                   "the official code applies it to DMC and Gym tasks (5e-2 in "
                                    "dmc_state.yaml), not to Atari", 0.0, _NON_NEGATIVE)
 
-    state_gradient_scale: float = _f("the gradient into every unrolled latent state is scaled by this "
-                                     "(MuZero, EZ: 0.5)", 0.5, _FRACTION)
+    state_gradient_scale: float = _f("the gradient into every unrolled latent state is scaled by "
+                                     "this (MuZero, EZ: 0.5)", 0.5, _FRACTION)
 
     # --- optimisation ----------------------------------------------------------------------------
     batch_size: int = _f("samples per update", 256, _POSITIVE)
@@ -192,8 +204,8 @@ class Config:
     max_grad_norm: float = _f("global gradient-norm clip", 5.0, _POSITIVE)
     warmup_fraction: float = _f("linear lr warm-up over this fraction of all updates", 0.01,
                                 _FRACTION)
-    lr_decay_updates: int = _f("lr is multiplied by lr_decay_factor after this many updates", 100_000,
-                               _POSITIVE)
+    lr_decay_updates: int = _f("lr is multiplied by lr_decay_factor after this many updates",
+                               100_000, _POSITIVE)
     lr_decay_factor: float = _f("lr step-decay factor", 0.1, _POSITIVE)
     mixed_precision: bool = _f("lower-precision compute with float32 weights: float16 with a "
                                "dynamic loss scale on a GPU, bfloat16 on a CPU", False, kind=SWITCH)
@@ -213,11 +225,13 @@ class Config:
     priority_alpha: float = _f("priority exponent alpha", 1.0, _NON_NEGATIVE)
     priority_beta: float = _f("importance-weight exponent beta", 1.0, _FRACTION)
     priority_epsilon: float = _f("added to |v - z| so no priority is zero", 1e-6, _POSITIVE)
-    priority_weight_min: float = _f("importance weights, normalised by the batch maximum, are clipped "
-                                    "to [this, 1] (official replay buffer: 0.1)", 0.1, _FRACTION)
+    priority_weight_min: float = _f("importance weights, normalised by the batch maximum, are "
+                                    "clipped to [this, 1] (official replay buffer: 0.1)", 0.1,
+                                    _FRACTION)
 
     # --- augmentation ----------------------------------------------------------------------------
-    augmentation: bool = _f("random shift and intensity jitter on image observations", True, kind=SWITCH)
+    augmentation: bool = _f("random shift and intensity jitter on image observations", True,
+                            kind=SWITCH)
     shift_pad: int = _f("random shift: replicate-pad by this many pixels, then crop", 4,
                         _NON_NEGATIVE)
     intensity_sigma: float = _f("intensity jitter: scale by 1 + sigma * clip(N(0,1), -2, 2)", 0.05,
@@ -241,7 +255,8 @@ class Config:
             _check_type(f.name, value, _field_type(f))
             check = f.metadata.get("check")
             if check is not None and not check(value):
-                raise ValueError(f"config key '{f.name}' must be {f.metadata['allowed']}, got {value!r}")
+                raise ValueError(f"config key '{f.name}' must be {f.metadata['allowed']}, "
+                                 f"got {value!r}")
         _require(self.network in ("conv", "mlp"), "network", "'conv' or 'mlp'", self.network)
         _require(self.q_normalization in ("node", "tree"), "q_normalization", "'node' or 'tree'",
                  self.q_normalization)
@@ -310,7 +325,8 @@ def _require(condition: bool, key: str, allowed: str, value) -> None:
 
 def _check_type(key: str, value, expected: type) -> None:
     if expected is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+              and math.isfinite(value))
     elif expected is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif expected is tuple:
@@ -322,7 +338,7 @@ def _check_type(key: str, value, expected: type) -> None:
         raise ValueError(f"config key '{key}' must be of type {expected.__name__}, got {value!r}")
 
 
-# --- presets ---------------------------------------------------------------------------------------
+# --- presets --------------------------------------------------------------------------------------
 # Each preset is atari100k() and a delta: sizes, budget, and the algorithm settings a smaller run
 # needed, one line of reason each. The measurements behind the reasons are in docs/experiments.md
 # ("Why the presets differ from `atari100k`" and the sections it names).

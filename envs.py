@@ -1,28 +1,30 @@
-"""Environments: the Atari 100K protocol (Kaiser et al. 2020, as EZ V2 evaluates), MinAtar (Young & Tian
-2019, the CPU-scale Atari) and plain vector-observation gymnasium tasks.
+"""Environments: the Atari 100K protocol (Kaiser et al. 2020, as EZ V2 evaluates), MinAtar (Young &
+Tian 2019, the CPU-scale Atari) and plain vector-observation gymnasium tasks.
 
 Atari (`'Breakout'` or `'ALE/Breakout-v5'`): `ALE/<Game>-v5` with `frameskip=1` and
-`repeat_action_probability=0` — the Atari 100K benchmark (as in Dopamine's 100K config and the EZ papers)
-uses no sticky actions — and the minimal action set; `gymnasium.wrappers.AtariPreprocessing` gives frame
-skip 4 with a max over the last two frames, up to 30 random no-ops at a reset and 96x96 RGB frames
-(cv2 INTER_AREA, as the official code's WarpFrame). On top, `_Game` implements:
-- training: a lost life ends the episode (`terminated`), and the next `reset()` continues the same game
-  (EpisodicLife semantics), so every state stays reachable; rewards are sign-clipped;
+`repeat_action_probability=0` — the Atari 100K benchmark (as in
+Dopamine's 100K config and the EZ papers) uses no sticky actions — and the minimal action set;
+`gymnasium.wrappers.AtariPreprocessing` gives frame skip 4 with a max over the last two frames, up
+to 30 random no-ops at a reset and 96x96 RGB frames (cv2
+INTER_AREA, as the official code's WarpFrame). On top, `_Game` implements:
+- training: a lost life ends the episode (`terminated`), and the next `reset()` continues the same
+  game (EpisodicLife semantics), so every state stays reachable; rewards are sign-clipped;
 - evaluation: lives never end an episode, rewards are raw;
-- both: `info["raw_reward"]` is the unclipped reward of every step; when the game really ends (game over
-  or the step cap) `info["game_return"]` (raw, summed over all lives) and `info["game_length"]` (agent
-  steps) are set; the cap counts agent steps of a whole game (3,000 in training, 27,000 = 108K frames in
-  evaluation) and ends it as `truncated`.
+- both: `info["raw_reward"]` is the unclipped reward of every step; when the game really ends (game
+  over or the step cap) `info["game_return"]` (raw, summed over all lives) and `info["game_length"]`
+  (agent steps) are set; the cap counts agent steps of a whole game (3,000 in training,
+  27,000 = 108K frames in evaluation) and ends it as `truncated`.
 
-MinAtar (`'MinAtar/Breakout-v1'`, also Asterix, Freeway, Seaquest, SpaceInvaders; `-v1` has the minimal
-action set): the game's own rules, sticky actions (probability 0.1) and difficulty ramping, unchanged.
-Its observation is a 10x10 grid of C binary channels (one per object kind); frames are uint8 with 0 and
-255, so the network's pixel scaling maps them to exactly 0 and 1. Rewards are 0 or 1 and a game is one
-episode (no lives); the step caps above apply as they do to Atari.
+MinAtar (`'MinAtar/Breakout-v1'`, also Asterix, Freeway, Seaquest, SpaceInvaders; `-v1` has the
+minimal action set): the game's own rules, sticky actions (probability 0.1) and difficulty ramping,
+unchanged. Its observation is a 10x10 grid of C binary channels (one per object kind); frames are
+uint8 with 0 and 255, so the network's pixel scaling maps them to exactly 0 and 1. Rewards are 0 or
+1 and a game is one episode (no lives); the step caps above apply as they do to Atari.
 
-Frames are returned one at a time (uint8 [96, 96, 3], or [96, 96, 1] grayscale; uint8 [10, 10, C] for
-MinAtar; float32 [D] for vector tasks). `FrameStacker` and the replay buffer stack `frame_stack` of them along the last axis, oldest
-first: channels s*C:(s+1)*C of an observation hold frame s (vectors are concatenated the same way).
+Frames are returned one at a time (uint8 [96, 96, 3], or [96, 96, 1] grayscale; uint8 [10, 10, C]
+for MinAtar; float32 [D] for vector tasks). `FrameStacker` and the replay buffer stack `frame_stack`
+of them along the last axis, oldest first: channels s*C:(s+1)*C of an observation hold frame s
+(vectors are concatenated the same way).
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ import numpy as np
 import config as config_module
 from config import Config
 
-# Human and random-policy scores of the Atari 100K games (Ye et al. 2021, Table 3; Kaiser et al. 2020).
+# Human and random-policy scores of the Atari 100K games (Ye
+# et al. 2021, Table 3; Kaiser et al. 2020).
 ATARI_SCORES = {  # game: (random, human)
     "Alien": (227.8, 7127.7), "Amidar": (5.8, 1719.5), "Assault": (222.4, 742.0),
     "Asterix": (210.0, 8503.3), "BankHeist": (14.2, 753.1), "BattleZone": (2360.0, 37187.5),
@@ -74,8 +77,8 @@ def _registered_ids() -> list[str]:
 
 
 def _minatar_ids() -> list[str]:
-    """The registered MinAtar ids (the minatar package registers them on request; importing it is slow,
-    so only MinAtar ids pay for it)."""
+    """The registered MinAtar ids (the minatar package registers them on request; importing it is
+    slow, so only MinAtar ids pay for it)."""
     if not any(i.startswith(MINATAR_PREFIX) for i in gym.registry):
         from minatar.gym import register_envs
 

@@ -1,8 +1,8 @@
 """Evaluation of a trained agent: greedy Gumbel search, raw scores, human-normalised score, video.
 
 Protocol: evaluation envs never end an episode on a life loss, rewards are raw, the cap is
-`eval_max_episode_steps` (27,000 env steps = 108K frames on Atari), and the search runs without Gumbel
-noise, so the action is the argmax of logits + sigma(q) among the most-visited root actions.
+`eval_max_episode_steps` (27,000 env steps = 108K frames on Atari), and the search runs without
+Gumbel noise, so the action is the argmax of logits + sigma(q) among the most-visited root actions.
 
     python evaluate.py --checkpoint runs/<run>                 # newest checkpoint of a run
     python evaluate.py --checkpoint runs/<run>/checkpoints/ckpt-00100000 --episodes 10 --video
@@ -85,8 +85,9 @@ def play_episodes(model, config: Config, env_id: str, num_episodes: int, seed: i
 
 
 def video_rgb(frame: np.ndarray, kind: str) -> np.ndarray:
-    """One env frame as the RGB picture of a video frame [H', W', 3] uint8, upscaled by a whole factor
-    to about VIDEO_SIDE pixels: Atari RGB as it is, grayscale repeated, MinAtar one colour per channel."""
+    """One env frame as the RGB picture of a video frame [H', W', 3] uint8, upscaled by a whole
+    factor to about VIDEO_SIDE pixels: Atari RGB as it is, grayscale repeated, MinAtar one colour
+    per channel."""
     import cv2
 
     import envs

@@ -9,10 +9,10 @@ sample
   + value cross-entropy (positions 0..K)        x value_loss_coeff
   + SimSiam negative cosine (steps 1..K)        x consistency_loss_coeff
   - policy entropy (positions 0..K)             x entropy_loss_coeff,
-masked at episode ends, weighted by the importance weights, averaged over the batch and divided by K;
-then gradient clipping, weight decay, SGD with momentum (or Adam), the learning-rate schedule, and the
-dynamic loss scale of float16 training. Also here: the Keras precision policy (float32, or mixed
-bfloat16 on a CPU / float16 on a GPU) and the BatchNorm train/inference gap diagnostic.
+masked at episode ends, weighted by the importance weights, averaged over the batch and divided by
+K; then gradient clipping, weight decay, SGD with momentum (or Adam), the learning-rate schedule,
+and the dynamic loss scale of float16 training. Also here: the Keras precision policy (float32, or
+mixed bfloat16 on a CPU / float16 on a GPU) and the BatchNorm train/inference gap diagnostic.
 
 Shapes: `B` batch, `K` unroll steps, `A` actions, `S` frame_stack.
 """
@@ -161,7 +161,8 @@ class Learner:
         self.loss_scale = tf.Variable(2.0 ** 15 if self.dynamic_loss_scale else 1.0,
                                       trainable=False, dtype=tf.float32)
         self._finite_in_a_row = 0
-        # BatchNorm moving statistics change during the forward pass; a refused update restores them.
+        # BatchNorm moving statistics change during the forward pass; a refused update restores
+        # them.
         self._statistics = [v for v in net.variables if not v.trainable]
         self.trace_count = 0                 # Python side effect: runs only when tf traces
         K, A, S = config.unroll_steps, num_actions, config.frame_stack
@@ -202,8 +203,9 @@ class Learner:
         return shifted, 1.0 + self.config.intensity_sigma * noise
 
     def _network_inputs(self, frames):
-        """Single frames [B, S+K, *frame] -> a function k -> float32 network input of o_{t+k} [B, *obs],
-        augmented (images, `augmentation`): o_t with one draw, o_{t+1..t+K} with another."""
+        """Single frames [B, S+K, *frame] -> a function k -> float32 network input of o_{t+k}
+        [B, *obs], augmented (images, `augmentation`): o_t with one draw, o_{t+1..t+K} with
+        another."""
         net = self.net
         observations = self._stack(frames)                              # [B, K+1, ...] as stored
         if not (self.is_image and self.config.augmentation):
@@ -221,10 +223,11 @@ class Learner:
                            policy_targets, transition_masks, value_masks, weights):
         """The EfficientZero V2 loss of one batch and its gradients (EfficientZero V2).
 
-        Unroll step k = 1..K predicts o_{t+k} from a_{t+k-1}: its value-prefix and consistency losses
-        count while that action is real (transition_masks[:, k-1]); the policy loss at position k
-        while o_{t+k} has an acting policy (transition_masks[:, k]); the value loss at k where
-        value_masks[:, k] (a terminal o_T's absorbing 0 included, a truncated o_T excluded)."""
+        Unroll step k = 1..K predicts o_{t+k} from a_{t+k-1}: its value-prefix and consistency
+        losses count while that action is real (transition_masks[:, k-1]); the policy loss at
+        position k while o_{t+k} has an acting policy (transition_masks[:, k]); the value loss at k
+        where value_masks[:, k] (a terminal o_T's
+        absorbing 0 included, a truncated o_T excluded)."""
         tf, config, net = self._tf, self.config, self.net
         self.trace_count += 1
         K = config.unroll_steps
@@ -313,8 +316,9 @@ class Learner:
         return gradients, priorities, scalars
 
     def _root_outputs_both_modes(self, frames):
-        """Root frames [B, S, *frame] -> value [B] and policy logits [B, A] of o_t in inference mode,
-        then in training mode (which moves BatchNorm's statistics: the caller restores them)."""
+        """Root frames [B, S, *frame] -> value [B] and policy logits [B, A] of o_t in inference
+        mode, then in training mode (which moves
+        BatchNorm's statistics: the caller restores them)."""
         net = self.net
         inputs = net.preprocess(self._stack(frames)[:, 0])
         outputs = []

@@ -3,8 +3,9 @@
 Implements the search of "Policy improvement by planning with Gumbel" (Danihelka et al., ICLR 2022,
 Appendix D) with the semantics of DeepMind's mctx `gumbel_muzero_policy` and
 `qtransform_completed_by_mix_value`; `mcts_reference.py` is the same search for one tree, written
-plainly (read it first; the tests hold the two equal). B trees advance in lockstep, so each simulation makes
-one batched `recurrent_fn` call for all of them: 4 trees when acting, B·(K+1) = 1,536 in reanalysis.
+plainly (read it first; the tests hold the two equal). B trees advance in lockstep, so each
+simulation makes one batched `recurrent_fn` call for all of them: 4 trees when acting,
+B·(K+1) = 1,536 in reanalysis.
 
 Shapes: B trees, A actions, N = num_simulations + 1 nodes per tree (node 0 is the root; simulation i
 creates node i + 1). Node j of tree b has the flat index k = b·N + j; per-node arrays are [T] with
@@ -14,23 +15,24 @@ shorter than the batch's longest. Search states stay as the model returned them,
 array per state leaf per simulation (a state pool, as the official code's), gathered per tree.
 
 - Root (sequential halving): m = min(max_num_considered_actions, valid actions); the table of
-  `considered_visits_sequence(m, n)` says, at simulation i, which visit count an action must have to be
-  considered; among those, the root takes argmax g + logits + σ(q̂), g the Gumbel noise.
+  `considered_visits_sequence(m, n)` says, at simulation i, which visit count an action must have to
+  be considered; among those, the root takes argmax g + logits + σ(q̂), g the Gumbel noise.
 - Interior nodes: argmax_a π′(a) − N(a) / (1 + Σ_b N(b)), with π′ = softmax(logits + σ(q̂)).
-- σ(q̂) = (c_visit + max_b N(b)) · c_scale · q̂, q̂ the node's completed Q rescaled to [0, 1] by its own
-  min and max; unvisited actions are completed with the mixed value
+- σ(q̂) = (c_visit + max_b N(b)) · c_scale · q̂, q̂ the node's completed Q rescaled to [0, 1] by its
+  own min and max; unvisited actions are completed with the mixed value
   (v̂ + Σ_b N(b) · Σ_visited π(a) q(a) / Σ_visited π(a)) / (1 + Σ_b N(b)).
-- Backup: the leaf value is discounted up the path, r + γ·G, and every node on it keeps the running mean
-  of its network value and the returns through it; q(a) = r(a) + γ·value(child).
+- Backup: the leaf value is discounted up the path, r + γ·G, and every node on it keeps the running
+  mean of its network value and the returns through it; q(a) = r(a) + γ·value(child).
 - Output: the action argmax g + logits + σ(q̂) among the most-visited actions, the improved policy
   softmax(logits + σ(q̂)), root visit counts, the root's completed Q (before rescaling, i.e. in value
   units: r + γ·v for visited actions, the mixed value for the others) and the search-based value
   estimate (SVE): the root's mean of its network value and every backed-up return.
 
 Speed: a node's σ(q̂), and so its interior choice, changes only when a backup passes through it, or,
-with the tree-wide Q range, when a backup moves that range. The backup therefore recomputes σ for all
-nodes of all B paths (and every node of a tree whose range moved) in one batched pass and caches each
-interior node's next edge and the root's scores; the selection walk is then a few gathers per depth.
+with the tree-wide Q range, when a backup moves that range. The backup therefore recomputes σ for
+all nodes of all B paths (and every node of a tree whose range moved) in one batched pass and caches
+each interior node's next edge and the root's scores; the selection walk is then a few gathers per
+depth.
 
 Differences from EfficientZero V2's official tree (`ez/mcts/ctree/cnode.cpp`, `cminimax.cpp`,
 `ez/mcts/cy_mcts.py`); the search follows mctx, checked against golden values from mctx 0.0.71 in
@@ -42,10 +44,11 @@ tests/test_mcts.py, except for the first, which the training presets take from t
   [0, 1]. "node" (this function's default, mctx's rule) rescales per node over the node's completed
   Q. (The official mixed value for unvisited actions also differs, using the node's mean value and
   1/(2 + ΣN); this search keeps mctx's mixed value with either rule.)
-- Root: the candidates are fixed at the first simulation as the top m of g + prior logits; each phase
-  visits the least-visited candidate, then keeps the top m_phase = m // 2^phase (down to 1, not "at
-  least 2") by g + logits + σ(q̂); a phase lasts max(1, floor(n / (log2 m · m_phase))) · m_phase
-  simulations (log2 without ceil) while m_phase > 2, and the last phase takes all remaining ones.
+- Root: the candidates are fixed at the first simulation as the top m of g + prior logits; each
+  phase visits the least-visited candidate, then keeps the top m_phase = m // 2^phase (down to 1,
+  not "at least 2") by g + logits + σ(q̂); a phase lasts max(1,
+  floor(n / (log2 m · m_phase))) · m_phase simulations (log2 without ceil) while m_phase > 2, and
+  the last phase takes all remaining ones.
 - Interior rule: the denominator is 1 + the node's own visit count instead of 1 + Σ_b N(b).
 """
 
@@ -61,8 +64,8 @@ import numpy as np
 UNVISITED = -1
 LOW_LOGIT = np.float32(-1e9)      # mctx's floor for root scores, so masked logits never give -inf
 RESCALE_EPSILON = np.float32(1e-8)  # guards min-max rescaling when all completed Q values are equal
-# mctx floors prior probabilities at the smallest normal float32, so a visited action's weight in the
-# mixed value is never 0; the same constant guards its division when no action is visited yet.
+# mctx floors prior probabilities at the smallest normal float32, so a visited action's weight in
+# the mixed value is never 0; the same constant guards its division when no action is visited yet.
 TINY = np.float32(np.finfo(np.float32).tiny)
 
 
@@ -212,7 +215,8 @@ class _Trees:
         self.node_logits[:, :, new] = logits
         probs = _softmax(logits, axis=0)
         np.maximum(probs, TINY, out=self.node_probs[:, :, new])
-        # A fresh node has σ = 0 (all completed Q equal), so its first choice is argmax of the prior.
+        # A fresh node has σ = 0 (all completed Q equal), so its first choice is argmax of the
+        # prior.
         self.node_next_edge[:, new] = _argmax_actions(probs) * self.stride + self.root + new
 
     def select(self, root_scores: np.ndarray):
@@ -242,7 +246,8 @@ class _Trees:
         returns [B] whether each tree's range changed."""
         rewards = self.edge_reward_flat.take(edges)
         # The scratch edge's reward is 0, so with discount 1 off the path the leaf value passes down
-        # unchanged to the leaf's row; on the path, mctx's leaf_value = reward + discount * leaf_value.
+        # unchanged to the leaf's row; on the path, mctx's
+        # leaf_value = reward + discount * leaf_value.
         discounts = np.where(on_path, self.discount, np.float32(1))
         returns = np.empty((len(nodes) + 1, self.batch), np.float32)           # [D + 1, B]
         returns[-1] = value
@@ -296,7 +301,8 @@ class _Trees:
 
         "node" (mctx): by the node's own min and max. "tree" (official EZ V2, `CMinMaxStats`): by
         the tree's running min and max, divided by the range floored at value_delta_max; a range of
-        zero or less (one distinct return, or none yet) leaves Q unscaled; then clipped to [0, 1]."""
+        zero or less (one distinct return, or none yet) leaves Q unscaled; then clipped to
+        [0, 1]."""
         if not self.tree_wide:
             low = completed.min(axis=0)
             return (completed - low) / np.maximum(completed.max(axis=0) - low, RESCALE_EPSILON)
@@ -348,7 +354,8 @@ def gumbel_search(prior_logits: np.ndarray, root_value: np.ndarray, root_state,
     recurrent_fn(state, actions [B]) -> (next_state, reward [B], value [B], prior_logits [B, A]),
     gumbel [B, A] (zeros for a greedy search), invalid_actions [B, A] bool or None (root only).
     q_normalization: "node" (mctx, the default) or "tree" (the official EZ V2 tree's running min/max
-    per tree, range floored at value_delta_max). Internally root quantities are action-major, [A, B].
+    per tree, range floored at value_delta_max). Internally root quantities are action-major,
+    [A, B].
     """
     if q_normalization not in ("node", "tree"):
         raise ValueError(f"q_normalization must be 'node' or 'tree', got {q_normalization!r}")
@@ -357,7 +364,8 @@ def gumbel_search(prior_logits: np.ndarray, root_value: np.ndarray, root_state,
     trees = _Trees(batch, num_simulations + 1, num_actions, discount=discount, c_visit=c_visit,
                    c_scale=c_scale, q_normalization=q_normalization,
                    value_delta_max=value_delta_max)
-    # Root: invalid actions masked as mctx does; scores use logits shifted to max 0 (score_considered).
+    # Root: invalid actions masked as mctx does; scores use logits shifted to max 0
+    # (score_considered).
     if invalid_actions is not None:
         invalid_actions = np.asarray(invalid_actions, bool)
     logits = _mask_invalid(prior_logits, invalid_actions)                      # [B, A]

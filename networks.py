@@ -1,30 +1,33 @@
-"""The EfficientZero V2 networks in Keras: representation h, dynamics g, prediction f, SimSiam heads.
+"""The EfficientZero V2 networks in Keras:
+representation h, dynamics g, prediction f, SimSiam heads.
 
-Implements the networks of EfficientZero V2 (Wang et al. 2024, Appendix "Network Architecture"; the layer
-layout follows the official `ez/agents/models/base_model.py` and `ez/config/exp/atari.yaml`):
+Implements the networks of EfficientZero V2 (Wang et al. 2024, Appendix "Network Architecture"; the
+layer layout follows the official `ez/agents/models/base_model.py` and `ez/config/exp/atari.yaml`):
 
-- h (representation): observation [B, 96, 96, 12] -> latent state [B, 6, 6, C], a residual stack with two
-  stride-2 stages and two average pools; a small grid (MinAtar [B, 10, 10, C']) keeps its size
-  (`downsample` off). Vector observations [B, D] -> flat latent [B, mlp_state_size].
-- g (dynamics): (latent, action) -> next latent, plus the value-prefix head: an LSTM carried along the
-  unroll that predicts the sum of rewards since its last reset (EfficientZero's "value prefix"), or a
-  plain per-step reward head when `value_prefix` is off.
+- h (representation): observation [B, 96, 96, 12] -> latent state [B, 6, 6, C], a residual stack
+  with two stride-2 stages and two average pools; a small grid (MinAtar [B, 10, 10, C']) keeps its
+  size (`downsample` off). Vector observations [B, D] -> flat latent [B, mlp_state_size].
+- g (dynamics): (latent, action) -> next latent, plus the value-prefix head: an LSTM carried along
+  the unroll that predicts the sum of rewards since its last reset (EfficientZero's "value prefix"),
+  or a plain per-step reward head when `value_prefix` is off.
 - f (prediction): latent -> value logits [B, 2S+1] and policy logits [B, A].
 - SimSiam projection P1 and prediction head P2 for the temporal consistency loss (blog topic ②).
 
 Shapes: `B` batch, `A` actions, `C` channels, `S` support_size; images are channels-last. Scalars
-(value, value prefix, reward) are categorical over the integers [-S, S] after the invertible transform
-h(x) = sign(x)(sqrt(|x| + 1) - 1) + εx (MuZero Appendix F); `scalar_to_two_hot` and `logits_to_scalar`
-convert between the two. The last layer of every reward/value/policy head starts at zero, so a fresh
-network predicts value 0, reward 0 and a uniform policy. Normalisation is BatchNorm (a fused-kernel
-layer with PyTorch's moving-statistics rule) or, with `normalization='group'`, GroupNorm.
+(value, value prefix, reward) are categorical over the integers [-S, S] after the invertible
+transform h(x) = sign(x)(sqrt(|x| + 1) - 1) + εx (MuZero Appendix F); `scalar_to_two_hot` and
+`logits_to_scalar` convert between the two. The last layer of every reward/value/policy head starts
+at zero, so a fresh network predicts value 0, reward 0 and a uniform policy. Normalisation is
+BatchNorm (a fused-kernel layer with PyTorch's moving-statistics rule) or, with
+`normalization='group'`, GroupNorm.
 
-The search uses `initial_inference` / `recurrent_inference` (NumPy in, NumPy out, scalars decoded, one
-`tf.function` trace each, called through its concrete function: `compiled_call`; with
+The search uses `initial_inference` / `recurrent_inference` (NumPy in, NumPy out, scalars decoded,
+one `tf.function` trace each, called through its concrete function: `compiled_call`; with
 `xla_inference` XLA compiles each, once per batch size); reanalysis uses
 `initial_inference_sequence`, which stacks a window of single replay frames into observations inside
-the graph (`stack_frames`: the replay never builds the 3x larger stacked array on the host). The trainer calls the building blocks `represent`, `dynamics`, `predict`,
-`project` and `predict_projection` inside its own `tf.function`.
+the graph (`stack_frames`: the replay never builds the 3x larger stacked array on the host). The
+trainer calls the building blocks `represent`, `dynamics`, `predict`, `project` and
+`predict_projection` inside its own `tf.function`.
 """
 
 from __future__ import annotations
@@ -48,16 +51,17 @@ NORM_EPSILON = 1e-5
 
 def compiled_call(function, private_api: bool = True):
     """`function` (a `tf.function` with an input signature) as a callable that takes NumPy arrays
-    (nested as the signature) and runs the traced graph directly. tf.function's own per-call handling
-    costs far more than a small network's whole graph: CartPole's recurrent inference on 8 states
-    takes about 1.3 ms through the concrete function, of which the graph is 0.35-0.5 ms; the rest
-    is binding the nested arguments to the signature, the gradient-tape checks and
+    (nested as the signature) and runs the traced graph directly. tf.function's own per-call
+    handling costs far more than a small network's whole graph: CartPole's recurrent inference on 8
+    states takes about 1.3 ms through the concrete function, of which the graph is 0.35-0.5 ms; the
+    rest is binding the nested arguments to the signature, the gradient-tape checks and
     `tf.convert_to_tensor`. A search call is never recorded by a tape, so this converts each array
     with `tf.constant` (which casts to the signature's dtype) and calls the traced graph with its
     flat inputs and captured variables: the private `_inference_function.call_flat` of TensorFlow
-    2.21 (pinned in requirements.txt). Where TensorFlow lacks that call, or with `private_api` false,
-    it calls the concrete function through its public interface: slower per call, the same graph
-    and numbers (`tests/test_networks.py` checks both paths). The graph is traced on the first call."""
+    2.21 (pinned in requirements.txt). Where TensorFlow lacks that call, or with `private_api`
+    false, it calls the concrete function through its public interface: slower per call, the same
+    graph and numbers (`tests/test_networks.py` checks both paths). The graph is traced on the first
+    call."""
     specs = tf.nest.flatten(function.input_signature)
     traced = []
 
@@ -95,7 +99,7 @@ def stack_frames(frames, frame_stack: int):
     return tf.concat([frames[:, s:s + positions] for s in range(frame_stack)], axis=-1)
 
 
-# --- categorical scalars ------------------------------------------------------------------------------
+# --- categorical scalars --------------------------------------------------------------------------
 
 def scalar_transform(x):
     """h(x) = sign(x)(sqrt(|x| + 1) - 1) + εx, any shape, float32."""
@@ -109,7 +113,8 @@ def inverse_scalar_transform(y):
     """The exact inverse of `scalar_transform`, any shape, float32.
 
     With d = sqrt(|x| + 1) - 1, |y| = d + ε d (d + 2), a quadratic in d whose positive root is
-    d = 2|y| / ((1 + 2ε) + sqrt((1 + 2ε)^2 + 4ε|y|)) (the cancellation-free form); then |x| = d (d + 2).
+    d = 2|y| / ((1 + 2ε) + sqrt((1 + 2ε)^2 + 4ε|y|)) (the cancellation-free form);
+    then |x| = d (d + 2).
     """
     y = tf.convert_to_tensor(y, tf.float32)
     magnitude = tf.abs(y)
@@ -119,8 +124,8 @@ def inverse_scalar_transform(y):
 
 
 def support_size_for(max_abs_value: float) -> int:
-    """The smallest support_size whose support [-S, S] holds h(max_abs_value), e.g. 16 for CartPole's
-    values (≤ 260) and 51 for Pendulum's (≥ −2,410 with γ = 0.997 over 200 steps)."""
+    """The smallest support_size whose support [-S, S] holds h(max_abs_value), e.g. 16 for
+    CartPole's values (≤ 260) and 51 for Pendulum's (≥ −2,410 with γ = 0.997 over 200 steps)."""
     return max(1, math.ceil(float(scalar_transform(max_abs_value))))
 
 
@@ -146,20 +151,22 @@ def logits_to_scalar(logits, support_size: int):
 # --- layers ---------------------------------------------------------------------------------------
 
 class BatchNorm(keras.layers.Layer):
-    """BatchNorm over the last axis of [B, H, W, C] or [B, C] through TF's fused kernel (inference on
-    [B, C]: a scale and an offset).
+    """BatchNorm over the last axis of [B, H, W, C] or [B, C] through TF's fused kernel (inference
+    on [B, C]: a scale and an offset).
 
-    About 1.4x faster than keras.layers.BatchNormalization on CPU (forward and backward of h at batch
-    256). Moving statistics as in PyTorch: weight 1 - NORM_MOMENTUM on the batch, unbiased variance.
+    About 1.4x faster than keras.layers.BatchNormalization on CPU (forward and backward of h at
+    batch 256). Moving statistics as in PyTorch: weight 1 - NORM_MOMENTUM on the batch, unbiased
+    variance.
 
     With `renorm` (Batch Renormalization, Ioffe 2017, without its clipping) the training forward
-    normalises by the batch statistics times stop-gradient corrections r = σ_B / σ, d = (μ_B − μ) / σ
-    toward the moving statistics: training computes exactly what inference computes,
-    (x − μ) / σ · γ + β, with gradients through the batch statistics. Plain BatchNorm trains on each
-    call's own batch statistics; in EfficientZero the moving statistics then blend the root and every
-    unrolled step, so the inference root sees features normalised by statistics it was never trained
-    with (on CartPole up to 12 moving standard deviations away, which is also why Ioffe's clipping of
-    r and d to [1/3, 3] and [−5, 5] is left out: it kept 12% of the units mismatched).
+    normalises by the batch statistics times stop-gradient corrections r = σ_B / σ,
+    d = (μ_B − μ) / σ toward the moving statistics: training computes exactly what inference
+    computes, (x − μ) / σ · γ + β, with gradients through the batch statistics. Plain BatchNorm
+    trains on each call's own batch statistics; in EfficientZero the moving statistics then blend
+    the root and every unrolled step, so the inference root sees features normalised by statistics
+    it was never trained with (on CartPole up to 12 moving standard deviations away, which is also
+    why Ioffe's clipping of r and d to [1/3, 3] and [−5, 5] is left out: it kept 12% of the units
+    mismatched).
     """
 
     def __init__(self, renorm: bool = False, **kwargs):
@@ -182,9 +189,9 @@ class BatchNorm(keras.layers.Layer):
     def call(self, x, training=False):
         flat = len(x.shape) == 2
         if flat and not training:
-            # x·s + (β − μ·s), s = γ / sqrt(σ² + ε): after a Dense layer two element-wise ops beat the
-            # fused kernel on a CPU (CartPole's initial inference 4.8 -> 3.2 ms on 384 states). After a
-            # convolution the fused kernel stays: TF folds it into the convolution.
+            # x·s + (β − μ·s), s = γ / sqrt(σ² + ε): after a Dense layer two element-wise ops beat
+            # the fused kernel on a CPU (CartPole's initial inference 4.8 -> 3.2 ms on 384 states).
+            # After a convolution the fused kernel stays: TF folds it into the convolution.
             scale = self.gamma * tf.math.rsqrt(self.moving_variance + NORM_EPSILON)
             offset = self.beta - self.moving_mean * scale
             return x * tf.cast(scale, x.dtype) + tf.cast(offset, x.dtype)
@@ -267,8 +274,8 @@ class ResidualBlock(_Block):
 class MLPHead(_Block):
     """Dense-norm-ELU per hidden size, then a zero-initialised float32 Dense: [B, D] -> [B, out].
 
-    ELU is the official `mlp()` activation (the paper's figure says ReLU; we follow the code); the zero
-    init makes the head output 0 at the start.
+    ELU is the official `mlp()` activation (the paper's figure says ReLU; we follow the code); the
+    zero init makes the head output 0 at the start.
     """
 
     def __init__(self, config: Config, output_size: int, **kwargs):
@@ -302,10 +309,11 @@ class Reduce(_Block):
 
 
 class ConvRepresentation(_Block):
-    """h (official RepresentationNetwork). With `downsample` (Atari): [B, 96, 96, 12] -> [B, 6, 6, C]
-    through DownSample: conv3x3 s2 -> C/2, norm, ReLU; residual block (C/2); residual block s2 -> C;
-    residual block; avg-pool 3 s2; residual block; avg-pool 3 s2. Without it (small grids such as
-    MinAtar's 10x10): conv3x3 s1 -> C, norm, ReLU, keeping the grid. Then num_blocks residual blocks."""
+    """h (official RepresentationNetwork). With `downsample` (Atari):
+    [B, 96, 96, 12] -> [B, 6, 6, C] through DownSample: conv3x3 s2 -> C/2, norm, ReLU; residual
+    block (C/2); residual block s2 -> C; residual block; avg-pool 3 s2; residual block; avg-pool 3
+    s2. Without it (small grids such as MinAtar's 10x10): conv3x3 s1 -> C, norm, ReLU, keeping the
+    grid. Then num_blocks residual blocks."""
 
     KERNEL = 3
     STRIDE = 2
@@ -321,7 +329,8 @@ class ConvRepresentation(_Block):
             self.half_block = ResidualBlock(config, channels // 2)
             self.downsample_block = ResidualBlock(config, channels, stride=self.STRIDE)
             self.full_block = ResidualBlock(config, channels)
-            # PyTorch AvgPool2d(3, 2, padding=1) counts the zero padding in the mean: pad, then pool.
+            # PyTorch AvgPool2d(3, 2, padding=1) counts the zero padding in the mean: pad, then
+            # pool.
             self.pool = keras.layers.AveragePooling2D(self.KERNEL, strides=self.STRIDE,
                                                       padding="valid")
             self.pooled_block = ResidualBlock(config, channels)
@@ -347,10 +356,10 @@ class ConvRepresentation(_Block):
 
 
 class ConvDynamics(_Block):
-    """g's state transition: ([B, 6, 6, C], actions [B]) -> [B, 6, 6, C] (official DynamicsNetwork with
-    action_embedding): the action as a plane of value a/A (or, with action_encoding='one_hot', as A
-    planes, 1 on plane a) -> conv1x1 -> reduced_channels, LayerNorm, ReLU; concatenated with the
-    state; conv3x3 -> C, norm, plus the state, ReLU; num_blocks residual blocks."""
+    """g's state transition: ([B, 6, 6, C], actions [B]) -> [B, 6, 6, C] (official DynamicsNetwork
+    with action_embedding): the action as a plane of value a/A (or, with action_encoding='one_hot',
+    as A planes, 1 on plane a) -> conv1x1 -> reduced_channels, LayerNorm, ReLU; concatenated with
+    the state; conv3x3 -> C, norm, plus the state, ReLU; num_blocks residual blocks."""
 
     def __init__(self, config: Config, num_actions: int, **kwargs):
         super().__init__(**kwargs)
@@ -378,8 +387,8 @@ class ConvDynamics(_Block):
 
 
 class MLPRepresentation(_Block):
-    """h for vector observations: [B, D] -> [B, mlp_state_size]. Dense-LayerNorm-ReLU per hidden size,
-    then Dense, LayerNorm and tanh (the official state-MLP's bounded latent)."""
+    """h for vector observations: [B, D] -> [B, mlp_state_size]. Dense-LayerNorm-ReLU per hidden
+    size, then Dense, LayerNorm and tanh (the official state-MLP's bounded latent)."""
 
     def __init__(self, config: Config, **kwargs):
         super().__init__(**kwargs)
@@ -396,8 +405,9 @@ class MLPRepresentation(_Block):
 
 
 class MLPDynamics(_Block):
-    """g's state transition for the flat latent: concat(state, one-hot action) -> Dense-LayerNorm-ReLU
-    per hidden size -> Dense(mlp_state_size), added to the state (residual), LayerNorm, tanh."""
+    """g's state transition for the flat latent:
+    concat(state, one-hot action) -> Dense-LayerNorm-ReLU per hidden size -> Dense(mlp_state_size),
+    added to the state (residual), LayerNorm, tanh."""
 
     def __init__(self, config: Config, num_actions: int, **kwargs):
         super().__init__(**kwargs)
@@ -441,7 +451,8 @@ class RewardHead(_Block):
 
 class Prediction(_Block):
     """f: latent -> (value logits [B, 2S+1], policy logits [B, A]) (official ValuePolicyNetwork,
-    v_num=1): num_blocks residual blocks (conv only), then a value and a policy head, each reduce + MLP."""
+    v_num=1): num_blocks residual blocks (conv only), then a value and a policy head, each
+    reduce + MLP."""
 
     def __init__(self, config: Config, num_actions: int, **kwargs):
         super().__init__(**kwargs)
@@ -495,15 +506,15 @@ class ProjectionHead(_Block):
         return self.out(tf.nn.relu(self.norm(self.hidden(x), training=training)))
 
 
-# --- initialisation ---------------------------------------------------------------------------------
+# --- initialisation -------------------------------------------------------------------------------
 
 def torch_default_initialisation(block: keras.layers.Layer) -> None:
     """Re-draw the weights of every Conv2D, Dense and LSTMCell inside `block` as PyTorch initialises
     them, which the official code relies on: kernels and biases uniform in ±1/sqrt(fan_in)
-    (kaiming_uniform with a = sqrt(5)); an LSTM's weights and its two biases (summed here into Keras'
-    one) uniform in ±1/sqrt(hidden). Layers built with a zero kernel (the last layer of each head)
-    stay zero. Keras' defaults (Glorot kernels, zero biases) differ, and a zero bias makes the action
-    plane a/A of ConvDynamics give the same LayerNorm-ed embedding for every action a > 0.
+    (kaiming_uniform with a = sqrt(5)); an LSTM's weights and its two biases (summed here into
+    Keras' one) uniform in ±1/sqrt(hidden). Layers built with a zero kernel (the last layer of each
+    head) stay zero. Keras' defaults (Glorot kernels, zero biases) differ, and a zero bias makes the
+    action plane a/A of ConvDynamics give the same LayerNorm-ed embedding for every action a > 0.
     Draws from TensorFlow's global generator, so keras.utils.set_random_seed fixes them."""
     for layer in block._flatten_layers(include_self=True, recursive=True):
         if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
@@ -525,7 +536,7 @@ def _uniform(variable, bound: float) -> None:
     variable.assign(tf.random.uniform(variable.shape, -bound, bound, dtype=variable.dtype))
 
 
-# --- the network ------------------------------------------------------------------------------------
+# --- the network ----------------------------------------------------------------------------------
 
 class EfficientZeroNet:
     """h, g (with the value-prefix head), f and the SimSiam heads, plus the search-side adapter.
@@ -595,7 +606,7 @@ class EfficientZeroNet:
             for layer in layers:
                 torch_default_initialisation(layer)
 
-    # --- training-side building blocks (TF tensors in and out) ---------------------------------------
+    # --- training-side building blocks (TF tensors in and out) ------------------------------------
 
     def preprocess(self, observations):
         """uint8 pixels -> float32 in [0, 1] (any leading dims); float observations pass through."""
@@ -641,7 +652,7 @@ class EfficientZeroNet:
         """SimSiam P2: [B, projection_output_size] -> [B, projection_output_size] float32."""
         return tf.cast(self.projection_head(projection, training=training), tf.float32)
 
-    # --- the search-side adapter (NumPy in and out) -----------------------------------------------------
+    # --- the search-side adapter (NumPy in and out) -----------------------------------------------
 
     def initial_graph(self, observations):
         """The graph `initial_inference` traces: observations [B, *obs] -> (state, reward 0, value,
@@ -701,8 +712,8 @@ class EfficientZeroNet:
         return self._to_numpy(*self._initial_call(np.asarray(observations, dtype)))
 
     def initial_inference_sequence(self, frames: np.ndarray) -> NetworkOutput:
-        """Single frames [N, S - 1 + P, *frame] -> initial inference of the P stacked observations of
-        every row, flattened row-major to [N * P] (stacking happens in the graph)."""
+        """Single frames [N, S - 1 + P, *frame] -> initial inference of the P stacked observations
+        of every row, flattened row-major to [N * P] (stacking happens in the graph)."""
         dtype = np.uint8 if self.is_image else np.float32
         return self._to_numpy(*self._initial_sequence_call(np.asarray(frames, dtype)))
 

@@ -157,8 +157,8 @@ class ReanalysisProcess:
         self._request(("weights", weights))
 
     def reanalyze(self, batch, *, updates: int, rng: np.random.Generator):
-        """`targets.reanalyze(batch, target_model, updates=updates, rng=rng)`, computed in the child;
-        `rng` advances as if it had been drawn from here."""
+        """`targets.reanalyze(batch, target_model, updates=updates, rng=rng)`, computed in the
+        child; `rng` advances as if it had been drawn from here."""
         targets, rng_state = self._request(("reanalyze", (batch, updates,
                                                           rng.bit_generator.state)))
         rng.bit_generator.state = rng_state

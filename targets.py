@@ -20,8 +20,8 @@ reanalysis and the mixed value rule.
   policy targets are the improved policies, search-based value estimates (SVE) the search
   root values; samples not reanalysed keep the stored acting policies.
 - Mixed value rule (`search_value_mask`): the TD target while fewer than
-  `sve_start_updates` (T1) updates are done or the sample is among the newest `td_newest_transitions`
-  (T2), the SVE otherwise.
+  `sve_start_updates` (T1) updates are done or the sample is among the newest
+  `td_newest_transitions` (T2), the SVE otherwise.
 
 Shapes: `B` batch, `K` unroll steps, `n` td_steps, `A` actions.
 """
@@ -55,9 +55,9 @@ class TDPieces(NamedTuple):
 def td_pieces(rewards: np.ndarray, offset: np.ndarray, length: np.ndarray, terminated: np.ndarray,
               config: Config) -> TDPieces:
     """The parts of the n-step TD targets z_{t+k} (k = 0..K) that need no network: rewards u_t.. of
-    the K+n+1 positions [B, K+n+1] (0 past the end), the position t of each sample within its episode
-    [B], the episode length T [B] and whether it terminated [B]. The bootstrap v(o_{t+k+n}) comes
-    from reanalysis: never past a terminal; v(o_T) with γ^(T-t-k) past a truncation."""
+    the K+n+1 positions [B, K+n+1] (0 past the end), the position t of each sample within its
+    episode [B], the episode length T [B] and whether it terminated [B]. The bootstrap v(o_{t+k+n})
+    comes from reanalysis: never past a terminal; v(o_T) with γ^(T-t-k) past a truncation."""
     K, n = config.unroll_steps, config.td_steps
     steps = offset[:, None] + np.arange(K + 1)                                 # [B, K+1] t+k
     discounts = config.discount ** np.arange(n)
@@ -72,8 +72,8 @@ def td_pieces(rewards: np.ndarray, offset: np.ndarray, length: np.ndarray, termi
 
 
 def value_prefix_targets(rewards: np.ndarray, config: Config) -> np.ndarray:
-    """Rewards u_t..u_{t+K-1} [B, K] -> what the reward head of unroll steps 1..K predicts: the value
-    prefix (EfficientZero: the sum of rewards since the LSTM's last restart, every
+    """Rewards u_t..u_{t+K-1} [B, K] -> what the reward head of unroll steps 1..K predicts: the
+    value prefix (EfficientZero: the sum of rewards since the LSTM's last restart, every
     `lstm_horizon_len` steps) or, without `value_prefix`, the reward itself."""
     if not config.value_prefix:
         return rewards.astype(np.float32)
@@ -167,9 +167,9 @@ def reanalyze(batch, model, *, config: Config, updates: int, rng: np.random.Gene
     """Fresh policy targets and mixed value targets for `batch` (a buffer.Batch) with `model` (the
     target model), `updates` updates into the run.
 
-    A random `reanalyze_ratio` share of the samples get a fresh search (policy targets, SVE); the rest
-    keep the acting search's stored policies and TD values. Every sample's TD bootstraps come from
-    the same initial inference as the roots.
+    A random `reanalyze_ratio` share of the samples get a fresh search (policy targets, SVE); the
+    rest keep the acting search's stored policies and TD values. Every sample's TD bootstraps come
+    from the same initial inference as the roots.
     """
     K = config.unroll_steps
     B, A = batch.stored_policies.shape[0], batch.stored_policies.shape[-1]

@@ -1,6 +1,8 @@
-"""Plot learning curves from runs' metrics (metrics.csv or metrics.csv.gz) into a PNG (used for the README figures).
+"""Plot learning curves from runs' metrics (metrics.csv or metrics.csv.gz) into a PNG
+(used for the README figures).
 
-    python docs/plot_curves.py --key eval/mean --out docs/figures/cartpole.png runs/CartPole-v1-classic-seed*
+    python docs/plot_curves.py --key eval/mean --out docs/figures/cartpole.png \
+        runs/CartPole-v1-classic-seed*
 Each run folder becomes one line (labelled by its folder name); the x axis is env steps.
 """
 

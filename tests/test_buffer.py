@@ -145,9 +145,9 @@ def test_reanalysis_targets(terminated, td_steps):
     model = IndexModel()
     targets = reanalyze(batch, model, config=config, updates=0, rng=np.random.default_rng(2))
     K, n = config.unroll_steps, config.td_steps
-    # One inference over the distinct positions: all K+n+1 while roots and bootstraps overlap (n = 3),
-    # the K+1 roots and the K+1 bootstraps once n > K+1 (n = 8, where most bootstraps are the
-    # truncated or terminal o_T of these 6- and 9-step episodes).
+    # One inference over the distinct positions: all K+n+1 while roots and bootstraps overlap
+    # (n = 3), the K+1 roots and the K+1 bootstraps once n > K+1 (n = 8, where most bootstraps are
+    # the truncated or terminal o_T of these 6- and 9-step episodes).
     assert model.rows == [16 * (K + n + 1) if n <= K + 1 else 16 * 2 * (K + 1)]
     assert targets.sve_fraction == 0.0
     lengths = {0: 9, 1: 6}
@@ -328,7 +328,8 @@ def test_importance_weights_are_clipped_at_the_official_floor():
     batch = buffer.sample(200, np.random.default_rng(0))
     rare = buffer.priorities.get(batch.indices) == 1.0
     assert rare.any() and (~rare).any()
-    # Unclipped, a rare sample weighs 1000 times a frequent one: the frequent ones are raised to 0.1.
+    # Unclipped, a rare sample weighs 1000 times a frequent one: the frequent ones are raised to
+    # 0.1.
     np.testing.assert_allclose(batch.importance_weights[rare], 1.0)
     np.testing.assert_allclose(batch.importance_weights[~rare], 0.1)
 
@@ -368,8 +369,9 @@ def test_without_value_prefix_the_reward_targets_are_the_rewards():
 
 
 def test_wrap_around_removes_the_positions_whose_frames_are_overwritten():
-    """Capacity 20, one env: of four 6-step games (7 slots each, ordinals 0..27) ordinals 8..27 stay.
-    Game 1 (ordinals 7..13) keeps the positions t = 3..5, whose frames t-2..t+K+n all remain."""
+    """Capacity 20, one env: of four 6-step games (7 slots each, ordinals 0..27) ordinals 8..27
+    stay. Game 1 (ordinals 7..13) keeps the positions t = 3..5, whose frames t-2..t+K+n all
+    remain."""
     config = make_config(replay_capacity=20)
     buffer = ReplayBuffer(config, (1,), np.float32, A, 1)
     fill(buffer, [(6, True), (6, True), (6, True), (6, True)])
@@ -445,8 +447,8 @@ def test_save_load_round_trip(tmp_path):
 
 
 def test_compressed_frames_sample_and_reload_exactly(tmp_path):
-    """frame_compression stores zlib blobs; every sample equals the raw ring's, across a wrap-around,
-    and a saved buffer loads into either format."""
+    """frame_compression stores zlib blobs; every sample equals the raw ring's, across a
+    wrap-around, and a saved buffer loads into either format."""
     rng = np.random.default_rng(0)
     buffers = {}
     for level in (0, 3):
@@ -591,7 +593,8 @@ def test_a_game_longer_than_its_region_loses_only_its_oldest_positions():
 
 def test_priorities_of_positions_gone_since_their_batch_was_drawn_are_not_written():
     """The batch's positions (game 0, slots 0..5) are overwritten before its priorities come back:
-    slot 0 by game 2's o_T, slots 1..5 by game 3's positions, which keep the priority they came with."""
+    slot 0 by game 2's o_T, slots 1..5 by game 3's positions, which keep the priority they came
+    with."""
     config = make_config(replay_capacity=20)
     buffer = ReplayBuffer(config, (1,), np.float32, A, 1)
     fill(buffer, [(6, True)])

@@ -1,10 +1,10 @@
 """It learns and it holds: the command a user would type solves CartPole-v1.
 
-`python train.py --env CartPole-v1 --config classic --seed SEED` must end, after its 20,000 env steps,
-with a final greedy evaluation (10 episodes) of at least 400, not only reach a peak. The run (9,750
-updates) takes about 9 minutes alone on a 2-core CPU and longer in CI, where the second test worker
-runs the rest of the suite beside it (`pytest.ini`); seed 1 ends on 500. The README records every
-seed's curve.
+`python train.py --env CartPole-v1 --config classic --seed SEED` must end, after its 20,000 env
+steps, with a final greedy evaluation (10 episodes) of at least 400, not only reach a peak. The run
+(9,750 updates) takes about 9 minutes alone on a 2-core CPU and longer in CI, where the second test
+worker runs the rest of the suite beside it (`pytest.ini`); seed 1 ends on 500. The README records
+every seed's curve.
 """
 
 import glob

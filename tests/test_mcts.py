@@ -48,9 +48,9 @@ def run_batched(model, roots, n, m, gumbel, discount, invalid=None):
 
 
 # --- golden values from DeepMind mctx 0.0.71 -----------------------------------------------------
-# A table model both sides can run: the state is an int id, child = (state · (A + 1) + a + 1) mod M, and
-# reward, value and logits are rows of random tables. `python tests/test_mcts.py` (in a venv with jax,
-# mctx and pytest; not needed for the tests) regenerates tests/data/mcts_golden.npz.
+# A table model both sides can run: the state is an int id, child = (state · (A + 1) + a + 1) mod M,
+# and reward, value and logits are rows of random tables. `python tests/test_mcts.py` (in a venv
+# with jax, mctx and pytest; not needed for the tests) regenerates tests/data/mcts_golden.npz.
 
 GOLDEN_PATH = os.path.join(os.path.dirname(__file__), "data", "mcts_golden.npz")
 GOLDEN_CASES = [  # A, n, m, discount, B, with invalid actions
@@ -142,7 +142,7 @@ def test_equals_mctx_golden_values(case_index):
     np.testing.assert_allclose(out.completed_q[visited], expected["qvalues"][visited], atol=1e-5)
 
 
-# --- sequential halving ----------------------------------------------------------------------------
+# --- sequential halving ---------------------------------------------------------------------------
 
 def test_sequential_halving_sequences_by_hand():
     assert considered_visits_sequence(8, 24) == (0,) * 8 + (1,) * 4 + (2,) * 4 + (3, 3, 4, 4, 5, 5,
@@ -229,8 +229,8 @@ def test_tree_normalisation_folds_returns_and_the_root_entry_by_hand():
 
 
 def test_tree_normalisation_on_a_two_level_tree_by_hand():
-    """γ = 0.997, v̂(root) = 0.4, logits [0.2, 0]; a0 (r 0.5, v 1), a1 (r −0.2, v 0.3), and a0's child
-    by action 0 (r 0.3, v 2). Folded: 1.497, 1.492509 | 0.0991, 0.0988027 | 2.294, 2.787118,
+    """γ = 0.997, v̂(root) = 0.4, logits [0.2, 0]; a0 (r 0.5, v 1), a1 (r −0.2, v 0.3), and a0's
+    child by action 0 (r 0.3, v 2). Folded: 1.497, 1.492509 | 0.0991, 0.0988027 | 2.294, 2.787118,
     2.778757: min 0.0988027, max 2.787118. Q = [0.5 + 0.997·(1 + 2.294)/2, 0.0991]."""
     children = {(0, 0): (1, 0.5, 1.0, [0.0, 0.0]), (0, 1): (2, -0.2, 0.3, [0.0, 0.0]),
                 (1, 0): (3, 0.3, 2.0, [0.0, 0.0]), (1, 1): (4, 0.0, 0.0, [0.0, 0.0])}
@@ -313,7 +313,7 @@ def test_mixed_value_completes_unvisited_actions():
     np.testing.assert_allclose(out.completed_q[0], [1.0, mixed, mixed], rtol=1e-6)
 
 
-# --- against the slow reference ---------------------------------------------------------------------
+# --- against the slow reference -------------------------------------------------------------------
 
 @pytest.mark.parametrize("A, n, m, B", [(2, 1, 2, 5), (3, 4, 4, 5), (4, 16, 4, 5), (6, 50, 16, 5),
                                         (4, 16, 1, 5), (5, 24, 4, 5), (2, 16, 2, 5), (3, 50, 2, 5),

@@ -100,13 +100,14 @@ def test_logits_of_a_two_hot_decode_to_the_scalar():
     np.testing.assert_allclose(logits_to_scalar(logits, S).numpy(), x, rtol=1e-4, atol=1e-6)
 
 
-# --- shapes ----------------------------------------------------------------------------------------
+# --- shapes ---------------------------------------------------------------------------------------
 
 def test_atari_network_shapes_and_parameter_counts():
     net = EfficientZeroNet(cfg.atari100k(), ATARI_SHAPE, 4)
     assert net.latent_shape == (6, 6, 64)
     # Official PyTorch model (Breakout, counted from ez/agents/models/base_model.py): the same
-    # numbers except dynamics 2,392,105 - torch's LSTM has two bias vectors (2 x 4 x 512), Keras one.
+    # numbers except dynamics 2,392,105 - torch's LSTM has two bias vectors (2 x 4 x 512), Keras
+    # one.
     assert net.parameter_counts() == {"representation": 318_016, "dynamics": 2_390_057,
                                       "prediction": 133_149, "projection": 4_991_744,
                                       "total": 7_832_966}
@@ -201,7 +202,7 @@ def test_value_prefix_off_uses_a_plain_reward_head():
     assert np.abs(step.reward).max() > 0
 
 
-# --- behaviour -------------------------------------------------------------------------------------
+# --- behaviour ------------------------------------------------------------------------------------
 
 def test_zero_initialised_heads_predict_zero_value_and_reward_and_uniform_policy(smoke_net):
     out = smoke_net.initial_inference(random_observations(np.random.default_rng(5), 2))
@@ -271,8 +272,8 @@ def test_no_retracing_across_batch_sizes_and_calls(smoke_net):
 
 
 def test_search_calls_compute_what_the_traced_functions_compute(random_smoke_net):
-    """`compiled_call` runs the same graph as the tf.function it wraps, and converts arrays of another
-    dtype (int64 actions, float64 states) to the signature's dtypes."""
+    """`compiled_call` runs the same graph as the tf.function it wraps, and converts arrays of
+    another dtype (int64 actions, float64 states) to the signature's dtypes."""
     net = random_smoke_net
     observations = random_observations(np.random.default_rng(10), 3)
     called = net.initial_inference(observations)
@@ -288,7 +289,8 @@ def test_search_calls_compute_what_the_traced_functions_compute(random_smoke_net
     for mine, theirs in zip(stepped.state, state):
         assert mine.dtype == theirs.dtype.as_numpy_dtype
         np.testing.assert_array_equal(mine, theirs.numpy())
-    # The public call, which stands in where TensorFlow lacks the private one, gives the same numbers.
+    # The public call, which stands in where TensorFlow lacks the private one, gives the same
+    # numbers.
     public = compiled_call(net._recurrent, private_api=False)(wide_state, actions)
     for mine, theirs in zip(tf.nest.flatten(public), tf.nest.flatten((state, reward, value, logits))):
         np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
@@ -349,7 +351,7 @@ def test_fused_batch_norm_statistics_follow_pytorch():
     np.testing.assert_allclose(norm(flat, training=False).numpy(), expected, rtol=1e-4, atol=1e-5)
 
 
-# --- initialisation (PyTorch's defaults, as the official code) ---------------------------------------
+# --- initialisation (PyTorch's defaults, as the official code) ------------------------------------
 
 def test_dynamics_tell_every_pair_of_actions_apart_at_initialisation():
     """The action plane a/A goes through conv1x1 -> LayerNorm over the plane. With a zero conv bias
@@ -407,8 +409,8 @@ def test_layers_start_as_pytorch_initialises_them():
 
 
 def test_the_state_gradient_scale_halves_everything_an_unrolled_state_sends_back():
-    """The official hook on the unrolled state: the gradient reaching g from that step's own heads is
-    halved, not only the part that flows through the next dynamics step."""
+    """The official hook on the unrolled state: the gradient reaching g from that step's own heads
+    is halved, not only the part that flows through the next dynamics step."""
     net = EfficientZeroNet(cfg.classic(), (4,), 2)
     observations = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
     actions = tf.constant([0, 1] * 4)

@@ -454,8 +454,8 @@ def _numpy_log_softmax(logits):
 
 
 def test_every_loss_term_equals_a_plain_numpy_computation():
-    """A tiny batch with episodes ending inside the unroll (terminated and truncated): the masks, the
-    /K, the value-prefix alignment (step k predicts the target of k-1, the LSTM restarting every
+    """A tiny batch with episodes ending inside the unroll (terminated and truncated): the masks,
+    the /K, the value-prefix alignment (step k predicts the target of k-1, the LSTM restarting every
     lstm_horizon_len steps) and the SimSiam targets, stop-gradient projections of o_{t+k}."""
     import tensorflow as tf
 
@@ -620,7 +620,7 @@ def test_clipped_value_targets_are_counted_and_the_needed_support_is_named():
     assert result.scalars["targets/max_abs_value_target"] == pytest.approx(z[:, :3].max(), rel=1e-6)
 
 
-# --- specification: schedules, refresh intervals, exact resume, float16 loss scaling, run clock ----
+# --- specification: schedules, refresh intervals, exact resume, float16 loss scaling, run clock ---
 
 def test_learning_rate_schedule_warms_up_linearly_then_steps_down():
     """classic: 9,750 updates, warm-up over int(0.01 * 9,750) = 97 of them, x0.1 from update 8,000."""

@@ -3,11 +3,11 @@
     python docs/probes/cartpole_search_override.py --checkpoint runs/<run>/checkpoints/ckpt-00004875
 
 Plays `--games` greedy games (the evaluation's search without Gumbel noise, start seeds `--seed`,
-`--seed` + 1, ...) and counts, over every step, how often the root's completed Q prefers the action the prior (policy
-logits) does not, and in those states how often the played action followed Q. The action is the
-argmax of logits + σ(q̂), σ = (c_visit + max N) · c_scale · q̂ at most (c_visit + max N) · c_scale
-nats, so a prior more confident than that cannot be overruled. `--c-scale` replays the same
-checkpoint with another c_scale.
+`--seed` + 1, ...) and counts, over every step, how often the root's completed Q prefers the action
+the prior (policy logits) does not, and in those states how often the played action followed Q. The
+action is the argmax of logits + σ(q̂), σ = (c_visit + max N) · c_scale · q̂ at most
+(c_visit + max N) · c_scale nats, so a prior more confident than that cannot be overruled.
+`--c-scale` replays the same checkpoint with another c_scale.
 """
 
 import argparse

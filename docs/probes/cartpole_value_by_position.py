@@ -1,6 +1,7 @@
 """Does a CartPole checkpoint's value rank the cart's position, and is it pulled down by old games?
 
-    python docs/probes/cartpole_value_by_position.py --checkpoint runs/<run>/checkpoints/ckpt-00004875
+    python docs/probes/cartpole_value_by_position.py \
+        --checkpoint runs/<run>/checkpoints/ckpt-00004875
 
 Reads the replay buffer saved with a run's last checkpoint (only that one keeps it) and bins every
 stored state o_t by when it was collected (quarters of the run) and by the cart's distance from the

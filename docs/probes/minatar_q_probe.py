@@ -1,18 +1,20 @@
-"""Can the dynamics g learn what an action does on MinAtar Breakout? A supervised probe of the model.
+"""Can the dynamics g learn what an action does on MinAtar Breakout?
+A supervised probe of the model.
 
     python docs/probes/minatar_q_probe.py --optimizer sgd --learning-rate 0.1 --updates 1500
     python docs/probes/minatar_q_probe.py --optimizer adam --learning-rate 0.001 --updates 1200
 
 Random play gives the true action values Q(s, a) of the uniform policy: the mean discounted return
 of (s, a) over every visit of exactly that frame, for the frames seen at least `--min-visits` times
-with each action. The `minatar` preset's network (h, g, f) is then trained on the same transitions by
-plain regression, v(g(h(o_t), a_t)) -> G_{t+1} (the value cross-entropy of the learner at unroll
+with each action. The `minatar` preset's network (h, g, f) is then trained on the same transitions
+by plain regression, v(g(h(o_t), a_t)) -> G_{t+1} (the value cross-entropy of the learner at unroll
 step 1, nothing else), with the optimiser under test, gradient clipping and weight decay as in
-training; `--consistency-coeff c` adds the learner's SimSiam term for that step, c times the negative
-cosine between P2(P1(g(h(o_t), a_t))) and the stop-gradient P1(h(o_{t+1})), and `--value-coeff`
-weights the value term (the learner's is 0.25; 1 by default here). Every sixth of the run it prints the model's one-step Q gap (max - min over actions of
-v(g(s, a))) beside the true gap, and how often its best action is the true best where the true gap
-exceeds 0.1 (chance: one in three).
+training; `--consistency-coeff c` adds the learner's SimSiam term for that step, c times the
+negative cosine between P2(P1(g(h(o_t), a_t))) and the stop-gradient P1(h(o_{t+1})), and
+`--value-coeff` weights the value term (the learner's is 0.25; 1 by default here). Every sixth of
+the run it prints the model's one-step Q gap (max - min over actions of v(g(s, a))) beside the true
+gap, and how often its best action is the true best where the true gap exceeds 0.1
+(chance: one in three).
 """
 
 import argparse
