@@ -63,10 +63,12 @@ class Batch(NamedTuple):
     actions: np.ndarray                 # [B, K] int32 actions at t..t+K-1
     reward_targets: np.ndarray          # [B, K] value-prefix (or reward) targets of steps 1..K
     transition_masks: np.ndarray        # [B, K+1] 1 where t+k < T (an action, a reward, a policy)
-    value_masks: np.ndarray             # [B, K+1] 1 where t+k < T, or t+k = T of a terminated episode
+    value_masks: np.ndarray             # [B, K+1] 1 where t+k < T, or t+k = T of a terminated
+                                        # episode
     importance_weights: np.ndarray      # [B] float32, max 1
     indices: np.ndarray                 # [B] int64 slots, for update_priorities
-    stored_policies: np.ndarray         # [B, K+1, A] the acting search's policies (uniform past end)
+    stored_policies: np.ndarray         # [B, K+1, A] the acting search's policies
+                                        # (uniform past end)
     td_rewards: np.ndarray              # [B, K+1] Σ_{i<n} γ^i u_{t+k+i} (0 past the end)
     bootstrap_positions: np.ndarray     # [B, K+1] int index into the K+n+1 positions
     bootstrap_discounts: np.ndarray     # [B, K+1] γ^steps, 0 where there is no bootstrap
@@ -142,7 +144,8 @@ class _FrameRing:
             self.dense[slots] = frames
             return
         for slot, frame in zip(slots.tolist(), frames):
-            self.blobs[slot] = zlib.compress(np.ascontiguousarray(frame).tobytes(), self.compression)
+            self.blobs[slot] = zlib.compress(np.ascontiguousarray(frame).tobytes(),
+                                             self.compression)
 
     def gather(self, slots: np.ndarray) -> np.ndarray:
         """Frames [*slots.shape, *frame] of `slots` (any shape)."""
@@ -215,9 +218,9 @@ class ReplayBuffer:
         region = capacity // num_envs
         needed = config.frame_stack + config.unroll_steps + config.td_steps + 1
         if region < needed:
-            raise ValueError(f"replay_capacity={capacity} gives each of the {num_envs} envs {region} "
-                             f"slots; a position needs {needed} (frame_stack + unroll_steps + "
-                             f"td_steps + 1)")
+            raise ValueError(f"replay_capacity={capacity} gives each of the {num_envs} envs "
+                             f"{region} slots; a position needs {needed} (frame_stack + "
+                             f"unroll_steps + td_steps + 1)")
         self.config, self.capacity, self.region = config, capacity, region
         self.num_actions, self.num_envs = num_actions, num_envs
         self.frame_shape, self.frame_dtype = tuple(frame_shape), frame_dtype
@@ -414,7 +417,8 @@ class ReplayBuffer:
         reward_targets = value_prefix_targets(rewards[:, :K], config)
         terminated = self.episode_terminated[slots]                          # [B]
         td = td_pieces(rewards, offset, length, terminated, config)
-        value_masks = inside[:, :K + 1] | (terminated[:, None] & (steps[:, :K + 1] == length[:, None]))
+        value_masks = (inside[:, :K + 1]
+                       | (terminated[:, None] & (steps[:, :K + 1] == length[:, None])))
         return Batch(frames=frames, actions=actions.astype(np.int32),
                      reward_targets=reward_targets,
                      transition_masks=inside[:, :K + 1].astype(np.float32),
@@ -433,7 +437,8 @@ class ReplayBuffer:
         if not self.config.use_priority:
             return
         indices = np.asarray(indices, np.int64)
-        still_there = (self.collected_at[indices] == collected_at) & (self.priorities.get(indices) > 0)
+        still_there = ((self.collected_at[indices] == collected_at)
+                       & (self.priorities.get(indices) > 0))
         values = np.asarray(priorities, np.float64) ** self.config.priority_alpha
         self.priorities.set(indices[still_there], values[still_there])
 
@@ -446,7 +451,8 @@ class ReplayBuffer:
             np.save(os.path.join(folder, f"{name}.npy"), getattr(self, name), allow_pickle=False)
         np.save(os.path.join(folder, "priorities.npy"), self.priorities.nodes, allow_pickle=False)
         meta = {"capacity": self.capacity, "num_actions": self.num_actions,
-                "frame_shape": list(self.frame_shape), "frame_dtype": np.dtype(self.frame_dtype).str,
+                "frame_shape": list(self.frame_shape),
+                "frame_dtype": np.dtype(self.frame_dtype).str,
                 "num_envs": self.num_envs, "num_added": self.num_added,
                 "newest_env_step": self.newest_env_step}
         with open(os.path.join(folder, "buffer.json"), "w") as file:

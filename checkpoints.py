@@ -32,13 +32,15 @@ BUFFER_FOLDER = "buffer"
 
 
 class CheckpointError(Exception):
-    """A checkpoint that is missing, partial, corrupt or made for another set-up (one-line message)."""
+    """A checkpoint that is missing, partial, corrupt or made for another set-up
+    (one-line message)."""
 
 
 class Checkpoint(NamedTuple):
     path: str
     config: Config
-    arrays: dict[str, list[np.ndarray]]   # group name ("online", "optimizer", ...) -> ordered arrays
+    arrays: dict[str, list[np.ndarray]]   # group name ("online", "optimizer", ...) ->
+                                          # ordered arrays
     state: dict                           # counters, RNG states, scores
     buffer_path: str | None               # the saved replay buffer, if this checkpoint holds one
 
@@ -103,13 +105,15 @@ def list_checkpoints(checkpoints_dir: str) -> list[str]:
 
 
 def resolve_checkpoint(path: str) -> str:
-    """A checkpoint folder, a `checkpoints/` folder or a run folder -> the newest complete checkpoint."""
+    """A checkpoint folder, a `checkpoints/` folder or a run folder ->
+    the newest complete checkpoint."""
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint path '{path}' does not exist")
     if os.path.exists(os.path.join(path, "weights.npz")) or \
             os.path.basename(os.path.normpath(path)).startswith(CHECKPOINT_PREFIX):
         if not os.path.exists(os.path.join(path, COMPLETE_MARKER)):
-            raise CheckpointError(f"checkpoint '{path}' is incomplete (no {COMPLETE_MARKER} marker)")
+            raise CheckpointError(f"checkpoint '{path}' is incomplete "
+                                  f"(no {COMPLETE_MARKER} marker)")
         return path
     for folder in (path, os.path.join(path, "checkpoints")):
         found = list_checkpoints(folder)
@@ -119,7 +123,8 @@ def resolve_checkpoint(path: str) -> str:
 
 
 def load_checkpoint(path: str) -> Checkpoint:
-    """Read a checkpoint (resolved as in `resolve_checkpoint`); any damage raises CheckpointError."""
+    """Read a checkpoint (resolved as in `resolve_checkpoint`);
+    any damage raises CheckpointError."""
     path = resolve_checkpoint(path)
     try:
         with open(os.path.join(path, "config.json")) as file:

@@ -55,7 +55,8 @@ ATARI_SCORES = {  # game: (random, human)
 
 
 class EnvSpec(NamedTuple):
-    frame_shape: tuple           # one frame: (H, W, C) uint8 for Atari, (D,) float32 for vector tasks
+    frame_shape: tuple           # one frame: (H, W, C) uint8 for Atari,
+                                 # (D,) float32 for vector tasks
     observation_shape: tuple     # frame_stack frames stacked along the last axis
     num_actions: int
     kind: str                    # 'atari', 'minatar' or 'vector'
@@ -176,8 +177,10 @@ def _make_vector(env_id: str, config: Config) -> gym.Env:
     if not isinstance(env.action_space, gym.spaces.Discrete):
         env.close()
         raise ValueError(f"environment '{env_id}' has a {type(env.action_space).__name__} action "
-                         "space; this project supports discrete actions and discretised Box actions")
-    if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
+                         "space; this project supports discrete actions and "
+                         "discretised Box actions")
+    if (not isinstance(env.observation_space, gym.spaces.Box)
+            or len(env.observation_space.shape) != 1):
         env.close()
         raise ValueError(f"environment '{env_id}' needs a flat vector observation (a 1-D Box)")
     return env

@@ -41,13 +41,15 @@ class EpisodeResults(NamedTuple):
 
 def play_episodes(model, config: Config, env_id: str, num_episodes: int, seed: int,
                   video_path: str | None = None) -> EpisodeResults:
-    """Play `num_episodes` evaluation games in lockstep with greedy search; optionally film game 0."""
+    """Play `num_episodes` evaluation games in lockstep with greedy search;
+    optionally film game 0."""
     import envs
     from mcts import search_actions
 
     spec = envs.env_spec(env_id, config)
     games = [envs.make_env(env_id, seed + i, False, config) for i in range(num_episodes)]
-    stacker = envs.FrameStacker(num_episodes, spec.frame_shape, config.frame_stack, spec.frame_dtype)
+    stacker = envs.FrameStacker(num_episodes, spec.frame_shape, config.frame_stack,
+                                spec.frame_dtype)
     for i, env in enumerate(games):
         frame, _ = env.reset(seed=seed + i)
         stacker.reset(i, frame)
@@ -156,7 +158,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--env", default=None, help="environment (default: the checkpoint's)")
     parser.add_argument("--seed", type=int, default=12345, help="seed of the evaluation envs")
     parser.add_argument("--video", nargs="?", const="", default=None, metavar="PATH",
-                        help="write an mp4 of the first episode (default PATH: beside the checkpoint)")
+                        help="write an mp4 of the first episode "
+                             "(default PATH: beside the checkpoint)")
     parser.add_argument("--json", default=None, metavar="PATH", help="write the scores as JSON")
     return parser.parse_args(argv)
 
@@ -178,8 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     summary = summarize(env_id, result.returns)
-    line = (f"{env_id}: {summary['mean']:.2f} ± {summary['std']:.2f} over {args.episodes} episodes; "
-            f"median {summary['median']:.2f}, min {summary['min']:.2f}, max {summary['max']:.2f}")
+    line = (f"{env_id}: {summary['mean']:.2f} ± {summary['std']:.2f} over {args.episodes} "
+            f"episodes; median {summary['median']:.2f}, min {summary['min']:.2f}, "
+            f"max {summary['max']:.2f}")
     if "human_normalized" in summary:
         line += f"; human-normalised {summary['human_normalized']:.3f}"
     print(line)

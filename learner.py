@@ -170,7 +170,8 @@ class Learner:
         signature = [
             tf.TensorSpec([config.batch_size, S + K, *net.frame_shape], obs_dtype),  # t-S+1..t+K
             tf.TensorSpec([config.batch_size, K], tf.int32),           # actions
-            tf.TensorSpec([config.batch_size, K], tf.float32),         # reward (value-prefix) targets
+            tf.TensorSpec([config.batch_size, K], tf.float32),         # reward (value-prefix)
+                                                                       # targets
             tf.TensorSpec([config.batch_size, K + 1], tf.float32),     # value targets
             tf.TensorSpec([config.batch_size, K + 1, A], tf.float32),  # policy targets
             tf.TensorSpec([config.batch_size, K + 1], tf.float32),     # transition masks
@@ -260,7 +261,8 @@ class Learner:
             predicted_root_value = self._to_scalar(value_logits)           # [B], for priorities
             value_loss = cross_entropy(value_logits, self._two_hot(value_targets[:, 0])) \
                 * value_masks[:, 0]
-            policy_loss = cross_entropy(policy_logits, policy_targets[:, 0]) * transition_masks[:, 0]
+            policy_loss = cross_entropy(policy_logits, policy_targets[:, 0]) \
+                * transition_masks[:, 0]
             entropy = policy_entropy(policy_logits) * transition_masks[:, 0]
             reward_loss = tf.zeros([batch])
             consistency_loss = tf.zeros([batch])
@@ -279,7 +281,8 @@ class Learner:
                 step_is_real = transition_masks[:, k - 1]
                 consistency_loss += negative_cosine(prediction, target_projection[k - 1]) \
                     * step_is_real
-                reward_loss += cross_entropy(reward_logits, self._two_hot(reward_targets[:, k - 1])) \
+                reward_loss += cross_entropy(reward_logits,
+                                             self._two_hot(reward_targets[:, k - 1])) \
                     * step_is_real
                 value_loss += cross_entropy(value_logits, self._two_hot(value_targets[:, k])) \
                     * value_masks[:, k]
@@ -355,7 +358,8 @@ class Learner:
             targets.policies.astype(np.float32), batch.transition_masks.astype(np.float32),
             batch.value_masks.astype(np.float32), batch.importance_weights.astype(np.float32))
         scalars = {key: float(value) for key, value in scalars.items()}
-        finite = math.isfinite(scalars["losses/total"]) and math.isfinite(scalars["losses/grad_norm"])
+        finite = (math.isfinite(scalars["losses/total"])
+                  and math.isfinite(scalars["losses/grad_norm"]))
         if not finite:
             for variable, value in zip(self._statistics, statistics):
                 variable.assign(value)

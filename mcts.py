@@ -73,7 +73,8 @@ class SearchOutput(NamedTuple):
     action: np.ndarray            # [B] int
     improved_policy: np.ndarray   # [B, A] float32 softmax(logits + σ(q̂)); invalid actions get 0
     visit_counts: np.ndarray      # [B, A] int root visit counts
-    completed_q: np.ndarray       # [B, A] float32 root Q, unvisited actions completed by the mixed value
+    completed_q: np.ndarray       # [B, A] float32 root Q, unvisited actions completed
+                                  # by the mixed value
     root_value: np.ndarray        # [B] float32 search-based value estimate (SVE)
 
 
@@ -174,7 +175,8 @@ class _Trees:
                  c_visit: float, c_scale: float, q_normalization: str, value_delta_max: float):
         self.batch, self.num_actions, self.num_nodes = batch, num_actions, num_nodes
         self.scratch = batch * num_nodes                        # flat index of the scratch node
-        self.stride = batch * num_nodes + 1                     # T: edge (k, a) has flat index a·T + k
+        self.stride = batch * num_nodes + 1                     # T: edge (k, a) has flat index
+                                                                # a·T + k
         nodes, edges = self.stride, (num_actions, self.stride)
         self.discount = np.float32(discount)
         self.c_visit, self.c_scale = np.float32(c_visit), np.float32(c_scale)
@@ -185,7 +187,8 @@ class _Trees:
         self.q_low = np.full(batch, np.inf, np.float32)
         self.q_high = np.full(batch, -np.inf, np.float32)
         self.raw_value = np.zeros(nodes, np.float32)            # [T] network value v̂
-        self.value = np.zeros(nodes, np.float32)                # [T] running mean (mctx node_values)
+        self.value = np.zeros(nodes, np.float32)                # [T] running mean
+                                                                # (mctx node_values)
         self.visits = np.zeros(nodes, np.float32)               # [T] 1 + backups through the node
         self.next_edge = np.zeros(nodes, np.intp)               # [T] cached interior choice a·T + k
         self.next_edge[self.scratch] = self.scratch             # the scratch node leads to itself
@@ -236,7 +239,8 @@ class _Trees:
             path_edges.append(edge)
         nodes, edges = np.array(path_nodes), np.array(path_edges)          # [D, B]
         on_path = nodes >= 0                                               # [D, B]
-        depth = on_path.sum(axis=0) - 1                                    # [B] depth of the leaf parent
+        depth = on_path.sum(axis=0) - 1                                    # [B] depth of the
+                                                                           # leaf parent
         return nodes, edges, on_path, edges.ravel().take(depth * self.batch + self.lanes)
 
     def backup(self, nodes: np.ndarray, edges: np.ndarray, on_path: np.ndarray,
@@ -258,7 +262,8 @@ class _Trees:
         new_values = (self.value.take(nodes) * counts + returns) / (counts + 1)
         self.value[nodes] = new_values
         self.visits[nodes] = counts + 1
-        child_values = np.empty_like(new_values)            # value of each edge's child after backup
+        child_values = np.empty_like(new_values)            # value of each edge's child
+                                                            # after backup
         child_values[:-1] = np.where(on_path[1:], new_values[1:], value)
         child_values[-1] = value
         self.edge_q_flat[edges] = rewards + self.discount * child_values

@@ -106,7 +106,8 @@ def scalar_transform(x):
     x = tf.convert_to_tensor(x, tf.float32)
     magnitude = tf.abs(x)
     # sqrt(a + 1) - 1 written as a / (sqrt(a + 1) + 1): no cancellation for small |x| in float32.
-    return tf.sign(x) * (magnitude / (tf.sqrt(magnitude + 1.0) + 1.0) + TRANSFORM_EPSILON * magnitude)
+    return tf.sign(x) * (magnitude / (tf.sqrt(magnitude + 1.0) + 1.0)
+                         + TRANSFORM_EPSILON * magnitude)
 
 
 def inverse_scalar_transform(y):
@@ -130,7 +131,8 @@ def support_size_for(max_abs_value: float) -> int:
 
 
 def scalar_to_two_hot(x, support_size: int):
-    """Transform x, clip to [-S, S], split between the two nearest integers: [...] -> [..., 2S+1]."""
+    """Transform x, clip to [-S, S], split between the two nearest integers:
+    [...] -> [..., 2S+1]."""
     y = tf.clip_by_value(scalar_transform(x), -float(support_size), float(support_size))
     low = tf.floor(y)
     upper_weight = (y - low)[..., None]
@@ -142,7 +144,8 @@ def scalar_to_two_hot(x, support_size: int):
 
 
 def logits_to_scalar(logits, support_size: int):
-    """Softmax expectation over the support [-S, S], then the inverse transform: [..., 2S+1] -> [...]."""
+    """Softmax expectation over the support [-S, S], then the inverse transform:
+    [..., 2S+1] -> [...]."""
     probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
     support = tf.range(-support_size, support_size + 1, dtype=tf.float32)
     return inverse_scalar_transform(tf.reduce_sum(probabilities * support, axis=-1))
@@ -196,7 +199,8 @@ class BatchNorm(keras.layers.Layer):
             offset = self.beta - self.moving_mean * scale
             return x * tf.cast(scale, x.dtype) + tf.cast(offset, x.dtype)
         if flat:
-            x = x[:, None, None, :]                       # [B, C] -> [B, 1, 1, C] for the 4-D kernel
+            x = x[:, None, None, :]                       # [B, C] -> [B, 1, 1, C]
+                                                          # for the 4-D kernel
         if training:
             scale, offset = self.gamma, self.beta
             if self.renorm:
@@ -377,7 +381,7 @@ class ConvDynamics(_Block):
             code = tf.one_hot(actions, self.num_actions, dtype=state.dtype)           # [B, A]
         else:
             code = (tf.cast(actions, state.dtype) / self.num_actions)[:, None]        # [B, 1]
-        plane = tf.ones_like(state[..., :1]) * code[:, None, None, :]             # [B, 6, 6, A or 1]
+        plane = tf.ones_like(state[..., :1]) * code[:, None, None, :]            # [B, 6, 6, A or 1]
         embedding = tf.nn.relu(self.action_norm(self.action_conv(plane)))
         x = self.norm(self.conv(tf.concat([state, embedding], axis=-1)), training=training)
         x = tf.nn.relu(x + state)
@@ -479,7 +483,8 @@ class Projection(_Block):
         super().__init__(**kwargs)
         hidden, out = config.projection_hidden_size, config.projection_output_size
         self.flatten = keras.layers.Flatten()
-        self.dense = [keras.layers.Dense(hidden), keras.layers.Dense(hidden), keras.layers.Dense(out)]
+        self.dense = [keras.layers.Dense(hidden), keras.layers.Dense(hidden),
+                      keras.layers.Dense(out)]
         self.norms = [_normalization(config, hidden), _normalization(config, hidden),
                       _normalization(config, out)]
 
@@ -657,7 +662,8 @@ class EfficientZeroNet:
     def initial_graph(self, observations):
         """The graph `initial_inference` traces: observations [B, *obs] -> (state, reward 0, value,
         policy logits), scalars decoded."""
-        self.trace_counts["initial_inference"] += 1      # Python side effect: runs only when tracing
+        self.trace_counts["initial_inference"] += 1      # Python side effect:
+                                                         # runs only when tracing
         return self._initial_outputs(observations)
 
     def _initial_sequence_graph(self, frames):

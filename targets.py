@@ -41,7 +41,8 @@ class Targets(NamedTuple):
     values: np.ndarray                  # [B, K+1] mixed value targets
     policies: np.ndarray                # [B, K+1, A] improved policies (uniform past the end)
     sve_fraction: float                 # share of value targets from the search
-    diagnostics: dict                   # diagnostics/* of the reanalysis search (search_diagnostics)
+    diagnostics: dict                   # diagnostics/* of the reanalysis search
+                                        # (search_diagnostics)
     network_seconds: float              # reanalysis time in network calls
     tree_seconds: float                 # reanalysis time in the tree search itself
 
@@ -64,7 +65,8 @@ def td_pieces(rewards: np.ndarray, offset: np.ndarray, length: np.ndarray, termi
     td_rewards = np.stack([rewards[:, k:k + n] @ discounts for k in range(K + 1)], axis=1)
     bootstrap_step = np.minimum(steps + n, length[:, None])                    # [B, K+1]
     bootstrap_discounts = config.discount ** (bootstrap_step - steps)
-    no_bootstrap = (steps >= length[:, None]) | (terminated[:, None] & (steps + n >= length[:, None]))
+    no_bootstrap = ((steps >= length[:, None])
+                    | (terminated[:, None] & (steps + n >= length[:, None])))
     return TDPieces(rewards=td_rewards.astype(np.float32),
                     bootstrap_positions=bootstrap_step - offset[:, None],
                     bootstrap_discounts=np.where(no_bootstrap, 0.0, bootstrap_discounts)
@@ -99,7 +101,8 @@ def _concatenate(outputs: list):
 
 
 class InferenceWindows(NamedTuple):
-    frames: np.ndarray                  # [N, S-1+W, *frame] single frames of N windows of W positions
+    frames: np.ndarray                  # [N, S-1+W, *frame] single frames
+                                        # of N windows of W positions
     positions: int                      # W
     root_rows: np.ndarray               # [R, K+1] row of root t+k of each reanalysed sample in the
                                         # flat [N·W] inference

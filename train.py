@@ -77,14 +77,15 @@ class UsageError(Exception):
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Train EfficientZero V2 (TensorFlow/Keras).")
     parser.add_argument("--config", default="atari100k", choices=sorted(config_module.PRESETS),
-                        help="preset: atari100k (full settings), atari1h (reduced, one hour on CPU), "
-                             "smoke (one minute), classic (MLP, vector tasks; CartPole-v1), "
+                        help="preset: atari100k (full settings), atari1h (reduced, one hour on "
+                             "CPU), smoke (one minute), classic (MLP, vector tasks; CartPole-v1), "
                              "acrobot (classic with Acrobot-v1's budget), minatar (MinAtar games, "
                              "an hour on CPU)")
     parser.add_argument("--env", default=None,
                         help="environment: 'Breakout' (default of Atari presets), "
                              "'MinAtar/Asterix-v1' or e.g. CartPole-v1")
-    parser.add_argument("--seed", type=int, default=None, help="random seed (default: the preset's)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="random seed (default: the preset's)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a config field (repeatable)")
     parser.add_argument("--run-dir", default=None,
@@ -296,8 +297,8 @@ class Trainer:
         self.logger.log_settings(config)
         self.clock = RunClock(config)
         if not on_gpu and config.preset == "atari100k":
-            print(f"note: the full atari100k preset takes days on a CPU (python bench.py projection); "
-                  f"presets that fit a CPU: {CPU_PRESETS}")
+            print(f"note: the full atari100k preset takes days on a CPU (python bench.py "
+                  f"projection); presets that fit a CPU: {CPU_PRESETS}")
         self.recent_returns: list[float] = []
         self.warned_clipping = False
         # Root frames of the first logged batch: the fixed batch of diagnostics/bn_*_gap.
@@ -315,7 +316,8 @@ class Trainer:
             model.set_weights(checkpoint.arrays[name])
         self.learner.restore(checkpoint.arrays)
         state = checkpoint.state
-        self.env_steps, self.updates, self.games = state["env_steps"], state["updates"], state["games"]
+        self.env_steps, self.updates, self.games = (state["env_steps"], state["updates"],
+                                                    state["games"])
         self.best_eval, self.last_eval = state["best_eval"], state["last_eval"]
         self.rng.bit_generator.state = state["numpy_rng"]
         if "reanalysis_rng" in state:         # checkpoints from before pipelined reanalysis lack it
@@ -326,7 +328,8 @@ class Trainer:
 
     def save_checkpoint(self) -> str:
         self.pipeline.discard()
-        arrays = {"online": self.online.get_weights(), "selfplay": self.selfplay_model.get_weights(),
+        arrays = {"online": self.online.get_weights(),
+                  "selfplay": self.selfplay_model.get_weights(),
                   "target": self.target_model.get_weights(), **self.learner.variables_to_save()}
         state = {"env_steps": self.env_steps, "updates": self.updates, "games": self.games,
                  "best_eval": self.best_eval, "last_eval": self.last_eval,
@@ -388,14 +391,16 @@ class Trainer:
         refresh the model copies that are due; returns False if the loss was not finite."""
         config = self.config
         start = time.perf_counter()
-        prepared = self.pipeline.next(self.updates, prefetch=self.updates + 1 < config.total_updates)
+        prepared = self.pipeline.next(self.updates,
+                                      prefetch=self.updates + 1 < config.total_updates)
         batch, targets = prepared.batch, prepared.targets.result()
         learner_start = time.perf_counter()
         result = self.learner.update(batch, targets, self.updates)
         done = time.perf_counter()
         self.clock.record_update(done - start, self.env_steps, self.updates)
         if not result.finite:
-            self.logger.log({"losses/non_finite_update": self.updates}, self.updates, self.env_steps)
+            self.logger.log({"losses/non_finite_update": self.updates}, self.updates,
+                            self.env_steps)
             return False
         self.buffer.update_priorities(batch.indices, result.priorities, batch.collected_at)
         self.updates += 1
@@ -526,7 +531,8 @@ class Trainer:
         showing the projected time left on the `progress` bar."""
         config = self.config
         projected = False
-        window_start, window_steps, window_updates = time.perf_counter(), self.env_steps, self.updates
+        window_start, window_steps, window_updates = time.perf_counter(), self.env_steps, \
+            self.updates
         search_seconds = 0.0
         while self.env_steps < config.env_steps:
             search_seconds += self.play_and_learn()
@@ -535,7 +541,8 @@ class Trainer:
             if elapsed >= 30.0 or self.env_steps >= config.env_steps:
                 steps = self.env_steps - window_steps
                 self.logger.log({"perf/env_steps_per_second": steps / elapsed,
-                                 "perf/updates_per_second": (self.updates - window_updates) / elapsed,
+                                 "perf/updates_per_second":
+                                     (self.updates - window_updates) / elapsed,
                                  "perf/search_ms": 1000 * search_seconds / max(1, steps
                                                                                // config.num_envs)},
                                 self.updates, self.env_steps)

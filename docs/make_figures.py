@@ -49,7 +49,8 @@ def make(out_dir: str | None = None) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out-dir", default=None, help="folder for the PNGs (default docs/figures)")
+    parser.add_argument("--out-dir", default=None,
+                        help="folder for the PNGs (default docs/figures)")
     for path in make(parser.parse_args().out_dir):
         print(path)
 

@@ -42,7 +42,8 @@ def main(argv=None) -> int:
         if not steps:
             print(f"error: no '{args.key}' in {run_dir}/metrics.csv", file=sys.stderr)
             return 2
-        axes.plot(steps, values, marker="o", markersize=3, label=os.path.basename(run_dir.rstrip("/")))
+        axes.plot(steps, values, marker="o", markersize=3,
+                  label=os.path.basename(run_dir.rstrip("/")))
     if args.hline is not None:
         axes.axhline(args.hline, color="grey", linestyle="--", linewidth=1)
     axes.set_xlabel("env steps")

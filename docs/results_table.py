@@ -57,7 +57,8 @@ def wall_seconds(folder: str) -> float:
 
 
 def finished_run(folder: str) -> dict | None:
-    """Seed, final and best evaluation, wall time and machine of a finished run of today's preset."""
+    """Seed, final and best evaluation, wall time and machine
+    of a finished run of today's preset."""
     with open(os.path.join(folder, "config.json")) as file:
         run_config = json.load(file)
     evaluations = []

@@ -15,7 +15,8 @@ A = 3
 
 
 def stacked(batch, config):
-    """The batch's stacked observations at t..t+K+n, [B, K+n+1, S * frame], as the network sees them."""
+    """The batch's stacked observations at t..t+K+n, [B, K+n+1, S * frame],
+    as the network sees them."""
     return stack_frames(batch.frames, config.frame_stack).numpy()
 
 
@@ -112,7 +113,8 @@ S = 3                            # frame_stack of make_config
 
 
 class IndexModel:
-    """initial_inference value = the observation's newest frame value / 100 (a deterministic model)."""
+    """initial_inference value = the observation's newest frame value / 100
+    (a deterministic model)."""
 
     def __init__(self):
         self.rows = []
@@ -155,8 +157,9 @@ def test_reanalysis_targets(terminated, td_steps):
     for b in range(16):
         first = observations[b, 0, -1]
         episode_id, t = int(first // 1000), int(first % 1000)
-        _, masks, _, _, td = reference_targets(config, lengths[episode_id], terminated, t, episode_id,
-                                            lambda j, e=episode_id: (e * 1000.0 + j) / 100.0)
+        _, masks, _, _, td = reference_targets(config, lengths[episode_id], terminated, t,
+                                               episode_id,
+                                               lambda j, e=episode_id: (e * 1000.0 + j) / 100.0)
         np.testing.assert_allclose(targets.values[b], td, rtol=1e-5)
         for k in range(K + 1):
             if masks[k] == 0:
@@ -200,13 +203,15 @@ def test_bootstrap_windows_of_image_frames():
     window, position = np.divmod(windows.bootstrap_rows, K + 1)
     np.testing.assert_array_equal(window, np.arange(4, 8)[:, None] + 0 * positions)
     np.testing.assert_array_equal(first[:, None] + position, positions)
-    np.testing.assert_array_equal(windows.root_rows, np.arange(4)[:, None] * (K + 1) + np.arange(K + 1))
+    np.testing.assert_array_equal(windows.root_rows,
+                                  np.arange(4)[:, None] * (K + 1) + np.arange(K + 1))
     # Only samples 1 and 3 reanalysed: their root windows come first, then all four bootstrap ones.
     some = _inference_windows(batch, config, np.array([False, True, False, True]))
     assert some.frames.shape == (6, S + K, 2, 2, 3)
     np.testing.assert_array_equal(some.frames[:2], frames[[1, 3], :S + K])
     np.testing.assert_array_equal(some.frames[2:], windows.frames[4:])
-    np.testing.assert_array_equal(some.root_rows, np.arange(2)[:, None] * (K + 1) + np.arange(K + 1))
+    np.testing.assert_array_equal(some.root_rows,
+                                  np.arange(2)[:, None] * (K + 1) + np.arange(K + 1))
     np.testing.assert_array_equal(some.bootstrap_rows, windows.bootstrap_rows - 2 * (K + 1))
 
 
@@ -225,7 +230,7 @@ def test_reanalysis_in_chunks_gives_the_same_targets():
     np.testing.assert_array_equal(chunked.policies, whole.policies)
 
 
-@pytest.mark.parametrize("td_steps", [3, 8])                 # one window; roots and bootstraps apart
+@pytest.mark.parametrize("td_steps", [3, 8])                # one window; roots and bootstraps apart
 def test_reanalyze_ratio_keeps_stored_policies_for_the_rest(td_steps):
     config = make_config(reanalyze_ratio=0.25, sve_start_updates=0, td_newest_transitions=0,
                          td_steps=td_steps)
@@ -249,7 +254,8 @@ def test_reanalyze_ratio_keeps_stored_policies_for_the_rest(td_steps):
                                     max_num_considered_actions=2, discount=0.9, c_visit=50.0,
                                     c_scale=0.1, q_normalization="tree", value_delta_max=0.01)
     np.testing.assert_allclose(targets.values[fresh],
-                               search.root_value.reshape(len(fresh), K + 1) * batch.transition_masks[fresh],
+                               search.root_value.reshape(len(fresh), K + 1)
+                               * batch.transition_masks[fresh],
                                rtol=1e-5)
     inside = batch.transition_masks[fresh] > 0
     np.testing.assert_allclose(targets.policies[fresh][inside],
@@ -324,7 +330,8 @@ def test_importance_weights_are_clipped_at_the_official_floor():
     config = make_config(replay_capacity=64, priority_alpha=1.0, priority_beta=1.0)
     buffer = ReplayBuffer(config, (1,), np.float32, A, 1)
     fill(buffer, [(10, True)])
-    buffer.update_priorities(np.arange(10), np.array([1.0] * 9 + [1000.0]), buffer.collected_at[:10])
+    buffer.update_priorities(np.arange(10), np.array([1.0] * 9 + [1000.0]),
+                             buffer.collected_at[:10])
     batch = buffer.sample(200, np.random.default_rng(0))
     rare = buffer.priorities.get(batch.indices) == 1.0
     assert rare.any() and (~rare).any()
@@ -340,7 +347,8 @@ def test_new_transitions_get_the_current_not_the_all_time_maximum_priority():
     assert buffer.max_priority() == 1.0                       # empty buffer
     fill(buffer, [(5, True)])
     np.testing.assert_array_equal(buffer.priorities.get(np.arange(5)), 1.0)
-    buffer.update_priorities(np.arange(5), np.array([9.0, 0.5, 0.5, 0.5, 0.5]), buffer.collected_at[:5])
+    buffer.update_priorities(np.arange(5), np.array([9.0, 0.5, 0.5, 0.5, 0.5]),
+                             buffer.collected_at[:5])
     buffer.update_priorities(np.array([0]), np.array([3.0]), buffer.collected_at[:1])  # 9 is gone
     fill(buffer, [(4, True)])                                  # slots 6..9 (slot 5 holds o_T)
     np.testing.assert_array_equal(buffer.priorities.get(np.arange(6, 10)), 3.0)
@@ -433,8 +441,9 @@ def test_save_load_round_trip(tmp_path):
     for t in range(1, 10):
         for either in (buffer, loaded):
             either.add_step(np.array([t % A]), np.array([1.0], np.float32),
-                            np.array([[7001.0 + t]], np.float32), np.array([False]), np.array([False]),
-                            np.array([0.5]), np.full((1, A), 1 / A, np.float32), 99 + t)
+                            np.array([[7001.0 + t]], np.float32), np.array([False]),
+                            np.array([False]), np.array([0.5]), np.full((1, A), 1 / A, np.float32),
+                            99 + t)
     assert len(loaded) == len(buffer) == 12 + 2
     for a, b in zip(buffer.sample(32, np.random.default_rng(6)),
                     loaded.sample(32, np.random.default_rng(6))):
@@ -454,7 +463,8 @@ def test_compressed_frames_sample_and_reload_exactly(tmp_path):
     for level in (0, 3):
         config = make_config(replay_capacity=40, frame_compression=level)
         buffers[level] = ReplayBuffer(config, (4, 4, 3), np.uint8, A, 2)
-    for _ in range(5):                                   # 2 lockstep envs, episodes of 9 and 9 steps
+    for _ in range(5):                                   # 2 lockstep envs,
+                                                         # episodes of 9 and 9 steps
         first = rng.integers(0, 4, (2, 4, 4, 3), dtype=np.uint8)
         steps = [(rng.integers(0, A, 2), rng.integers(0, 4, (2, 4, 4, 3), dtype=np.uint8))
                  for _ in range(9)]
@@ -462,13 +472,15 @@ def test_compressed_frames_sample_and_reload_exactly(tmp_path):
             buffer.begin_episodes(np.arange(2), first)
             for t, (actions, frames) in enumerate(steps):
                 buffer.add_step(actions, np.ones(2, np.float32), frames, np.full(2, t == 8),
-                                np.zeros(2, bool), np.zeros(2), np.full((2, A), 1 / A, np.float32), t)
+                                np.zeros(2, bool), np.zeros(2),
+                                np.full((2, A), 1 / A, np.float32), t)
     raw, compressed = buffers[0], buffers[3]
     assert len(raw) == len(compressed) == 36 and raw.num_added == 90
     assert compressed.nbytes() < raw.nbytes()
 
     def assert_same_samples(a, b):
-        for x, y in zip(a.sample(64, np.random.default_rng(1)), b.sample(64, np.random.default_rng(1))):
+        for x, y in zip(a.sample(64, np.random.default_rng(1)),
+                        b.sample(64, np.random.default_rng(1))):
             np.testing.assert_array_equal(x, y)
 
     assert_same_samples(raw, compressed)
@@ -488,7 +500,8 @@ def test_atari_frames_stack_channels_oldest_first():
         buffer.add_step(np.array([0]), np.zeros(1, np.float32),
                         np.full((1, 2, 2, 3), t + 1, np.uint8), np.array([t == 5]),
                         np.array([False]), np.zeros(1), np.full((1, 4), 0.25, np.float32), t)
-    assert buffer.nbytes() < 1.1 * 50 * 2 * 2 * 3 + 50 * (4 * 4 + 64) + buffer.priorities.nodes.nbytes
+    assert buffer.nbytes() < (1.1 * 50 * 2 * 2 * 3 + 50 * (4 * 4 + 64)
+                              + buffer.priorities.nodes.nbytes)
     batch = buffer.sample(20, np.random.default_rng(0))
     assert batch.frames.shape == (20, 4 - 1 + 2 + 2 + 1, 2, 2, 3)
     observations = stacked(batch, config)                           # [B, K+n+1, 2, 2, 12]
@@ -542,7 +555,8 @@ def test_running_games_give_the_positions_and_targets_of_the_whole_episode_store
             if terminated[env] or truncated[env]:
                 game_index[env], t[env] = game_index[env] + 1, 0
                 for buffer in (streaming, whole):
-                    buffer.begin_episodes(np.array([env]), np.array([[_frame(env, game_index[env], 0)]]))
+                    buffer.begin_episodes(np.array([env]),
+                                          np.array([[_frame(env, game_index[env], 0)]]))
                 continue
             start = streaming.game_start[env]
             ordinals = np.arange(start, start + t[env])
@@ -573,8 +587,9 @@ def test_a_game_longer_than_its_region_loses_only_its_oldest_positions():
     buffer = ReplayBuffer(config, (1,), np.float32, A, 1)
     buffer.begin_episodes(np.array([0]), np.array([[0.0]], np.float32))
     for t in range(60):
-        buffer.add_step(np.array([t % A]), np.array([1.0], np.float32), np.array([[t + 1.0]], np.float32),
-                        np.array([t == 59]), np.array([False]), np.array([0.0]), acting_policy(t)[None], t)
+        buffer.add_step(np.array([t % A]), np.array([1.0], np.float32),
+                        np.array([[t + 1.0]], np.float32), np.array([t == 59]), np.array([False]),
+                        np.array([0.0]), acting_policy(t)[None], t)
         played = t + 1
         oldest_frame = max(0, played + 1 - 24)
         due = [p for p in range(played) if max(p - S + 1, 0) >= oldest_frame
@@ -586,7 +601,8 @@ def test_a_game_longer_than_its_region_loses_only_its_oldest_positions():
     observations = stacked(batch, config)
     for b in range(100):
         t = int(observations[b, 0, -1])
-        obs, masks, value_masks, prefix, _ = reference_targets(config, 60, True, t, 0, lambda j: 0.0)
+        obs, masks, value_masks, prefix, _ = reference_targets(config, 60, True, t, 0,
+                                                               lambda j: 0.0)
         np.testing.assert_array_equal(observations[b], obs)
         np.testing.assert_array_equal(batch.value_masks[b], value_masks)
 

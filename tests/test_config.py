@@ -28,8 +28,9 @@ def test_every_field_has_a_doc():
 
 
 def test_overrides_are_parsed_by_type():
-    config = cfg.apply_overrides(cfg.smoke(), ["batch_size=32", "discount=0.99", "value_prefix=false",
-                                               "head_hidden_sizes=16,8", "env_id=Pong"])
+    config = cfg.apply_overrides(cfg.smoke(), ["batch_size=32", "discount=0.99",
+                                               "value_prefix=false", "head_hidden_sizes=16,8",
+                                               "env_id=Pong"])
     assert (config.batch_size, config.discount, config.value_prefix, config.head_hidden_sizes,
             config.env_id) == (32, 0.99, False, (16, 8), "Pong")
 

@@ -28,7 +28,8 @@ def test_compressed_metrics_read_as_the_plain_file(tmp_path):
     sys.path.insert(0, os.path.join(ROOT, "docs"))
     import run_data
 
-    text = "updates,env_steps,wall_seconds,key,value\n0,16,0.5,eval/mean,1.5\n100,2016,9.0,eval/mean,2\n"
+    text = ("updates,env_steps,wall_seconds,key,value\n0,16,0.5,eval/mean,1.5\n"
+            "100,2016,9.0,eval/mean,2\n")
     (tmp_path / "metrics.csv").write_text(text)
     plain = list(run_data.metrics_rows(str(tmp_path)))
     run_data.compress(str(tmp_path))

@@ -193,7 +193,8 @@ MINATAR_GAMES = {"Breakout": (4, 3), "Asterix": (4, 5), "Freeway": (7, 3), "Seaq
 def test_minatar_specs(game):
     channels, actions = MINATAR_GAMES[game]
     spec = envs.env_spec(f"MinAtar/{game}-v1", cfg.minatar())
-    assert spec == envs.EnvSpec((10, 10, channels), (10, 10, channels), actions, "minatar", np.uint8)
+    assert spec == envs.EnvSpec((10, 10, channels), (10, 10, channels), actions, "minatar",
+                                np.uint8)
 
 
 def test_minatar_frames_are_the_game_state_at_0_and_255_under_its_own_rules():

@@ -109,7 +109,8 @@ def _generate_golden_fixtures():
                                        value=jnp.asarray(problem["root_value"]),
                                        embedding=jnp.asarray(problem["root_state"])),
                 recurrent_fn=recurrent_fn, num_simulations=n, max_num_considered_actions=m,
-                invalid_actions=None if problem["invalid"] is None else jnp.asarray(problem["invalid"]),
+                invalid_actions=(None if problem["invalid"] is None
+                                 else jnp.asarray(problem["invalid"])),
                 qtransform=mctx.qtransform_completed_by_mix_value)
         finally:
             jax.random.gumbel = original
@@ -163,8 +164,8 @@ def test_bandit_with_discount_zero():
     logits = np.array([[0.0, 0.2, 0.1, -0.1]], np.float32)
 
     def recurrent_fn(state, actions):
-        return state, rewards[actions], np.zeros(len(actions), np.float32), np.zeros((len(actions), 4),
-                                                                                      np.float32)
+        return (state, rewards[actions], np.zeros(len(actions), np.float32),
+                np.zeros((len(actions), 4), np.float32))
 
     out = gumbel_search(logits, np.zeros(1, np.float32), np.zeros((1, 1)), recurrent_fn,
                         num_simulations=16, max_num_considered_actions=4,
@@ -417,7 +418,8 @@ def test_invalid_actions_never_visited_and_single_valid_action_chosen():
 
 
 def test_all_actions_invalid_row_stays_finite():
-    """As mctx: m = 0 uses the table of m <= 1, argmax over -inf scores is 0, the policy is uniform."""
+    """As mctx: m = 0 uses the table of m <= 1, argmax over -inf scores is 0,
+    the policy is uniform."""
     def recurrent_fn(state, actions):
         B = len(actions)
         return state, np.ones(B, np.float32), np.ones(B, np.float32), np.zeros((B, 3), np.float32)
@@ -440,8 +442,9 @@ def test_depth_n_chain_and_tuple_states():
 
     def recurrent_fn(state, actions):
         depth, features = state
-        np.testing.assert_array_equal(depth, [len(calls)] * 2)          # the right parent was gathered
-        np.testing.assert_array_equal(features, np.stack([depth, -depth], axis=1) + [[0, 10], [5, 10]])
+        np.testing.assert_array_equal(depth, [len(calls)] * 2)       # the right parent was gathered
+        np.testing.assert_array_equal(features,
+                                      np.stack([depth, -depth], axis=1) + [[0, 10], [5, 10]])
         calls.append(depth)
         return ((depth + 1, features + [[1, -1]]), (depth + 1).astype(np.float32),
                 np.zeros(len(actions), np.float32), np.zeros((len(actions), 1), np.float32))

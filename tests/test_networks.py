@@ -218,10 +218,12 @@ def test_value_prefix_reward_is_the_prefix_difference_and_resets(random_smoke_ne
     rng = np.random.default_rng(6)
     out = net.initial_inference(random_observations(rng, 2))
     actions = rng.integers(0, 4, size=(7, 2)).astype(np.int32)
-    state, latent, lstm_state, parent_prefix = out.state, out.state[0], net.initial_lstm_state(2), 0.0
+    state, latent, lstm_state, parent_prefix = (out.state, out.state[0],
+                                                net.initial_lstm_state(2), 0.0)
     for k in range(1, 8):
         step = net.recurrent_inference(state, actions[k - 1])
-        latent, logits, lstm_state = net.dynamics(latent, actions[k - 1], lstm_state, training=False)
+        latent, logits, lstm_state = net.dynamics(latent, actions[k - 1], lstm_state,
+                                                  training=False)
         prefix = logits_to_scalar(logits, S).numpy()
         np.testing.assert_allclose(step.reward, prefix - parent_prefix, rtol=1e-3, atol=1e-4)
         np.testing.assert_allclose(step.state[0], latent.numpy(), rtol=1e-4, atol=1e-5)
@@ -292,7 +294,8 @@ def test_search_calls_compute_what_the_traced_functions_compute(random_smoke_net
     # The public call, which stands in where TensorFlow lacks the private one, gives the same
     # numbers.
     public = compiled_call(net._recurrent, private_api=False)(wide_state, actions)
-    for mine, theirs in zip(tf.nest.flatten(public), tf.nest.flatten((state, reward, value, logits))):
+    for mine, theirs in zip(tf.nest.flatten(public),
+                            tf.nest.flatten((state, reward, value, logits))):
         np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
 
 
@@ -347,7 +350,8 @@ def test_fused_batch_norm_statistics_follow_pytorch():
     np.testing.assert_allclose(norm.moving_variance.numpy(),
                                NORM_MOMENTUM + (1 - NORM_MOMENTUM) * unbiased, rtol=1e-5)
     flat = x.reshape(-1, 5)[:6]
-    expected = (flat - norm.moving_mean.numpy()) / np.sqrt(norm.moving_variance.numpy() + NORM_EPSILON)
+    expected = ((flat - norm.moving_mean.numpy())
+                / np.sqrt(norm.moving_variance.numpy() + NORM_EPSILON))
     np.testing.assert_allclose(norm(flat, training=False).numpy(), expected, rtol=1e-4, atol=1e-5)
 
 
@@ -429,7 +433,8 @@ def test_the_state_gradient_scale_halves_everything_an_unrolled_state_sends_back
                 + tf.reduce_sum(reward_logits * tf.range(61, dtype=tf.float32)) \
                 + tf.reduce_sum(latent ** 2)
         variables = net.transition.trainable_weights + net.prediction.trainable_weights
-        return [g.numpy() for g in tape.gradient(loss, variables)], len(net.transition.trainable_weights)
+        return ([g.numpy() for g in tape.gradient(loss, variables)],
+                len(net.transition.trainable_weights))
 
     full, count = gradients(1.0)
     half, _ = gradients(0.5)
@@ -485,7 +490,8 @@ def test_batch_renormalization_trains_on_what_inference_computes():
 
 
 def test_minatar_representation_keeps_the_grid_and_dynamics_tell_actions_apart():
-    """downsample off: conv3x3 s1 -> C, norm, ReLU, then num_blocks residual blocks on the 10x10 grid."""
+    """downsample off: conv3x3 s1 -> C, norm, ReLU,
+    then num_blocks residual blocks on the 10x10 grid."""
     tf.keras.utils.set_random_seed(0)
     config = dataclasses.replace(cfg.minatar(), num_channels=8,        # reduced_channels 8
                                  action_encoding="scalar")
@@ -520,7 +526,8 @@ def test_one_hot_action_planes_give_each_action_its_own_embedding():
         return [net.transition(latent, tf.fill([2], a), training=False).numpy() for a in range(3)]
 
     before = nexts()
-    assert min(np.abs(before[a] - before[b]).max() for a in range(3) for b in range(a + 1, 3)) > 0.01
+    assert min(np.abs(before[a] - before[b]).max()
+               for a in range(3) for b in range(a + 1, 3)) > 0.01
     kernel.assign(tf.tensor_scatter_nd_update(kernel, [[0, 0, 1]], tf.zeros([1, kernel.shape[-1]])))
     after = nexts()
     np.testing.assert_array_equal(after[0], before[0])
@@ -538,7 +545,8 @@ def test_minatar_parameter_counts_match_a_count_by_hand():
     reduce = 16 * 4 + 4 + 2 * 4                                          # conv1x1 + bias, norm
     head = lambda n_in, n_out: dense(n_in, 32) + 2 * 32 + dense(32, n_out)  # noqa: E731
     representation = conv3(4, 16) + 2 * 16 + block
-    action_embedding = (3 * 4 + 4) + 2 * (10 * 10 * 4)                   # conv1x1, LayerNorm [H,W,C]
+    action_embedding = (3 * 4 + 4) + 2 * (10 * 10 * 4)                   # conv1x1,
+                                                                         # LayerNorm [H,W,C]
     transition = action_embedding + conv3(16 + 4, 16) + 2 * 16 + block
     lstm = 400 * 4 * 64 + 64 * 4 * 64 + 4 * 64                           # Keras: one bias vector
     reward = reduce + lstm + 2 * 64 + head(64, 61)

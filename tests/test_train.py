@@ -109,7 +109,8 @@ def test_evaluation_reports_the_first_root_value_beside_the_discounted_return():
 # The minatar preset with a tiny network and budget: every part of a MinAtar run in about a minute,
 # 56 updates, so evaluations at update 40 and at the end.
 MINATAR_TINY = ["env_steps=320", "start_transitions=96", "num_envs=4", "updates_per_env_step=0.25",
-                "num_channels=8", "reduced_channels=2", "head_hidden_sizes=8", "lstm_hidden_size=16",
+                "num_channels=8", "reduced_channels=2", "head_hidden_sizes=8",
+                "lstm_hidden_size=16",
                 "projection_hidden_size=32", "projection_output_size=32",
                 "prediction_head_hidden_size=16", "num_simulations=4", "batch_size=16",
                 "sve_start_updates=20", "td_newest_transitions=50", "eval_interval=40",
@@ -142,7 +143,8 @@ def test_a_short_minatar_run_trains_evaluates_and_films_in_colour(tmp_path):
 @pytest.mark.slow
 def test_a_killed_run_resumes_with_counters_and_buffer(tmp_path):
     run_dir = str(tmp_path / "run")
-    process = subprocess.Popen([sys.executable, "train.py", "--config", "smoke", "--run-dir", run_dir],
+    process = subprocess.Popen([sys.executable, "train.py", "--config", "smoke",
+                                "--run-dir", run_dir],
                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while not checkpoints.list_checkpoints(os.path.join(run_dir, "checkpoints")):
@@ -163,7 +165,8 @@ def test_a_killed_run_resumes_with_counters_and_buffer(tmp_path):
     final = checkpoints.load_checkpoint(run_dir)
     assert final.state["updates"] == cfg.smoke().total_updates
     with open(os.path.join(run_dir, "metrics.csv")) as file:
-        updates = [int(row["updates"]) for row in csv.DictReader(file) if row["key"] == "losses/total"]
+        updates = [int(row["updates"]) for row in csv.DictReader(file)
+                   if row["key"] == "losses/total"]
     total, interval = cfg.smoke().total_updates, cfg.smoke().log_interval
     assert updates == sorted(set(updates)) and updates[-1] == total - total % interval
 
@@ -398,7 +401,7 @@ def test_thread_counts_apply_before_tensorflow_runs_and_are_refused_after(pool):
 def test_policy_target_smoothing_trains_toward_the_mixture_with_uniform():
     smoothing = 0.2
 
-    def learner(**changes):                  # the same weights, the zero-initialised heads perturbed
+    def learner(**changes):                 # the same weights, the zero-initialised heads perturbed
         config, net, learner = _tiny_learner(**changes)
         rng = np.random.default_rng(5)
         for variable in net.trainable_variables:
@@ -469,7 +472,8 @@ def test_every_loss_term_equals_a_plain_numpy_computation():
     terminated = np.array([True, False, True, False, True, False])
     k = np.arange(K + 1)
     transition = (k[None] < remaining[:, None]).astype(np.float32)
-    value = (transition + (terminated[:, None] & (k[None] == remaining[:, None]))).astype(np.float32)
+    value = (transition
+             + (terminated[:, None] & (k[None] == remaining[:, None]))).astype(np.float32)
     weights = np.array([1.0, 0.5, 0.1, 0.8, 1.0, 0.3], np.float32)
     batch = batch._replace(transition_masks=transition, value_masks=value,
                            importance_weights=weights,
@@ -613,7 +617,7 @@ def test_clipped_value_targets_are_counted_and_the_needed_support_is_named():
     value_masks[:, 3:] = 0.0
     result = learner.update(batch._replace(value_masks=value_masks), targets, 0)
     z = targets.values.astype(np.float64)
-    outside = (np.sqrt(z + 1) - 1 + 0.001 * z) > 1                  # h(z) beyond the support [-1, 1]
+    outside = (np.sqrt(z + 1) - 1 + 0.001 * z) > 1                 # h(z) beyond the support [-1, 1]
     expected = outside[:, :3].mean()
     assert 0 < expected < 1
     assert result.scalars["targets/clipped_fraction"] == pytest.approx(expected, rel=1e-6)
@@ -623,7 +627,8 @@ def test_clipped_value_targets_are_counted_and_the_needed_support_is_named():
 # --- specification: schedules, refresh intervals, exact resume, float16 loss scaling, run clock ---
 
 def test_learning_rate_schedule_warms_up_linearly_then_steps_down():
-    """classic: 9,750 updates, warm-up over int(0.01 * 9,750) = 97 of them, x0.1 from update 8,000."""
+    """classic: 9,750 updates, warm-up over int(0.01 * 9,750) = 97 of them,
+    x0.1 from update 8,000."""
     from learner import learning_rate_at
 
     config = cfg.classic()

@@ -62,7 +62,8 @@ def action_gap(model, states: np.ndarray, num_actions: int, discount: float) -> 
     size = np.abs(latents).mean(-1).mean(0)                                            # [N]
     q = np.stack([output.reward + discount * output.value for output in outputs])     # [A, N]
     logits = root.policy_logits
-    return {"g_action_difference_percent": float(100 * np.mean(pair_differences.max((0, 1)) / size)),
+    return {"g_action_difference_percent":
+                float(100 * np.mean(pair_differences.max((0, 1)) / size)),
             "one_step_q_range": float(np.mean(q.max(0) - q.min(0))),
             "root_value": float(root.value.mean()),
             "prior_logit_gap": float(np.mean(logits.max(1) - logits.min(1)))}
@@ -91,7 +92,8 @@ def main(argv=None) -> int:
                        EfficientZeroNet(config, spec.observation_shape, spec.num_actions)))
     for path in args.checkpoints:
         checkpoint = checkpoints.load_checkpoint(path)
-        models.append((path, checkpoint.config, load_model(checkpoint, args.env, checkpoint.config)))
+        models.append((path, checkpoint.config,
+                       load_model(checkpoint, args.env, checkpoint.config)))
     for name, config, model in models:
         if config.frame_stack not in states_by_stack:
             states_by_stack[config.frame_stack] = random_play_states(args.env, config, args.states,

@@ -102,7 +102,8 @@ def main(argv=None) -> int:
 
     config = config_module.minatar()
     spec = envs.env_spec(ENV_ID, config)
-    frames, next_frames, actions, next_returns, returns_of = random_play(config, args.steps, args.seed)
+    frames, next_frames, actions, next_returns, returns_of = random_play(config, args.steps,
+                                                                         args.seed)
     probe_frames, true_q = true_action_values(returns_of, spec.frame_shape, spec.num_actions,
                                               args.min_visits)
     true_gap = true_q.max(1) - true_q.min(1)
@@ -120,7 +121,8 @@ def main(argv=None) -> int:
     def update(observations, taken, targets, next_observations):
         with tf.GradientTape() as tape:
             latent = net.represent(net.preprocess(observations), training=True)
-            next_latent, _, _ = net.dynamics(latent, taken, net.initial_lstm_state(tf.shape(taken)[0]),
+            next_latent, _, _ = net.dynamics(latent, taken,
+                                             net.initial_lstm_state(tf.shape(taken)[0]),
                                              training=True, state_gradient_scale=1.0)
             value_logits, _ = net.predict(next_latent, training=True)
             loss = args.value_coeff * tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(
@@ -146,11 +148,13 @@ def main(argv=None) -> int:
         update(frames[rows], actions[rows], next_returns[rows], next_frames[rows])
         if step % max(1, args.updates // REPORTS) == 0 or step == args.updates:
             root = net.initial_inference(probe_frames)
-            model_q = np.stack([net.recurrent_inference(root.state, np.full(len(probe_frames), a)).value
+            model_q = np.stack([net.recurrent_inference(root.state,
+                                                        np.full(len(probe_frames), a)).value
                                 for a in range(spec.num_actions)], axis=1)
             gap = model_q.max(1) - model_q.min(1)
             agree = (model_q.argmax(1) == true_q.argmax(1))[clear].mean()
-            print(f"{args.optimizer} lr {args.learning_rate:g} consistency {args.consistency_coeff:g} "
+            print(f"{args.optimizer} lr {args.learning_rate:g} "
+                  f"consistency {args.consistency_coeff:g} "
                   f"value {args.value_coeff:g} "
                   f"update {step}: model Q gap "
                   f"{gap.mean():.4f} (true {true_gap.mean():.3f}), best action agrees {agree:.0%} "

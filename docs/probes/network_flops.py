@@ -25,7 +25,8 @@ from targets import initial_inferences_per_sample  # noqa: E402
 
 
 def graph_flops(function, *signature) -> int:
-    """Floating-point operations of one call of `function` traced for `signature` (static shapes)."""
+    """Floating-point operations of one call of `function` traced for `signature`
+    (static shapes)."""
     graph = tf.function(function).get_concrete_function(*signature).graph
     options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
     options["output"] = "none"
