@@ -57,3 +57,22 @@ def test_every_figure_is_regenerated_pixel_for_pixel_from_the_committed_run_data
         new = matplotlib.image.imread(tmp_path / name)
         old = matplotlib.image.imread(os.path.join(ROOT, "docs", "figures", name))
         assert np.array_equal(new, old), f"docs/figures/{name} differs from its data"
+
+
+def test_the_timed_first_hour_runs_the_readme_commands_in_the_new_environment(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "docs"))
+    import first_hour
+
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as file:
+        commands = first_hour.first_hour_commands(file.read())
+    assert commands[0] == "pip install -r requirements.txt"
+    assert [command.split()[0] for command in commands] == ["pip", "python", "python", "pytest",
+                                                            "pytest"]
+    (tmp_path / "runs" / "CartPole-v1-classic-seed0-1").mkdir(parents=True)
+    venv_python = str(tmp_path / "venv" / "bin" / "python")
+    assert first_hour.in_environment(commands[2], str(tmp_path / "venv"), str(tmp_path)) == [
+        venv_python, "evaluate.py", "--checkpoint", "runs/CartPole-v1-classic-seed0-1",
+        "--episodes", "10"]
+    assert first_hour.in_environment('pytest -m "not slow"', str(tmp_path / "venv"),
+                                     str(tmp_path)) == [venv_python, "-m", "pytest", "-m",
+                                                        "not slow"]

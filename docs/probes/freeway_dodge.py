@@ -1,0 +1,111 @@
+"""MinAtar Freeway: does a checkpoint dodge cars? It plays greedy evaluation games (the run's
+search, no Gumbel noise) and, at every step where the chicken can move, asks the game itself what
+"up" and "no-op" would do next: a *danger* step is one where up runs into a car (the chicken is sent
+back to the bottom row) and no-op does not. It prints the games' scores beside those of always
+pressing up on the same seeds, how often the agent pressed up at danger steps and elsewhere, and the
+network's one-step Q gap Q(no-op) - Q(up), Q(a) = r(s, a) + γ v(g(s, a)), at both kinds of step.
+
+    python docs/probes/freeway_dodge.py <run>/checkpoints/ckpt-<updates> [...] [--games 8]
+"""
+
+import argparse
+import copy
+import os
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)                 # the project's modules, without PYTHONPATH
+
+import checkpoints  # noqa: E402
+import envs  # noqa: E402
+from evaluate import load_model  # noqa: E402
+from mcts import search_actions  # noqa: E402
+
+NOOP, UP = 0, 1                          # the minimal action set: no-op, up, down
+GAME_ACTION = {NOOP: 0, UP: 2}           # their indices in MinAtar's full action set
+BOTTOM_ROW = 9
+SEED = 10_000                            # evaluation games start at seeds SEED, SEED + 1, ...
+
+
+def freeway_game(env):
+    """The MinAtar Freeway game object (chicken row `pos`, `move_timer`) under the wrappers."""
+    while not hasattr(env, "game"):
+        env = env.env
+    return env.game.env
+
+
+def collides(game, action: int) -> bool:
+    """Whether `action` now sends the chicken back to the bottom without a crossing."""
+    trial = copy.deepcopy(game)
+    reward, _ = trial.act(GAME_ACTION[action])
+    return reward == 0 and trial.pos == BOTTOM_ROW and game.pos != BOTTOM_ROW
+
+
+def always_up(env_id: str, config, games: int) -> list[float]:
+    scores = []
+    for i in range(games):
+        env = envs.make_env(env_id, SEED + i, False, config)
+        env.reset(seed=SEED + i)
+        total, done = 0.0, False
+        while not done:
+            _, reward, terminated, truncated, _ = env.step(UP)
+            total, done = total + reward, terminated or truncated
+        scores.append(total)
+    return scores
+
+
+def dodge(path: str, games: int) -> None:
+    checkpoint = checkpoints.load_checkpoint(path)
+    config = checkpoint.config
+    model = load_model(checkpoint, config.env_id, config)
+    spec = envs.env_spec(config.env_id, config)
+    players = [envs.make_env(config.env_id, SEED + i, False, config) for i in range(games)]
+    stacker = envs.FrameStacker(games, spec.frame_shape, config.frame_stack, spec.frame_dtype)
+    for i, env in enumerate(players):
+        frame, _ = env.reset(seed=SEED + i)
+        stacker.reset(i, frame)
+    scores = np.zeros(games)
+    pressed_up = {"danger": [], "other": []}
+    q_gap = {"danger": [], "other": []}
+    running = list(range(games))
+    while running:
+        observations = stacker.observations()[running]
+        searched = search_actions(model, observations, config.search_options(), None,
+                                  gumbel_scale=0.0)
+        root = model.initial_inference(observations)
+        q = [model.recurrent_inference(root.state, np.full(len(running), a)) for a in (NOOP, UP)]
+        gap = [(s.reward + config.discount * s.value) for s in q]
+        still_running = []
+        for row, i in enumerate(running):
+            game = freeway_game(players[i])
+            if game.move_timer == 0 and game.pos != BOTTOM_ROW:
+                kind = "danger" if collides(game, UP) and not collides(game, NOOP) else "other"
+                pressed_up[kind].append(int(searched.action[row]) == UP)
+                q_gap[kind].append(float(gap[0][row] - gap[1][row]))
+            frame, reward, terminated, truncated, _ = players[i].step(int(searched.action[row]))
+            scores[i] += reward
+            if not (terminated or truncated):
+                stacker.push(i, frame)
+                still_running.append(i)
+        running = still_running
+    print(path)
+    print(f"  scores {scores.tolist()} (mean {scores.mean():.2f}); always up on the same seeds "
+          f"{np.mean(always_up(config.env_id, config, games)):.2f}")
+    for kind in ("danger", "other"):
+        print(f"  {kind:6s} steps {len(q_gap[kind]):6d}: pressed up {np.mean(pressed_up[kind]):.3f}"
+              f"  Q(no-op) - Q(up) {np.mean(q_gap[kind]):+.4f} (sd {np.std(q_gap[kind]):.4f})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("checkpoints", nargs="+", help="checkpoint folders of a Freeway run")
+    parser.add_argument("--games", type=int, default=8, help="evaluation games per checkpoint")
+    args = parser.parse_args()
+    for path in args.checkpoints:
+        dodge(path, args.games)
+
+
+if __name__ == "__main__":
+    main()
