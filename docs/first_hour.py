@@ -37,7 +37,8 @@ def in_environment(command: str, venv: str, clone: str) -> list[str]:
              "python": [os.path.join(venv, "bin", "python")],
              "pytest": [os.path.join(venv, "bin", "python"), "-m", "pytest"]}
     if words[0] not in tools:
-        raise ValueError(f"the README's first hour runs '{words[0]}', which this script cannot time")
+        raise ValueError(f"the README's first hour runs '{words[0]}', which this script "
+                         "cannot time")
     if "runs/<run>" in words:
         newest = max(glob.glob(os.path.join(clone, "runs", "*")), key=os.path.getmtime)
         words[words.index("runs/<run>")] = os.path.relpath(newest, clone)
@@ -46,7 +47,8 @@ def in_environment(command: str, venv: str, clone: str) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--clone-to", default=None, help="an empty folder (default: a temporary one)")
+    parser.add_argument("--clone-to", default=None,
+                        help="an empty folder (default: a temporary one)")
     parser.add_argument("--json", default=None, help="also write the timings to this file")
     args = parser.parse_args()
     clone = args.clone_to or tempfile.mkdtemp(prefix="first-hour-")
@@ -64,7 +66,8 @@ def main() -> int:
         start = time.monotonic()
         with open(os.path.join(clone, "first-hour.log"), "a") as log:
             status = subprocess.run(in_environment(command, venv, clone), cwd=clone,
-                                    env=environment, stdout=log, stderr=subprocess.STDOUT).returncode
+                                    env=environment, stdout=log,
+                                    stderr=subprocess.STDOUT).returncode
         seconds = time.monotonic() - start
         timings.append({"command": command, "seconds": round(seconds, 1), "status": status})
         print(f"{seconds / 60:6.1f} min  status {status}  {command}", flush=True)
