@@ -1,5 +1,4 @@
-"""The EfficientZero V2 networks in Keras:
-representation h, dynamics g, prediction f, SimSiam heads.
+"""The EfficientZero V2 networks in Keras: representation h, dynamics g, prediction f, SimSiam.
 
 Implements the networks of EfficientZero V2 (Wang et al. 2024, Appendix "Network Architecture"; the
 layer layout follows the official `ez/agents/models/base_model.py` and `ez/config/exp/atari.yaml`):
