@@ -117,8 +117,7 @@ def bench_search() -> dict:
 
 FULL_BUFFER_TRANSITIONS = 100_000     # a full Atari 100K buffer
 FILL_EPISODE_LENGTH = 400             # env steps per synthetic episode when filling a buffer
-FRAME_POOL = 256                      # distinct Breakout frames (random play) a filled buffer
-                                      # reuses
+FRAME_POOL = 256                      # distinct Breakout frames (random play) a full buffer reuses
 BUFFER_BATCH_SIZE = 256
 BUFFER_REPEATS = 10                   # timed samples (median reported)
 UPDATE_FILL_TRANSITIONS = 4_000       # buffer content for the update benchmark

@@ -63,8 +63,7 @@ class Batch(NamedTuple):
     actions: np.ndarray                 # [B, K] int32 actions at t..t+K-1
     reward_targets: np.ndarray          # [B, K] value-prefix (or reward) targets of steps 1..K
     transition_masks: np.ndarray        # [B, K+1] 1 where t+k < T (an action, a reward, a policy)
-    value_masks: np.ndarray             # [B, K+1] 1 where t+k < T, or t+k = T of a terminated
-                                        # episode
+    value_masks: np.ndarray             # [B, K+1] 1 where t+k < T, or t+k = T of a terminal game
     importance_weights: np.ndarray      # [B] float32, max 1
     indices: np.ndarray                 # [B] int64 slots, for update_priorities
     stored_policies: np.ndarray         # [B, K+1, A] the acting search's policies
@@ -116,8 +115,7 @@ class _SumTree:
             targets = np.where(go_right, targets - self.nodes[left], targets)
             positions = left + go_right
         leaves = positions - self.leaves
-        # Rounding can land on an empty leaf at a segment border: step back to the nearest
-        # non-empty.
+        # Rounding can land on an empty leaf at a segment border: take the nearest non-empty one.
         empty = self.nodes[positions] <= 0
         if empty.any():
             valid = np.flatnonzero(self.nodes[self.leaves:] > 0)
@@ -236,8 +234,8 @@ class ReplayBuffer:
         self.priorities = _SumTree(capacity)
         self.heads = np.zeros(num_envs, np.int64)             # [N] ordinal of the next frame
         self.game_start = np.full(num_envs, -1, np.int64)     # [N] running game's o_0; -1: none
-        self.next_position = np.zeros(num_envs, np.int64)     # [N] its first position not yet
-                                                              # sampleable (ordinal)
+        self.next_position = np.zeros(num_envs, np.int64)     # [N] first ordinal not yet
+                                                              # sampleable
         self.num_added = 0               # transitions ever stored
         self.newest_env_step = 0
         self._sampleable = 0
@@ -400,8 +398,7 @@ class ReplayBuffer:
         offset = ordinal - start                                             # t within the game
         steps = offset[:, None] + np.arange(positions)                      # [B, P] t+k
         # Single frames t-S+1 .. t+K+n, clamped into [0, T]; stacking them into observations is left
-        # to the network's graph (networks.stack_frames), a 3x smaller host copy than stacked
-        # arrays.
+        # to the network's graph (networks.stack_frames): a host copy 3x smaller than stacked ones.
         frame_offsets = offset[:, None] + np.arange(-S + 1, positions)
         frame_slots = self.slot_of(env[:, None],
                                   start[:, None] + np.clip(frame_offsets, 0, length[:, None]))

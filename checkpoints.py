@@ -39,8 +39,7 @@ class CheckpointError(Exception):
 class Checkpoint(NamedTuple):
     path: str
     config: Config
-    arrays: dict[str, list[np.ndarray]]   # group name ("online", "optimizer", ...) ->
-                                          # ordered arrays
+    arrays: dict[str, list[np.ndarray]]   # "online", "optimizer", ... -> ordered arrays
     state: dict                           # counters, RNG states, scores
     buffer_path: str | None               # the saved replay buffer, if this checkpoint holds one
 

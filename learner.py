@@ -161,8 +161,7 @@ class Learner:
         self.loss_scale = tf.Variable(2.0 ** 15 if self.dynamic_loss_scale else 1.0,
                                       trainable=False, dtype=tf.float32)
         self._finite_in_a_row = 0
-        # BatchNorm moving statistics change during the forward pass; a refused update restores
-        # them.
+        # BatchNorm moving statistics change in the forward pass; a refused update restores them.
         self._statistics = [v for v in net.variables if not v.trainable]
         self.trace_count = 0                 # Python side effect: runs only when tf traces
         K, A, S = config.unroll_steps, num_actions, config.frame_stack
@@ -170,8 +169,7 @@ class Learner:
         signature = [
             tf.TensorSpec([config.batch_size, S + K, *net.frame_shape], obs_dtype),  # t-S+1..t+K
             tf.TensorSpec([config.batch_size, K], tf.int32),           # actions
-            tf.TensorSpec([config.batch_size, K], tf.float32),         # reward (value-prefix)
-                                                                       # targets
+            tf.TensorSpec([config.batch_size, K], tf.float32),         # value-prefix targets
             tf.TensorSpec([config.batch_size, K + 1], tf.float32),     # value targets
             tf.TensorSpec([config.batch_size, K + 1, A], tf.float32),  # policy targets
             tf.TensorSpec([config.batch_size, K + 1], tf.float32),     # transition masks

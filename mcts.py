@@ -187,8 +187,7 @@ class _Trees:
         self.q_low = np.full(batch, np.inf, np.float32)
         self.q_high = np.full(batch, -np.inf, np.float32)
         self.raw_value = np.zeros(nodes, np.float32)            # [T] network value v̂
-        self.value = np.zeros(nodes, np.float32)                # [T] running mean
-                                                                # (mctx node_values)
+        self.value = np.zeros(nodes, np.float32)                # [T] mctx's node_values
         self.visits = np.zeros(nodes, np.float32)               # [T] 1 + backups through the node
         self.next_edge = np.zeros(nodes, np.intp)               # [T] cached interior choice a·T + k
         self.next_edge[self.scratch] = self.scratch             # the scratch node leads to itself
@@ -218,8 +217,7 @@ class _Trees:
         self.node_logits[:, :, new] = logits
         probs = _softmax(logits, axis=0)
         np.maximum(probs, TINY, out=self.node_probs[:, :, new])
-        # A fresh node has σ = 0 (all completed Q equal), so its first choice is argmax of the
-        # prior.
+        # A fresh node has σ = 0 (all completed Q equal): its first choice is the prior's argmax.
         self.node_next_edge[:, new] = _argmax_actions(probs) * self.stride + self.root + new
 
     def select(self, root_scores: np.ndarray):
@@ -239,8 +237,7 @@ class _Trees:
             path_edges.append(edge)
         nodes, edges = np.array(path_nodes), np.array(path_edges)          # [D, B]
         on_path = nodes >= 0                                               # [D, B]
-        depth = on_path.sum(axis=0) - 1                                    # [B] depth of the
-                                                                           # leaf parent
+        depth = on_path.sum(axis=0) - 1                                    # [B] of leaf parent
         return nodes, edges, on_path, edges.ravel().take(depth * self.batch + self.lanes)
 
     def backup(self, nodes: np.ndarray, edges: np.ndarray, on_path: np.ndarray,
@@ -263,7 +260,6 @@ class _Trees:
         self.value[nodes] = new_values
         self.visits[nodes] = counts + 1
         child_values = np.empty_like(new_values)            # value of each edge's child
-                                                            # after backup
         child_values[:-1] = np.where(on_path[1:], new_values[1:], value)
         child_values[-1] = value
         self.edge_q_flat[edges] = rewards + self.discount * child_values
@@ -369,8 +365,8 @@ def gumbel_search(prior_logits: np.ndarray, root_value: np.ndarray, root_state,
     trees = _Trees(batch, num_simulations + 1, num_actions, discount=discount, c_visit=c_visit,
                    c_scale=c_scale, q_normalization=q_normalization,
                    value_delta_max=value_delta_max)
-    # Root: invalid actions masked as mctx does; scores use logits shifted to max 0
-    # (score_considered).
+    # Root: invalid actions masked as mctx does; scores use logits shifted to max 0 (mctx's
+    # score_considered).
     if invalid_actions is not None:
         invalid_actions = np.asarray(invalid_actions, bool)
     logits = _mask_invalid(prior_logits, invalid_actions)                      # [B, A]

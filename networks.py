@@ -332,8 +332,7 @@ class ConvRepresentation(_Block):
             self.half_block = ResidualBlock(config, channels // 2)
             self.downsample_block = ResidualBlock(config, channels, stride=self.STRIDE)
             self.full_block = ResidualBlock(config, channels)
-            # PyTorch AvgPool2d(3, 2, padding=1) counts the zero padding in the mean: pad, then
-            # pool.
+            # PyTorch AvgPool2d(3, 2, padding=1) counts the zero padding in the mean: pad, pool.
             self.pool = keras.layers.AveragePooling2D(self.KERNEL, strides=self.STRIDE,
                                                       padding="valid")
             self.pooled_block = ResidualBlock(config, channels)

@@ -41,8 +41,7 @@ class Targets(NamedTuple):
     values: np.ndarray                  # [B, K+1] mixed value targets
     policies: np.ndarray                # [B, K+1, A] improved policies (uniform past the end)
     sve_fraction: float                 # share of value targets from the search
-    diagnostics: dict                   # diagnostics/* of the reanalysis search
-                                        # (search_diagnostics)
+    diagnostics: dict                   # the reanalysis search's diagnostics/*
     network_seconds: float              # reanalysis time in network calls
     tree_seconds: float                 # reanalysis time in the tree search itself
 

@@ -335,8 +335,7 @@ def test_importance_weights_are_clipped_at_the_official_floor():
     batch = buffer.sample(200, np.random.default_rng(0))
     rare = buffer.priorities.get(batch.indices) == 1.0
     assert rare.any() and (~rare).any()
-    # Unclipped, a rare sample weighs 1000 times a frequent one: the frequent ones are raised to
-    # 0.1.
+    # Unclipped, a rare sample weighs 1000 times a frequent one: frequent ones are raised to 0.1.
     np.testing.assert_allclose(batch.importance_weights[rare], 1.0)
     np.testing.assert_allclose(batch.importance_weights[~rare], 0.1)
 

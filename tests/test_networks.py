@@ -106,8 +106,7 @@ def test_atari_network_shapes_and_parameter_counts():
     net = EfficientZeroNet(cfg.atari100k(), ATARI_SHAPE, 4)
     assert net.latent_shape == (6, 6, 64)
     # Official PyTorch model (Breakout, counted from ez/agents/models/base_model.py): the same
-    # numbers except dynamics 2,392,105 - torch's LSTM has two bias vectors (2 x 4 x 512), Keras
-    # one.
+    # numbers except dynamics 2,392,105: torch's LSTM has two bias vectors (2 x 4 x 512), Keras 1.
     assert net.parameter_counts() == {"representation": 318_016, "dynamics": 2_390_057,
                                       "prediction": 133_149, "projection": 4_991_744,
                                       "total": 7_832_966}
@@ -291,8 +290,7 @@ def test_search_calls_compute_what_the_traced_functions_compute(random_smoke_net
     for mine, theirs in zip(stepped.state, state):
         assert mine.dtype == theirs.dtype.as_numpy_dtype
         np.testing.assert_array_equal(mine, theirs.numpy())
-    # The public call, which stands in where TensorFlow lacks the private one, gives the same
-    # numbers.
+    # The public call, standing in where TensorFlow lacks the private one, gives the same numbers.
     public = compiled_call(net._recurrent, private_api=False)(wide_state, actions)
     for mine, theirs in zip(tf.nest.flatten(public),
                             tf.nest.flatten((state, reward, value, logits))):
@@ -545,8 +543,7 @@ def test_minatar_parameter_counts_match_a_count_by_hand():
     reduce = 16 * 4 + 4 + 2 * 4                                          # conv1x1 + bias, norm
     head = lambda n_in, n_out: dense(n_in, 32) + 2 * 32 + dense(32, n_out)  # noqa: E731
     representation = conv3(4, 16) + 2 * 16 + block
-    action_embedding = (3 * 4 + 4) + 2 * (10 * 10 * 4)                   # conv1x1,
-                                                                         # LayerNorm [H,W,C]
+    action_embedding = (3 * 4 + 4) + 2 * (10 * 10 * 4)                   # conv1x1, LN [H,W,C]
     transition = action_embedding + conv3(16 + 4, 16) + 2 * 16 + block
     lstm = 400 * 4 * 64 + 64 * 4 * 64 + 4 * 64                           # Keras: one bias vector
     reward = reduce + lstm + 2 * 64 + head(64, 61)

@@ -1,7 +1,9 @@
 """MinAtar Freeway: does a checkpoint dodge cars? It plays greedy evaluation games (the run's
 search, no Gumbel noise) and, at every step where the chicken can move, asks the game itself what
 "up" and "no-op" would do next: a *danger* step is one where up runs into a car (the chicken is sent
-back to the bottom row) and no-op does not. It prints the games' scores beside those of always
+back to the bottom row) and no-op does not. Danger is *in view* when the car already stands in the
+chicken's column of the row above, and *timed* when the car is about to move there, which depends
+on the car's move timer, not shown in a frame. It prints the games' scores beside those of always
 pressing up on the same seeds, how often the agent pressed up at danger steps and elsewhere, and the
 network's one-step Q gap Q(no-op) - Q(up), Q(a) = r(s, a) + γ v(g(s, a)), at both kinds of step.
 
@@ -26,6 +28,7 @@ from mcts import search_actions  # noqa: E402
 NOOP, UP = 0, 1                          # the minimal action set: no-op, up, down
 GAME_ACTION = {NOOP: 0, UP: 2}           # their indices in MinAtar's full action set
 BOTTOM_ROW = 9
+CHICKEN_COLUMN = 4
 SEED = 10_000                            # evaluation games start at seeds SEED, SEED + 1, ...
 
 
@@ -67,8 +70,9 @@ def dodge(path: str, games: int) -> None:
         frame, _ = env.reset(seed=SEED + i)
         stacker.reset(i, frame)
     scores = np.zeros(games)
-    pressed_up = {"danger": [], "other": []}
-    q_gap = {"danger": [], "other": []}
+    kinds = ("danger in view", "danger timed", "other")
+    pressed_up = {kind: [] for kind in kinds}
+    q_gap = {kind: [] for kind in kinds}
     running = list(range(games))
     while running:
         observations = stacker.observations()[running]
@@ -81,7 +85,11 @@ def dodge(path: str, games: int) -> None:
         for row, i in enumerate(running):
             game = freeway_game(players[i])
             if game.move_timer == 0 and game.pos != BOTTOM_ROW:
-                kind = "danger" if collides(game, UP) and not collides(game, NOOP) else "other"
+                kind = "other"
+                if collides(game, UP) and not collides(game, NOOP):
+                    in_view = any(car[0] == CHICKEN_COLUMN and car[1] == game.pos - 1
+                                  for car in game.cars)
+                    kind = "danger in view" if in_view else "danger timed"
                 pressed_up[kind].append(int(searched.action[row]) == UP)
                 q_gap[kind].append(float(gap[0][row] - gap[1][row]))
             frame, reward, terminated, truncated, _ = players[i].step(int(searched.action[row]))
@@ -93,9 +101,10 @@ def dodge(path: str, games: int) -> None:
     print(path)
     print(f"  scores {scores.tolist()} (mean {scores.mean():.2f}); always up on the same seeds "
           f"{np.mean(always_up(config.env_id, config, games)):.2f}")
-    for kind in ("danger", "other"):
-        print(f"  {kind:6s} steps {len(q_gap[kind]):6d}: pressed up {np.mean(pressed_up[kind]):.3f}"
-              f"  Q(no-op) - Q(up) {np.mean(q_gap[kind]):+.4f} (sd {np.std(q_gap[kind]):.4f})")
+    for kind in kinds:
+        print(f"  {kind:14s} steps {len(q_gap[kind]):6d}: pressed up "
+              f"{np.mean(pressed_up[kind]):.3f}  Q(no-op) - Q(up) {np.mean(q_gap[kind]):+.4f} "
+              f"(sd {np.std(q_gap[kind]):.4f})")
 
 
 def main() -> None:
