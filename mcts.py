@@ -152,7 +152,7 @@ def _as_leaves(state) -> tuple:
     return tuple(np.asarray(leaf) for leaf in (state if isinstance(state, tuple) else (state,)))
 
 
-def _gather_states(state_pool: list, nodes: np.ndarray) -> tuple:
+def gather_states(state_pool: list, nodes: np.ndarray) -> tuple:
     """The state of node nodes[b] of tree b for every b; state_pool[j] holds node j of all trees."""
     first = nodes[0]
     if np.all(nodes == first):                       # e.g. the first simulation: every root
@@ -440,7 +440,7 @@ class _StatePool:
         returns its value [B]."""
         trees = self.trees
         leaf_action, leaf_parent = np.divmod(leaf_edge, trees.stride)
-        parent_states = _gather_states(self.pool, leaf_parent - trees.root)
+        parent_states = gather_states(self.pool, leaf_parent - trees.root)
         next_state, reward, value, child_logits = self.recurrent_fn(
             parent_states if self.is_tuple else parent_states[0], leaf_action)
         _check_recurrent_output(reward, value, child_logits, trees.batch, trees.num_actions)

@@ -1,0 +1,103 @@
+"""mcts_sampled.py: the halving schedule as the official code counts it, small trees worked out by
+hand from the official tree's rules, and the path through the search on a model of table
+lookups."""
+
+import numpy as np
+import pytest
+
+from mcts_sampled import halving_schedule, sampled_search
+
+GAMMA = 0.9
+
+
+def table_model(steps: list[tuple[float, float]], num_children: int = 2, action_dims: int = 1):
+    """recurrent_fn whose i-th call returns reward and value steps[i] for every tree, the state
+    counting the calls, and children whose actions name the call (call + 0.1·child)."""
+    calls = []
+
+    def recurrent_fn(state, actions):
+        i = len(calls)
+        calls.append(np.array(actions))
+        batch = len(actions)
+        reward, value = steps[i]
+        children = np.broadcast_to((i + 0.1 * np.arange(num_children))[None, :, None],
+                                   (batch, num_children, action_dims))
+        return state + 1, np.full(batch, reward), np.full(batch, value), children, None
+
+    return recurrent_fn, calls
+
+
+@pytest.mark.parametrize("simulations, considered, expected", [
+    (32, 16, {15: 8, 23: 4, 31: 2}),          # the DMC settings: 1, 1, 2 visits per phase
+    (16, 16, {15: 8}),
+    (50, 16, {15: 8, 23: 4, 35: 2, 49: 1}),
+    (20, 8, {7: 4, 11: 2, 19: 1}),
+    (4, 4, {3: 2}),
+    (4, 16, {}),                               # too few simulations for the first phase to end
+    (8, 1, {}),
+])
+def test_halving_schedule_counts_phases_as_the_official_code(simulations, considered, expected):
+    assert halving_schedule(simulations, considered) == expected
+
+
+def candidates_of(count: int) -> np.ndarray:
+    return np.linspace(-0.9, 0.9, count, dtype=np.float32).reshape(1, count, 1)
+
+
+def test_four_candidates_one_visit_each_by_hand():
+    # Candidate c returns (r, v); Q = r + γv = 1.0, 0.18, 0.75, 0. The tree's range holds every
+    # backed-up return, Q and the root's γQ: min 0, max 1, so q̂ = Q and σ = (50 + 1)·0.1·q̂.
+    model, calls = table_model([(0.1, 1.0), (0.0, 0.2), (0.3, 0.5), (0.0, 0.0)])
+    out = sampled_search(np.array([0.5]), np.zeros((1, 3)), candidates_of(4), model,
+                         num_simulations=4, discount=GAMMA)
+    np.testing.assert_array_equal(np.concatenate(calls)[:, 0], candidates_of(4)[0, :, 0])
+    np.testing.assert_array_equal(out.visit_counts, [[1, 1, 1, 1]])
+    np.testing.assert_allclose(out.completed_q, [[1.0, 0.18, 0.75, 0.0]], rtol=1e-6)
+    sigma = 5.1 * np.array([1.0, 0.18, 0.75, 0.0])
+    np.testing.assert_allclose(out.improved_policy[0], np.exp(sigma) / np.exp(sigma).sum(),
+                               rtol=1e-5)
+    # The halving after simulation 3 keeps c0 and c2, and c0 leads.
+    assert out.chosen.tolist() == [0]
+    np.testing.assert_array_equal(out.action, candidates_of(4)[:, 0])
+    # SVE: the mean of the root's network value and the returns backed up into it, each a Q.
+    np.testing.assert_allclose(out.root_value, [(0.5 + 1.0 + 0.18 + 0.75 + 0.0) / 5], rtol=1e-6)
+
+
+def test_two_more_simulations_go_below_the_kept_candidates_by_hand():
+    # Simulation 4 visits c0 (kept, fewest visits, first), whose two children are unexpanded:
+    # both complete to v_mix = value(c0) = 1.0, a tie that goes to child 0, (r, v) = (0.2, 0.4).
+    # Then value(c0) = (1.0 + 0.56) / 2 = 0.78 and the root gets 0.1 + 0.9·0.56 = 0.604.
+    # Simulation 5 visits c2 (1 visit against 2): its child 0 returns (0, 0), value(c2) = 0.25.
+    steps = [(0.1, 1.0), (0.0, 0.2), (0.3, 0.5), (0.0, 0.0), (0.2, 0.4), (0.0, 0.0)]
+    model, calls = table_model(steps)
+    out = sampled_search(np.array([0.5]), np.zeros((1, 3)), candidates_of(4), model,
+                         num_simulations=6, discount=GAMMA)
+    # The fifth and sixth calls expand the first child of c0 (made by call 0) and of c2 (call 2).
+    np.testing.assert_allclose(np.concatenate(calls)[4:, 0], [0.0, 2.0])
+    np.testing.assert_array_equal(out.visit_counts, [[2, 1, 2, 1]])
+    q = np.array([0.1 + GAMMA * 0.78, 0.18, 0.3 + GAMMA * 0.25, 0.0])
+    np.testing.assert_allclose(out.completed_q[0], q, rtol=1e-6)
+    sigma = (50 + 2) * 0.1 * q                       # the range is still [0, 1]
+    np.testing.assert_allclose(out.improved_policy[0], np.exp(sigma) / np.exp(sigma).sum(),
+                               rtol=1e-5)
+    assert out.chosen.tolist() == [0]                # the last halving keeps one: c0
+    returns = [0.5, 1.0, 0.18, 0.75, 0.0, 0.1 + GAMMA * 0.56, 0.3]
+    np.testing.assert_allclose(out.root_value, [np.mean(returns)], rtol=1e-6)
+
+
+def test_a_narrow_range_is_floored_and_an_empty_one_leaves_q_raw():
+    # Every return within 0.004 of each other: q̂ = (Q − min) / 0.01, not / 0.004.
+    model, _ = table_model([(0.0, 0.100), (0.0, 0.104), (0.0, 0.102), (0.0, 0.101)])
+    out = sampled_search(np.array([0.1]), np.zeros((1, 1)), candidates_of(4), model,
+                         num_simulations=4, discount=1.0)
+    q = np.array([0.100, 0.104, 0.102, 0.101])
+    sigma = 5.1 * (q - 0.100) / 0.01
+    np.testing.assert_allclose(out.improved_policy[0], np.exp(sigma) / np.exp(sigma).sum(),
+                               rtol=1e-4)
+    assert out.chosen.tolist() == [1]
+    # All returns equal: the range is empty and q̂ is Q itself, clipped to [0, 1].
+    model, _ = table_model([(0.0, 2.0)] * 4)
+    out = sampled_search(np.array([2.0]), np.zeros((1, 1)), candidates_of(4), model,
+                         num_simulations=4, discount=1.0)
+    np.testing.assert_allclose(out.improved_policy, np.full((1, 4), 0.25), rtol=1e-6)
+    assert out.chosen.tolist() == [0]
