@@ -113,7 +113,9 @@ class _SampledTrees:
         self.size[lanes] += count
 
     def value(self, lanes: np.ndarray, nodes: np.ndarray) -> np.ndarray:
-        return self.value_sum[lanes, nodes] / self.visits[lanes, nodes]
+        """[L] float32, as the official tree computes it: Q's near-equal differences in the range
+        are sensitive to the rounding."""
+        return self.value_sum[lanes, nodes] / self.visits[lanes, nodes].astype(np.float32)
 
     def children(self, lanes: np.ndarray, nodes: np.ndarray) -> np.ndarray:
         """[L, C] the children of nodes[i] in tree lanes[i] (all have the same count here)."""
@@ -127,7 +129,7 @@ class _SampledTrees:
         rows = lanes[:, None]
         visits = self.visits[rows, children]                            # [L, C]
         expanded = self.first_child[rows, children] >= 0
-        child_value = self.value_sum[rows, children] / np.maximum(visits, 1)
+        child_value = self.value_sum[rows, children] / np.maximum(visits, 1).astype(np.float32)
         q = self.reward[rows, children] + self.discount * child_value
         logits = self.logit[rows, children]
         prior = _softmax(logits)

@@ -2,6 +2,10 @@
 hand from the official tree's rules, and the path through the search on a model of table
 lookups."""
 
+import gzip
+import json
+import os
+
 import numpy as np
 import pytest
 
@@ -101,3 +105,59 @@ def test_a_narrow_range_is_floored_and_an_empty_one_leaves_q_raw():
                          num_simulations=4, discount=1.0)
     np.testing.assert_allclose(out.improved_policy, np.full((1, 4), 0.25), rtol=1e-6)
     assert out.chosen.tolist() == [0]
+
+
+def golden_problems():
+    path = os.path.join(os.path.dirname(__file__), "data", "sampled_search_golden.json.gz")
+    with gzip.open(path, "rt") as file:
+        sets = json.load(file)["sets"]
+    return [pytest.param(problem, id=problem["id"]) for problems in sets.values()
+            for problem in problems]
+
+
+ROOT_ACTION, CHILD_ACTION = 1000, 2000       # candidate k is 1000 + k; child c of call i 2000 + 10i + c
+
+
+@pytest.mark.parametrize("problem", golden_problems())
+def test_equals_the_official_tree(problem):
+    """Golden values from the official C++ tree (tests/data/sampled_search_golden.json.gz: the
+    official `ez/mcts/ctree` compiled in a scratch folder and driven as `search_continuous` drives
+    it, with tables for the network): 144 problems, the DMC settings (K=16, n=32) and others for
+    the halving schedule, Gumbel noise, ranges below the floor and ties. Besides the outputs, the
+    node expanded at every simulation: its parent's state slot and the child taken there."""
+    settings = problem["settings"]
+    batch, num_candidates = len(problem["root_value"]), settings["num_actions"]
+    rewards = np.array(problem["rewards"], np.float32)                      # [n, B]
+    values = np.array(problem["values"], np.float32)
+    expanded = []
+
+    def recurrent_fn(state, actions):
+        call = len(expanded)
+        expanded.append(actions[:, 0].copy())
+        children = CHILD_ACTION + 10 * call + np.arange(settings["leaf_num"], dtype=np.float32)
+        return (state, rewards[call], values[call],
+                np.broadcast_to(children[None, :, None], (batch, settings["leaf_num"], 1)), None)
+
+    candidates = (ROOT_ACTION + np.arange(num_candidates, dtype=np.float32))[None, :, None]
+    out = sampled_search(np.array(problem["root_value"]), np.zeros((batch, 1)),
+                         np.broadcast_to(candidates, (batch, num_candidates, 1)), recurrent_fn,
+                         num_simulations=settings["num_simulations"],
+                         discount=settings["discount"], c_visit=settings["c_visit"],
+                         c_scale=settings["c_scale"],
+                         value_delta_max=settings["value_minmax_delta"],
+                         gumbel=np.array(problem["gumbel"], np.float32))
+    actions = np.array(expanded)                                           # [n, B]
+    from_root = actions < CHILD_ACTION
+    parent_slot = np.where(from_root, 0, (actions - CHILD_ACTION) // 10 + 1)
+    child = np.where(from_root, actions - ROOT_ACTION, (actions - CHILD_ACTION) % 10)
+    np.testing.assert_array_equal(parent_slot, problem["parent_slot"])
+    np.testing.assert_array_equal(child, problem["child"])
+    np.testing.assert_array_equal(out.visit_counts, problem["visit_counts"])
+    np.testing.assert_array_equal(out.chosen, problem["chosen"])
+    np.testing.assert_array_equal(out.action[:, 0], ROOT_ACTION + np.array(problem["chosen"]))
+    np.testing.assert_allclose(out.root_value, problem["sve"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(out.improved_policy, problem["improved_policy"], rtol=1e-6,
+                               atol=1e-6)
+    q = np.array([[row_v_mix if q is None else q for q in row]
+                  for row, row_v_mix in zip(problem["q"], problem["v_mix"])])
+    np.testing.assert_allclose(out.completed_q, q, rtol=1e-6, atol=1e-6)
