@@ -115,7 +115,8 @@ def golden_problems():
             for problem in problems]
 
 
-ROOT_ACTION, CHILD_ACTION = 1000, 2000       # candidate k is 1000 + k; child c of call i 2000 + 10i + c
+# Actions that name their node: candidate k is 1000 + k, child c made by call i 2000 + 10i + c.
+ROOT_ACTION, CHILD_ACTION = 1000, 2000
 
 
 @pytest.mark.parametrize("problem", golden_problems())
