@@ -73,6 +73,8 @@ class Config:
                                 _POSITIVE)
     eval_max_episode_steps: int = _f("episode cap in evaluation (env steps; 27,000 = 108K frames)",
                                      27000, _POSITIVE)
+    action_repeat: int = _f("Control Suite: control steps per agent step, rewards summed "
+                            "(dmc2gym's frame_skip in the official code)", 2, _POSITIVE)
     continuous_action_bins: int = _f("a vector task's continuous (Box) action is discretised into "
                                      "this many evenly spaced values per dimension (Pendulum-v1)",
                                      5, _POSITIVE, kind=SWITCH)

@@ -21,6 +21,13 @@ unchanged. Its observation is a 10x10 grid of C binary channels (one per object 
 uint8 with 0 and 255, so the network's pixel scaling maps them to exactly 0 and 1. Rewards are 0 or
 1 and a game is one episode (no lives); the step caps above apply as they do to Atari.
 
+The DeepMind Control Suite (`'dm_control/<domain>-<task>-v0'`, e.g. `dm_control/walker-stand-v0`,
+as shimmy registers the suite's tasks; EZ V2's continuous-control benchmark): the flattened state
+(float32), actions in [-1, 1]^A, each held for `action_repeat` control steps with their rewards
+summed (2, as the official code's dmc2gym set-up); the suite's own limit of 1,000 control steps
+ends an episode as a truncation. The continuous path (mcts_sampled.py) is not yet wired into
+training: `train.py` refuses these tasks with one line.
+
 Frames are returned one at a time (uint8 [96, 96, 3], or [96, 96, 1] grayscale; uint8 [10, 10, C]
 for MinAtar; float32 [D] for vector tasks). `FrameStacker` and the replay buffer stack `frame_stack`
 of them along the last axis, oldest first: channels s*C:(s+1)*C of an observation hold frame s
@@ -31,6 +38,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import os
 from typing import NamedTuple
 
 import gymnasium as gym
@@ -59,11 +67,13 @@ class EnvSpec(NamedTuple):
                                  # (D,) float32 for vector tasks
     observation_shape: tuple     # frame_stack frames stacked along the last axis
     num_actions: int
-    kind: str                    # 'atari', 'minatar' or 'vector'
+    kind: str                    # 'atari', 'minatar', 'vector' or 'dmc'
     frame_dtype: type
+    action_dims: int = 0         # continuous actions: the dimensions A of [-1, 1]^A (0: discrete)
 
 
 MINATAR_PREFIX = "MinAtar/"
+DMC_PREFIX = "dm_control/"
 # Distinct colours (RGB) of a MinAtar video, one per channel; a cell shows its highest set channel.
 MINATAR_PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200],
                             [245, 130, 48], [145, 30, 180], [70, 240, 240], [240, 50, 230],
@@ -87,6 +97,17 @@ def _minatar_ids() -> list[str]:
     return sorted(i for i in gym.registry if i.startswith(MINATAR_PREFIX))
 
 
+def _dmc_ids() -> list[str]:
+    """The Control Suite's tasks as shimmy names them (importing dm_control is slow: only DMC ids
+    pay for it)."""
+    os.environ.setdefault("MUJOCO_GL", "egl")        # headless rendering; stepping needs none
+    import shimmy
+    from dm_control import suite
+
+    gym.register_envs(shimmy)
+    return sorted(f"{DMC_PREFIX}{domain}-{task}-v0" for domain, task in suite.ALL_TASKS)
+
+
 def _atari_game(env_id: str) -> str | None:
     """'Breakout' or 'ALE/Breakout-v5' -> 'Breakout' if it is an ALE game, else None."""
     name = env_id[4:] if env_id.startswith("ALE/") else env_id
@@ -101,11 +122,19 @@ def _unknown(env_id: str) -> ValueError:
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         return ValueError(f"unknown MinAtar environment '{env_id}'{hint}: choose from "
                           f"{', '.join(i for i in known if i.endswith('-v1'))}")
+    if env_id.startswith(DMC_PREFIX):
+        known = _dmc_ids()
+        close = difflib.get_close_matches(env_id, known, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        return ValueError(f"unknown Control Suite task '{env_id}'{hint}: choose from "
+                          f"{', '.join(i[len(DMC_PREFIX):-3] for i in known)} "
+                          f"(as {DMC_PREFIX}<domain>-<task>-v0)")
     games = sorted({i[4:].split("-v")[0] for i in _registered_ids() if i.startswith("ALE/")})
     close = difflib.get_close_matches(env_id.replace("ALE/", "").split("-v")[0], games, n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     return ValueError(f"unknown environment '{env_id}'{hint}: name an Atari game as 'Breakout' or "
-                      "'ALE/Breakout-v5', or a gymnasium id such as 'CartPole-v1'")
+                      "'ALE/Breakout-v5', a gymnasium id such as 'CartPole-v1' or a Control Suite "
+                      "task such as 'dm_control/walker-stand-v0'")
 
 
 def stacked_shape(frame_shape: tuple, frame_stack: int) -> tuple:
@@ -124,6 +153,13 @@ def env_spec(env_id: str, config: Config) -> EnvSpec:
         env.close()
         return EnvSpec(frame_shape, stacked_shape(frame_shape, config.frame_stack), num_actions,
                        "atari", np.uint8)
+    if env_id.startswith(DMC_PREFIX):
+        env = _make_dmc(env_id, config)
+        frame_shape = tuple(int(d) for d in env.observation_space.shape)
+        action_dims = int(env.action_space.shape[0])
+        env.close()
+        return EnvSpec(frame_shape, stacked_shape(frame_shape, config.frame_stack), 0, "dmc",
+                       np.float32, action_dims)
     minatar = env_id.startswith(MINATAR_PREFIX)
     env = _make_minatar(env_id) if minatar else _make_vector(env_id, config)
     frame_shape = tuple(int(d) for d in env.observation_space.shape)
@@ -184,6 +220,37 @@ def _make_vector(env_id: str, config: Config) -> gym.Env:
         env.close()
         raise ValueError(f"environment '{env_id}' needs a flat vector observation (a 1-D Box)")
     return env
+
+
+class _ActionRepeat(gym.Wrapper):
+    """Each action held for `repeat` control steps and their rewards summed (the official code's
+    dmc2gym frame_skip); an end within the repeat ends the step."""
+
+    def __init__(self, env: gym.Env, repeat: int):
+        super().__init__(env)
+        self.repeat = repeat
+
+    def step(self, action):
+        total = 0.0
+        for _ in range(self.repeat):
+            observation, reward, terminated, truncated, info = self.env.step(action)
+            total += float(reward)
+            if terminated or truncated:
+                break
+        return observation, total, terminated, truncated, info
+
+
+def _make_dmc(env_id: str, config: Config) -> gym.Env:
+    """A Control Suite task: flattened float32 state, actions in [-1, 1]^A held for
+    `action_repeat` control steps."""
+    if env_id not in _dmc_ids():
+        raise _unknown(env_id)
+    env = gym.wrappers.FlattenObservation(gym.make(env_id))
+    space = env.observation_space
+    env = gym.wrappers.TransformObservation(
+        env, lambda o: np.asarray(o, np.float32),
+        gym.spaces.Box(-np.inf, np.inf, space.shape, np.float32))
+    return _ActionRepeat(env, config.action_repeat)
 
 
 class _Game(gym.Wrapper):
@@ -260,6 +327,8 @@ def make_env(env_id: str, seed: int, training: bool, config: Config | None = Non
         env = _make_ale(game, config)
     elif env_id.startswith(MINATAR_PREFIX):
         env = _make_minatar(env_id)
+    elif env_id.startswith(DMC_PREFIX):
+        env = _make_dmc(env_id, config)
     else:
         env = _make_vector(env_id, config)
         env = gym.wrappers.TransformObservation(env, lambda o: np.asarray(o, np.float32),

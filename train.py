@@ -573,7 +573,11 @@ def main(argv: list[str] | None = None) -> int:
             resume_from = None
             config = build_config(args)
             run_dir = args.run_dir or default_run_dir(config)
-        envs.env_spec(config.env_id, config)       # unknown env ids fail here, before any work
+        spec = envs.env_spec(config.env_id, config)   # unknown env ids fail here, before work
+        if spec.action_dims:
+            raise UsageError(f"'{config.env_id}' has continuous actions ({spec.action_dims} "
+                             "dimensions): the sampled search exists (mcts_sampled.py), but "
+                             "training on continuous actions is not built yet")
         prepare_run_dir(run_dir)
         if resume_from is None:
             with open(os.path.join(run_dir, "config.json"), "w") as file:

@@ -184,6 +184,42 @@ def test_a_continuous_action_is_discretised_into_evenly_spaced_values():
         assert reward == pytest.approx(expected_reward, rel=1e-5, abs=1e-6)
 
 
+def test_a_control_suite_task_repeats_each_action_and_ends_by_truncation_at_1000_steps():
+    config = cfg.classic()
+    spec = envs.env_spec("dm_control/cartpole-swingup-v0", config)
+    assert (spec.frame_shape, spec.kind, spec.action_dims, spec.frame_dtype) == (
+        (5,), "dmc", 1, np.float32)
+    env = envs.make_env("dm_control/cartpole-swingup-v0", 3, True,
+                        dataclasses.replace(config, max_episode_steps=10_000))
+    reference = gym.wrappers.FlattenObservation(gym.make("dm_control/cartpole-swingup-v0"))
+    frame, _ = env.reset()
+    expected, _ = reference.reset(seed=3)
+    assert frame.dtype == np.float32
+    np.testing.assert_array_equal(frame, expected.astype(np.float32))
+    rng = np.random.default_rng(0)
+    for step in range(1, 501):
+        action = rng.uniform(-1, 1, 1).astype(np.float32)
+        frame, reward, terminated, truncated, info = env.step(action)
+        expected_reward = 0.0
+        for _ in range(config.action_repeat):                 # two control steps, rewards summed
+            expected, control_reward, reference_terminated, reference_truncated, _ = (
+                reference.step(action))
+            expected_reward += control_reward
+        np.testing.assert_array_equal(frame, expected.astype(np.float32))
+        assert reward == pytest.approx(expected_reward, rel=1e-12)
+        assert not terminated and truncated == (step == 500) == reference_truncated
+    assert info["game_length"] == 500
+    assert not reference_terminated
+
+
+def test_an_unknown_control_suite_task_names_the_choices():
+    with pytest.raises(ValueError) as error:
+        envs.env_spec("dm_control/walker-stnd-v0", cfg.classic())
+    message = str(error.value)
+    assert "did you mean dm_control/walker-stand-v0" in message and "\n" not in message
+    assert "ball_in_cup-catch" in message and "walker-walk" in message
+
+
 # MinAtar (Young & Tian 2019): channels and minimal action sets of the five games.
 MINATAR_GAMES = {"Breakout": (4, 3), "Asterix": (4, 5), "Freeway": (7, 3), "Seaquest": (10, 6),
                  "SpaceInvaders": (6, 4)}

@@ -179,6 +179,13 @@ def test_unknown_env_is_a_usage_error(tmp_path):
     assert "NoSuchGame-v9" in line
 
 
+def test_a_continuous_task_is_a_usage_error_until_its_training_path_exists(tmp_path):
+    line = assert_one_line_usage_error(run_script(
+        "train.py", "--config", "smoke", "--env", "dm_control/walker-stand-v0", "--run-dir",
+        str(tmp_path)))
+    assert "continuous actions (6 dimensions)" in line
+
+
 def test_unknown_config_key_is_a_usage_error(tmp_path):
     line = assert_one_line_usage_error(run_script("train.py", "--config", "smoke", "--set",
                                                   "bogus=1", "--run-dir", str(tmp_path)))
