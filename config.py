@@ -105,7 +105,8 @@ class Config:
     network: str = _f("'conv' (Atari residual stack) or 'mlp' (vector observations)", "conv")
     num_channels: int = _f("channels of the latent state (conv); the first conv has half", 64,
                            _POSITIVE)
-    num_blocks: int = _f("residual blocks after downsampling (conv representation)", 1, _POSITIVE)
+    num_blocks: int = _f("residual blocks of h after downsampling and of g (conv); of h and of g "
+                         "(StateNet)", 1, _POSITIVE)
     downsample: bool = _f("the conv representation shrinks 96x96 frames to 6x6 (Atari); false "
                           "keeps a small grid's size (MinAtar's 10x10)", True, kind=SWITCH)
     reduced_channels: int = _f("channels of the 1x1 convs in the reward/value/policy heads", 16,
@@ -118,7 +119,19 @@ class Config:
                                   _ANY_POSITIVE)
     mlp_hidden_sizes: tuple = _f("hidden sizes of the MLP representation/dynamics (mlp)",
                                  (128, 128), _ALL_POSITIVE)
-    mlp_state_size: int = _f("size of the flat latent state (mlp)", 64, _POSITIVE)
+    mlp_state_size: int = _f("size of the flat latent state (mlp, StateNet)", 64, _POSITIVE)
+    residual_hidden_size: int = _f("hidden width of a pre-LN residual block of h and g "
+                                   "(StateNet)", 256, _POSITIVE)
+    action_embedding_size: int = _f("width of the continuous action's embedding in g "
+                                    "(StateNet)", 64, _POSITIVE)
+    state_support_bins: int = _f("bins of StateNet's value and reward supports, spaced evenly in "
+                                 "h-space (the official DMC supports)", 51, _POSITIVE)
+    policy_mean_bound: float = _f("continuous policy: the Gaussian's mean is soft-clamped to this "
+                                  "bound, b·tanh(μ/b), before the tanh squashing", 5.0, _POSITIVE)
+    policy_std_offset: float = _f("continuous policy: σ = softplus(σ_raw + offset) + min_std, so "
+                                  "a fresh head gives softplus(offset) + min_std", 1.0)
+    policy_min_std: float = _f("continuous policy: the floor of σ (before squashing)", 0.1,
+                               _POSITIVE)
     normalization: str = _f("'batch' (BatchNorm, the paper) or 'group' (GroupNorm, the blog)",
                             "batch", kind=SWITCH)
     group_norm_groups: int = _f("groups of GroupNorm when normalization='group'", 8, _POSITIVE,

@@ -754,3 +754,207 @@ class EfficientZeroNet:
                   for name, layers in self._parts.items()}
         counts["total"] = sum(counts.values())
         return counts
+
+
+# --- continuous control: the official DMC-state network (`ez/agents/ez_dmc_state.py`) ------------
+
+class RunningMeanStd(keras.layers.Layer):
+    """The observation normaliser of the official DMC-state h: (x − mean) / sqrt(var + 1e-5), with
+    moments that only a training call (the learner's) updates, from mean 0, var 1 and a count of
+    1,000, by the parallel-moments rule; a training call normalises with the updated moments.
+    They are non-trainable weights, so they travel and are checkpointed with the network."""
+
+    START_COUNT = 1e3
+    EPSILON = 1e-5
+
+    def build(self, input_shape):
+        width = input_shape[-1]
+        self.mean = self.add_weight(shape=(width,), initializer="zeros", name="mean",
+                                    trainable=False, autocast=False)
+        self.var = self.add_weight(shape=(width,), initializer="ones", name="var",
+                                   trainable=False, autocast=False)
+        self.count = self.add_weight(shape=(), initializer=keras.initializers.Constant(
+            self.START_COUNT), name="count", dtype="float64", trainable=False, autocast=False)
+
+    def call(self, x, training=False):
+        mean, var = self.mean, self.var
+        if training:
+            batch_mean, batch_var = tf.nn.moments(x, axes=[0])
+            count = tf.cast(self.count, tf.float32)
+            batch = tf.cast(tf.shape(x)[0], tf.float32)
+            total = count + batch
+            delta = batch_mean - mean
+            mean = mean + delta * batch / total
+            var = (var * count + batch_var * batch
+                   + tf.square(delta) * count * batch / total) / total
+            self.mean.assign(mean)
+            self.var.assign(var)
+            self.count.assign_add(tf.cast(batch, tf.float64))
+        return (x - mean) / tf.sqrt(var + self.EPSILON)
+
+
+def _layer_norm():
+    return keras.layers.LayerNormalization(epsilon=NORM_EPSILON)
+
+
+class PreNormResidualBlock(_Block):
+    """x + Dense(width)(ReLU(Dense(hidden)(LayerNorm(x)))): [B, width] -> [B, width] (official
+    ImproveResidualBlock, a pre-LN Transformer block, Xiong et al. 2020)."""
+
+    def __init__(self, width: int, hidden: int, **kwargs):
+        super().__init__(**kwargs)
+        self.norm = _layer_norm()
+        self.inner = keras.layers.Dense(hidden)
+        self.outer = keras.layers.Dense(width)
+
+    def call(self, x, training=False):
+        return x + self.outer(tf.nn.relu(self.inner(self.norm(x))))
+
+
+class StateRepresentation(_Block):
+    """h: observation [B, D] -> latent [B, S]: RunningMeanStd, Dense(S), LayerNorm, tanh, then
+    num_blocks pre-LN residual blocks."""
+
+    def __init__(self, config: Config, **kwargs):
+        super().__init__(**kwargs)
+        self.normalizer = RunningMeanStd()
+        self.dense = keras.layers.Dense(config.mlp_state_size)
+        self.norm = _layer_norm()
+        self.blocks = [PreNormResidualBlock(config.mlp_state_size, config.residual_hidden_size)
+                       for _ in range(config.num_blocks)]
+
+    def call(self, x, training=False):
+        x = tf.tanh(self.norm(self.dense(self.normalizer(x, training=training))))
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+class StateDynamics(_Block):
+    """g: (latent [B, S], action [B, A] in [-1, 1]) -> latent [B, S]: the action embedded by
+    Dense-LayerNorm-ReLU, concatenated with the latent, LayerNorm, Dense(hidden), ReLU, Dense(S),
+    added to the latent, then num_blocks pre-LN residual blocks (no value-prefix LSTM)."""
+
+    def __init__(self, config: Config, **kwargs):
+        super().__init__(**kwargs)
+        self.action_dense = keras.layers.Dense(config.action_embedding_size)
+        self.action_norm = _layer_norm()
+        self.norm = _layer_norm()
+        self.inner = keras.layers.Dense(config.residual_hidden_size)
+        self.outer = keras.layers.Dense(config.mlp_state_size)
+        self.blocks = [PreNormResidualBlock(config.mlp_state_size, config.residual_hidden_size)
+                       for _ in range(config.num_blocks)]
+
+    def call(self, state, actions, training=False):
+        embedding = tf.nn.relu(self.action_norm(self.action_dense(actions)))
+        x = self.norm(tf.concat([state, embedding], axis=-1))
+        state = state + self.outer(tf.nn.relu(self.inner(x)))
+        for block in self.blocks:
+            state = block(state)
+        return state
+
+
+class StateHead(_Block):
+    """A reward, value or policy head: a pre-LN residual block (width S, hidden S), LayerNorm,
+    then Dense-BatchNorm-ReLU per hidden size and a float32 Dense, zero-initialised when
+    `zero_init` (official `mlp` with use_bn): [B, S] -> [B, output_size]."""
+
+    def __init__(self, config: Config, output_size: int, zero_init: bool, **kwargs):
+        super().__init__(**kwargs)
+        self.block = PreNormResidualBlock(config.mlp_state_size, config.mlp_state_size)
+        self.norm = _layer_norm()
+        self.hidden = [keras.layers.Dense(size) for size in config.head_hidden_sizes]
+        self.norms = [_normalization(config, size) for size in config.head_hidden_sizes]
+        self.out = keras.layers.Dense(output_size, dtype="float32",
+                                      kernel_initializer="zeros" if zero_init else "glorot_uniform")
+
+    def call(self, x, training=False):
+        x = self.norm(self.block(x))
+        for dense, norm in zip(self.hidden, self.norms):
+            x = tf.nn.relu(norm(dense(x), training=training))
+        return self.out(x)
+
+
+class StateProjection(_Block):
+    """SimSiam P1 of the DMC-state network: Dense(hidden) LayerNorm ReLU, Dense(hidden) LayerNorm
+    ReLU, Dense(out) LayerNorm: [B, S] -> [B, projection_output_size]."""
+
+    def __init__(self, config: Config, **kwargs):
+        super().__init__(**kwargs)
+        hidden, out = config.projection_hidden_size, config.projection_output_size
+        self.dense = [keras.layers.Dense(hidden), keras.layers.Dense(hidden),
+                      keras.layers.Dense(out)]
+        self.norms = [_layer_norm() for _ in self.dense]
+
+    def call(self, x, training=False):
+        for i, (dense, norm) in enumerate(zip(self.dense, self.norms)):
+            x = norm(dense(x))
+            if i < len(self.dense) - 1:
+                x = tf.nn.relu(x)
+        return x
+
+
+class StateProjectionHead(_Block):
+    """SimSiam P2 of the DMC-state network: Dense(hidden) LayerNorm ReLU, Dense(out)."""
+
+    def __init__(self, config: Config, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden = keras.layers.Dense(config.prediction_head_hidden_size)
+        self.norm = _layer_norm()
+        self.out = keras.layers.Dense(config.projection_output_size)
+
+    def call(self, x, training=False):
+        return self.out(tf.nn.relu(self.norm(self.hidden(x))))
+
+
+def policy_parameters(raw, config: Config):
+    """The policy head's output [B, 2A] -> (μ, σ) [B, A] each, before squashing: μ = b·tanh(μ_raw /
+    b), σ = softplus(σ_raw + offset) + min_std (official ValuePolicyNetwork, as Dreamer-v3)."""
+    raw_mean, raw_std = tf.split(raw, 2, axis=-1)
+    bound = config.policy_mean_bound
+    return (bound * tf.tanh(raw_mean / bound),
+            tf.nn.softplus(raw_std + config.policy_std_offset) + config.policy_min_std)
+
+
+def squashed_gaussian(mean, std):
+    """tanh(Normal(μ, σ)), independent per action dimension (official SquashedNormal): a
+    tensorflow-probability TransformedDistribution with the Tanh bijector, whose log-density at a
+    ∈ (−1, 1) is log N(atanh a; μ, σ) − log(1 − a²) per dimension."""
+    import tensorflow_probability as tfp
+
+    return tfp.distributions.TransformedDistribution(
+        tfp.distributions.Normal(mean, std), tfp.bijectors.Tanh())
+
+
+class StateNet:
+    """The official DMC-state network (`ez/agents/ez_dmc_state.py`): h, g, the reward head (on the
+    next latent), the value and policy heads, and the SimSiam heads, for observations [B, D] and
+    continuous actions [B, A]. The reward and policy heads' last layers start at zero (the value
+    head's does not, as in the official code). Not yet used by training."""
+
+    def __init__(self, config: Config, observation_size: int, action_dims: int):
+        self.config, self.action_dims = config, action_dims
+        bins = config.state_support_bins
+        self.representation = StateRepresentation(config)
+        self.transition = StateDynamics(config)
+        self.reward_head = StateHead(config, bins, zero_init=True)
+        self.value_head = StateHead(config, bins, zero_init=False)
+        self.policy_head = StateHead(config, 2 * action_dims, zero_init=True)
+        self.projection = StateProjection(config)
+        self.projection_head = StateProjectionHead(config)
+        self.blocks = {"representation": self.representation, "dynamics": self.transition,
+                       "reward": self.reward_head, "value": self.value_head,
+                       "policy": self.policy_head, "projection": self.projection,
+                       "projection_head": self.projection_head}
+        latent = self.representation(tf.zeros((2, observation_size)))
+        self.reward_head(self.transition(latent, tf.zeros((2, action_dims))))
+        self.value_head(latent)
+        self.policy_head(latent)
+        self.projection_head(self.projection(latent))
+        for block in self.blocks.values():
+            torch_default_initialisation(block)
+
+    def parameter_counts(self) -> dict:
+        """Trainable parameters per block."""
+        return {name: int(sum(np.prod(v.shape) for v in block.trainable_variables))
+                for name, block in self.blocks.items()}

@@ -595,3 +595,93 @@ def test_xla_inference_computes_what_the_graph_computes(preset, shape):
         for function in (net._initial, net._initial_sequence, net._recurrent):
             attributes = function.get_concrete_function().function_def.attr
             assert attributes["_XlaMustCompile"].b == compiled
+
+
+# --- the continuous-control StateNet (official ez/agents/ez_dmc_state.py) -------------------------
+
+def dmc_state_config():
+    """The official dmc_state sizes (ez/config/exp/dmc_state.yaml)."""
+    return dataclasses.replace(cfg.smoke(), mlp_state_size=128, residual_hidden_size=256,
+                               num_blocks=2, action_embedding_size=64,
+                               head_hidden_sizes=(256, 256), projection_hidden_size=512,
+                               projection_output_size=128, prediction_head_hidden_size=512,
+                               state_support_bins=51)
+
+
+def test_state_net_has_the_official_parameter_count():
+    from networks import StateNet
+
+    observation, action = 15, 4                                   # hopper, the YAML's game
+    counts = StateNet(dmc_state_config(), observation, action).parameter_counts()
+    dense = lambda n_in, n_out: n_in * n_out + n_out             # noqa: E731
+    norm = lambda n: 2 * n                                      # noqa: E731 LayerNorm, BatchNorm
+    block = lambda width, hidden: norm(width) + dense(width, hidden) + dense(hidden, width)  # noqa: E731
+    head_mlp = lambda out: (dense(128, 256) + norm(256) + dense(256, 256) + norm(256)  # noqa: E731
+                            + dense(256, out))
+    expected = {
+        "representation": dense(observation, 128) + norm(128) + 2 * block(128, 256),
+        "dynamics": (dense(action, 64) + norm(64) + norm(192) + dense(192, 256) + dense(256, 128)
+                     + 2 * block(128, 256)),
+        "reward": block(128, 128) + norm(128) + head_mlp(51),
+        "value": block(128, 128) + norm(128) + head_mlp(51),
+        "policy": block(128, 128) + norm(128) + head_mlp(2 * action),
+        "projection": dense(128, 512) + norm(512) + dense(512, 512) + norm(512) + dense(512, 128)
+                      + norm(128),
+        "projection_head": dense(128, 512) + norm(512) + dense(512, 128)}
+    assert counts == expected
+    assert sum(counts.values()) == 1_307_950                   # the official network: about 1.31 M
+
+
+def test_a_fresh_policy_head_gives_the_official_initial_gaussian():
+    from networks import StateNet, policy_parameters
+
+    config = dmc_state_config()
+    net = StateNet(config, 8, 2)
+    latent = net.representation(tf.random.normal((5, 8)))
+    mean, std = policy_parameters(net.policy_head(latent), config)
+    np.testing.assert_allclose(mean, np.zeros((5, 2)))
+    np.testing.assert_allclose(std, np.full((5, 2), np.log1p(np.e) + 0.1), rtol=1e-6)
+    np.testing.assert_array_equal(net.reward_head(latent), np.zeros((5, 51)))
+    assert np.abs(net.value_head(latent).numpy()).max() > 0    # the value head is not zeroed
+    raw = tf.constant([[40.0, -3.0, -50.0, 2.0]])
+    mean, std = policy_parameters(raw, config)
+    np.testing.assert_allclose(mean, [[5 * np.tanh(8.0), 5 * np.tanh(-0.6)]], rtol=1e-6)
+    np.testing.assert_allclose(std, [[np.log1p(np.exp(-49.0)) + 0.1, np.log1p(np.exp(3.0)) + 0.1]],
+                               rtol=1e-6)
+
+
+def test_the_squashed_gaussian_density_is_the_official_formula():
+    from networks import squashed_gaussian
+
+    mean = np.array([[0.0, 1.5, -4.0]], np.float32)
+    std = np.array([[1.4133, 0.3, 2.0]], np.float32)
+    action = np.array([[0.999, -0.5, -0.999]], np.float32)
+    log_prob = squashed_gaussian(mean, std).log_prob(action).numpy()
+    x = np.arctanh(action.astype(np.float64))
+    normal = -0.5 * ((x - mean) / std) ** 2 - np.log(std) - 0.5 * np.log(2 * np.pi)
+    jacobian = 2 * (np.log(2) - x - np.log1p(np.exp(-2 * x)))      # official utils/distribution.py
+    np.testing.assert_allclose(log_prob, normal - jacobian, rtol=2e-4)
+
+
+def test_running_mean_std_moves_only_in_training_calls_by_the_parallel_moments_rule():
+    from networks import RunningMeanStd
+
+    layer = RunningMeanStd()
+    rng = np.random.default_rng(0)
+    first, second = rng.normal(3, 2, (64, 4)), rng.normal(-1, 0.5, (32, 4))
+    frozen = layer(tf.constant(first, tf.float32)).numpy()
+    np.testing.assert_allclose(frozen, first / np.sqrt(1 + 1e-5), rtol=1e-6)
+    mean, var, count = np.zeros(4), np.ones(4), 1e3
+    for batch in (first, second):
+        out = layer(tf.constant(batch, tf.float32), training=True).numpy()
+        total = count + len(batch)
+        delta = batch.mean(0) - mean
+        mean, var = (mean + delta * len(batch) / total,
+                     (var * count + batch.var(0) * len(batch)
+                      + delta ** 2 * count * len(batch) / total) / total)
+        count = total
+        np.testing.assert_allclose(out, (batch - mean) / np.sqrt(var + 1e-5), rtol=1e-5,
+                                   atol=1e-5)
+    np.testing.assert_allclose(layer.mean.numpy(), mean, rtol=1e-5)
+    np.testing.assert_allclose(layer.var.numpy(), var, rtol=1e-5)
+    assert float(layer.count.numpy()) == 1e3 + 96
