@@ -8,6 +8,8 @@ pressing up on the same seeds, how often the agent pressed up at danger steps an
 network's one-step Q gap Q(no-op) - Q(up), Q(a) = r(s, a) + γ v(g(s, a)), at both kinds of step.
 
     python docs/probes/freeway_dodge.py <run>/checkpoints/ckpt-<updates> [...] [--games 8]
+    python docs/probes/freeway_dodge.py --games 30 --seed 10000000   # always up, on the seeds of
+                                                                     # seed 0's evaluations
 """
 
 import argparse
@@ -29,7 +31,7 @@ NOOP, UP = 0, 1                          # the minimal action set: no-op, up, do
 GAME_ACTION = {NOOP: 0, UP: 2}           # their indices in MinAtar's full action set
 BOTTOM_ROW = 9
 CHICKEN_COLUMN = 4
-SEED = 10_000                            # evaluation games start at seeds SEED, SEED + 1, ...
+SEED = 10_000                            # the games' seeds are SEED, SEED + 1, ...
 
 
 def freeway_game(env):
@@ -46,11 +48,12 @@ def collides(game, action: int) -> bool:
     return reward == 0 and trial.pos == BOTTOM_ROW and game.pos != BOTTOM_ROW
 
 
-def always_up(env_id: str, config, games: int) -> list[float]:
+def always_up(env_id: str, config, games: int, seed: int) -> list[float]:
+    """The scores of pressing up at every step, in the evaluation protocol."""
     scores = []
     for i in range(games):
-        env = envs.make_env(env_id, SEED + i, False, config)
-        env.reset(seed=SEED + i)
+        env = envs.make_env(env_id, seed + i, False, config)
+        env.reset(seed=seed + i)
         total, done = 0.0, False
         while not done:
             _, reward, terminated, truncated, _ = env.step(UP)
@@ -59,15 +62,15 @@ def always_up(env_id: str, config, games: int) -> list[float]:
     return scores
 
 
-def dodge(path: str, games: int) -> None:
+def dodge(path: str, games: int, seed: int) -> None:
     checkpoint = checkpoints.load_checkpoint(path)
     config = checkpoint.config
     model = load_model(checkpoint, config.env_id, config)
     spec = envs.env_spec(config.env_id, config)
-    players = [envs.make_env(config.env_id, SEED + i, False, config) for i in range(games)]
+    players = [envs.make_env(config.env_id, seed + i, False, config) for i in range(games)]
     stacker = envs.FrameStacker(games, spec.frame_shape, config.frame_stack, spec.frame_dtype)
     for i, env in enumerate(players):
-        frame, _ = env.reset(seed=SEED + i)
+        frame, _ = env.reset(seed=seed + i)
         stacker.reset(i, frame)
     scores = np.zeros(games)
     kinds = ("danger in view", "danger timed", "other")
@@ -100,7 +103,7 @@ def dodge(path: str, games: int) -> None:
         running = still_running
     print(path)
     print(f"  scores {scores.tolist()} (mean {scores.mean():.2f}); always up on the same seeds "
-          f"{np.mean(always_up(config.env_id, config, games)):.2f}")
+          f"{np.mean(always_up(config.env_id, config, games, seed)):.2f}")
     for kind in kinds:
         print(f"  {kind:14s} steps {len(q_gap[kind]):6d}: pressed up "
               f"{np.mean(pressed_up[kind]):.3f}  Q(no-op) - Q(up) {np.mean(q_gap[kind]):+.4f} "
@@ -109,11 +112,17 @@ def dodge(path: str, games: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("checkpoints", nargs="+", help="checkpoint folders of a Freeway run")
+    parser.add_argument("checkpoints", nargs="*",
+                        help="checkpoint folders of a Freeway run (none: always up alone)")
     parser.add_argument("--games", type=int, default=8, help="evaluation games per checkpoint")
+    parser.add_argument("--seed", type=int, default=SEED, help="the first game's seed")
     args = parser.parse_args()
+    if not args.checkpoints:
+        scores = always_up("MinAtar/Freeway-v1", None, args.games, args.seed)
+        print(f"always up: mean {np.mean(scores):.2f} (range {min(scores):.0f} to "
+              f"{max(scores):.0f}) over {args.games} games")
     for path in args.checkpoints:
-        dodge(path, args.games)
+        dodge(path, args.games, args.seed)
 
 
 if __name__ == "__main__":
