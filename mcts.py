@@ -147,7 +147,7 @@ def _argmax_actions(scores: np.ndarray) -> np.ndarray:
     return num_actions - ((scores == scores.max(axis=0)) * descending_rank).max(axis=0)
 
 
-def _as_leaves(state) -> tuple:
+def as_leaves(state) -> tuple:
     """A state (an array or a tuple of arrays, batch first) as a tuple of NumPy arrays."""
     return tuple(np.asarray(leaf) for leaf in (state if isinstance(state, tuple) else (state,)))
 
@@ -432,7 +432,7 @@ class _StatePool:
 
     def __init__(self, root_state, recurrent_fn: Callable, trees: _Trees):
         self.is_tuple = isinstance(root_state, tuple)
-        self.pool = [_as_leaves(root_state)]
+        self.pool = [as_leaves(root_state)]
         self.recurrent_fn, self.trees = recurrent_fn, trees
 
     def expand(self, new: int, leaf_edge: np.ndarray) -> np.ndarray:
@@ -444,7 +444,7 @@ class _StatePool:
         next_state, reward, value, child_logits = self.recurrent_fn(
             parent_states if self.is_tuple else parent_states[0], leaf_action)
         _check_recurrent_output(reward, value, child_logits, trees.batch, trees.num_actions)
-        self.pool.append(_as_leaves(next_state))
+        self.pool.append(as_leaves(next_state))
         value = np.asarray(value, np.float32)
         trees.store_node(new, np.asarray(child_logits, np.float32), value)
         trees.child_flat[leaf_edge] = trees.root + new

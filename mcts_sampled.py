@@ -39,7 +39,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from mcts import gather_states
+from mcts import as_leaves, gather_states
 
 # The official tree's min/max start values (cminimax.h: FLOAT_MAX, FLOAT_MIN = -FLOAT_MAX) and the
 # floor below which no child counts as expanded in the mixed value (EPSILON).
@@ -178,76 +178,68 @@ def _ranked(kept: np.ndarray, scores: np.ndarray, size: int) -> np.ndarray:
 
 def sampled_search(root_value: np.ndarray, root_state, candidates: np.ndarray,
                    recurrent_fn: Callable, *, num_simulations: int, discount: float,
-                   c_visit: float = 50.0, c_scale: float = 0.1, value_delta_max: float = 0.01,
-                   num_considered: int | None = None, gumbel: np.ndarray | None = None,
+                   num_children: int = 2, c_visit: float = 50.0, c_scale: float = 0.1,
+                   value_delta_max: float = 0.01, num_considered: int | None = None,
+                   gumbel: np.ndarray | None = None,
                    candidate_logits: np.ndarray | None = None) -> SampledSearchOutput:
     """Run `num_simulations` simulations of B trees in lockstep; a pure function of its inputs.
 
     root_value [B]; root_state an array or a tuple of arrays, batch first; candidates [B, K, A];
     recurrent_fn(state, actions [B, A]) -> (next_state, reward [B], value [B], children [B, C, A],
-    children_logits [B, C] or None for zeros): the model's step, and the C actions sampled from
-    the new node's policy for its children. num_considered: the root's first kept set, m (default
-    K); gumbel [B, K] and candidate_logits [B, K] default to zeros, as in the official code.
+    children_logits [B, C] or None for zeros): the model's step, and the C = num_children actions
+    sampled from the new node's policy for its children. num_considered: the root's first kept
+    set, m (default K); gumbel [B, K] and candidate_logits [B, K] default to zeros, as in the
+    official code.
     """
     root_value = np.asarray(root_value, np.float32)
     candidates = np.asarray(candidates, np.float32)
-    batch, num_candidates, _ = candidates.shape
+    batch, num_candidates, action_dims = candidates.shape
     kept_size = num_candidates if num_considered is None else num_considered
     if not 1 <= kept_size <= num_candidates:
         raise ValueError(f"num_considered must be in 1..{num_candidates}, got {kept_size}")
     zeros = np.zeros((batch, num_candidates), np.float32)
     gumbel = zeros if gumbel is None else np.asarray(gumbel, np.float32)
-    candidate_logits = zeros if candidate_logits is None else np.asarray(candidate_logits,
-                                                                        np.float32)
-    lanes = np.arange(batch)
+    candidate_logits = (zeros if candidate_logits is None
+                        else np.asarray(candidate_logits, np.float32))
+    lanes, roots = np.arange(batch), np.zeros(batch, np.int64)
+    trees = _SampledTrees(batch, 1 + num_candidates + num_children * num_simulations,
+                          discount=discount, c_visit=c_visit, c_scale=c_scale,
+                          value_delta_max=value_delta_max)
+    trees.add_children(lanes, roots, candidate_logits)
+    trees.visits[:, 0] = 1
+    trees.value_sum[:, 0] = root_value
+    actions = np.zeros((batch, trees.first_child.shape[1], action_dims), np.float32)  # [B, M, A]
+    actions[:, 1:1 + num_candidates] = candidates
     schedule = halving_schedule(num_simulations, kept_size)
-    state_pool = [tuple(np.asarray(leaf) for leaf in
-                        (root_state if isinstance(root_state, tuple) else (root_state,)))]
-    trees, actions = None, None                     # sized once the first call tells C
-    kept = None
+    # The root's kept set, as node ids [B, m]: the best m by g + logit, ties in candidate order.
+    kept = _ranked(np.broadcast_to(np.arange(1, num_candidates + 1), (batch, num_candidates)),
+                   gumbel + candidate_logits, kept_size)
+    state_pool = [as_leaves(root_state)]
     for simulation in range(num_simulations):
-        # Selection: the root's kept candidate with the fewest visits, then interior choices.
-        if simulation == 0:
-            kept = _ranked(np.broadcast_to(np.arange(num_candidates), (batch, num_candidates)),
-                           gumbel + candidate_logits, kept_size) + 1          # [B, m] node ids
-        candidate_visits = (trees.visits[lanes[:, None], kept] if trees is not None
-                            else np.zeros(kept.shape, np.int64))
-        path = [np.zeros(batch, np.int64), kept[lanes, candidate_visits.argmin(axis=1)]]
+        # Selection: the kept candidate with the fewest visits (the first on ties), then the
+        # interior choices down to a node not yet expanded.
+        path = [roots, kept[lanes, trees.visits[lanes[:, None], kept].argmin(axis=1)]]
         depth = np.ones(batch, np.int64)
-        while trees is not None:
-            current = path[-1]
-            inner = np.flatnonzero(trees.first_child[lanes, current] >= 0)
+        while True:
+            inner = np.flatnonzero(trees.first_child[lanes, path[-1]] >= 0)
             if len(inner) == 0:
                 break
-            step = current.copy()
-            step[inner] = trees.interior_choice(inner, current[inner])
+            step = path[-1].copy()
+            step[inner] = trees.interior_choice(inner, step[inner])
             depth[inner] += 1
             path.append(step)
         path = np.stack(path, axis=1)                                          # [B, D]
-        leaf = path[lanes, depth]
-        parent = path[lanes, depth - 1]
-        if trees is None:
-            leaf_actions = candidates[lanes, leaf - 1]
-            parent_states = state_pool[0]
-        else:
-            leaf_actions = actions[lanes, leaf]
-            parent_states = gather_states(state_pool, trees.state_slot[lanes, parent])
+        leaf, parent = path[lanes, depth], path[lanes, depth - 1]
+        parent_states = gather_states(state_pool, trees.state_slot[lanes, parent])
         next_state, reward, value, children, children_logits = recurrent_fn(
-            parent_states if isinstance(root_state, tuple) else parent_states[0], leaf_actions)
+            parent_states if isinstance(root_state, tuple) else parent_states[0],
+            actions[lanes, leaf])
         children = np.asarray(children, np.float32)
-        num_children = children.shape[1]
-        if trees is None:
-            trees = _SampledTrees(batch, 1 + num_candidates + num_children * num_simulations,
-                                  discount=discount, c_visit=c_visit, c_scale=c_scale,
-                                  value_delta_max=value_delta_max)
-            trees.add_children(lanes, np.zeros(batch, np.int64), candidate_logits)
-            trees.visits[:, 0] = 1
-            trees.value_sum[:, 0] = root_value
-            actions = np.zeros((batch, trees.first_child.shape[1], candidates.shape[2]),
-                               np.float32)
-            actions[:, 1:1 + num_candidates] = candidates
-        state_pool.append(tuple(np.asarray(leaf_state) for leaf_state in
-                                (next_state if isinstance(next_state, tuple) else (next_state,))))
+        if children.shape != (batch, num_children, action_dims):
+            raise ValueError(f"recurrent_fn gave children of shape {children.shape}, expected "
+                             f"{(batch, num_children, action_dims)}")
+        # Expansion and backup.
+        state_pool.append(as_leaves(next_state))
         trees.state_slot[lanes, leaf] = simulation + 1
         trees.reward[lanes, leaf] = reward
         first = trees.size.copy()
@@ -256,15 +248,13 @@ def sampled_search(root_value: np.ndarray, root_state, candidates: np.ndarray,
         actions[lanes[:, None], first[:, None] + np.arange(num_children)] = children
         trees.backup(path, depth, np.asarray(value, np.float32))
         if simulation in schedule:
-            sigma, _, _, _ = trees.sigma(lanes, np.zeros(batch, np.int64))
             candidate = kept - 1
-            scores = (np.take_along_axis(gumbel, candidate, axis=1)
-                      + np.take_along_axis(candidate_logits, candidate, axis=1)
-                      + np.take_along_axis(sigma, candidate, axis=1))
+            sigma, _, _, _ = trees.sigma(lanes, roots)
+            scores = np.take_along_axis(gumbel + candidate_logits + sigma, candidate, axis=1)
             kept = _ranked(kept, scores, schedule[simulation])
-    sigma, completed, visits, logits = trees.sigma(lanes, np.zeros(batch, np.int64))
+    sigma, completed, visits, logits = trees.sigma(lanes, roots)
     chosen = kept[:, 0] - 1
     return SampledSearchOutput(
-        root_value=trees.value(lanes, np.zeros(batch, np.int64)).astype(np.float32),
-        improved_policy=_softmax(logits + sigma).astype(np.float32), chosen=chosen,
-        action=candidates[lanes, chosen], visit_counts=visits, completed_q=completed)
+        root_value=trees.value(lanes, roots), improved_policy=_softmax(logits + sigma),
+        chosen=chosen, action=candidates[lanes, chosen], visit_counts=visits,
+        completed_q=completed)
