@@ -380,7 +380,8 @@ def smoke() -> Config:
 
 
 def atari1h() -> Config:
-    """The whole Atari algorithm at reduced sizes: under an hour on a 2-core CPU."""
+    """The whole Atari algorithm at reduced sizes: under an hour on a 2-core CPU. Why:
+    docs/experiments.md, "Why the presets differ from `atari100k`", `atari1h`."""
     return dataclasses.replace(
         atari100k(), preset="atari1h",
         # sizes
@@ -412,7 +413,8 @@ def _vector_task() -> Config:
 
 
 def classic() -> Config:
-    """CartPole-v1 in about 10 minutes of a 2-core CPU, held by five of five seeds."""
+    """CartPole-v1 in about 10 minutes of a 2-core CPU, held by five of five seeds. Why:
+    docs/experiments.md, "Why the presets differ from `atari100k`", `classic`."""
     return dataclasses.replace(
         _vector_task(), preset="classic", env_id="CartPole-v1",
         # sizes
@@ -429,7 +431,8 @@ def classic() -> Config:
 
 
 def acrobot() -> Config:
-    """Acrobot-v1 with the settings its three seeds were verified with."""
+    """Acrobot-v1 with the settings its three seeds were verified with. Why: docs/experiments.md,
+    "Why the presets differ from `atari100k`", `acrobot`."""
     return dataclasses.replace(
         _vector_task(), preset="acrobot", env_id="Acrobot-v1",
         # sizes
@@ -444,7 +447,8 @@ def acrobot() -> Config:
 
 def minatar() -> Config:
     """MinAtar (`MinAtar/<Game>-v1`, 10x10 binary channels): the Atari algorithm at a size whose
-    100,000 env steps take about an hour of a 2-core CPU (`python bench.py minatar`)."""
+    100,000 env steps take about an hour of a 2-core CPU (`python bench.py minatar`). Why:
+    docs/experiments.md, "Why the presets differ from `atari100k`", `minatar`."""
     return dataclasses.replace(
         atari100k(), preset="minatar", env_id="MinAtar/Breakout-v1",
         # environment: rewards are 0 or 1, a game is one episode, the channels already show motion
