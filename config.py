@@ -126,6 +126,11 @@ class Config:
                                     "(StateNet)", 64, _POSITIVE)
     state_support_bins: int = _f("bins of StateNet's value and reward supports, spaced evenly in "
                                  "h-space (the official DMC supports)", 51, _POSITIVE)
+    state_value_bound: float = _f("StateNet's value support spans h(−bound) to h(bound) (the "
+                                  "official DMC range ±299)", 299.0, _POSITIVE)
+    state_reward_bound: float = _f("StateNet's reward support spans h(−bound) to h(bound) (the "
+                                   "official DMC range ±2: two control steps of reward ≤ 1)",
+                                   2.0, _POSITIVE)
     policy_mean_bound: float = _f("continuous policy: the Gaussian's mean is soft-clamped to this "
                                   "bound, b·tanh(μ/b), before the tanh squashing", 5.0, _POSITIVE)
     policy_std_offset: float = _f("continuous policy: σ = softplus(σ_raw + offset) + min_std, so "

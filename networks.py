@@ -150,6 +150,33 @@ def logits_to_scalar(logits, support_size: int):
     return inverse_scalar_transform(tf.reduce_sum(probabilities * support, axis=-1))
 
 
+def h_space_bins(bound: float, bins: int):
+    """The official DMC support (`ez/utils/format.py`, DiscreteSupport for DMC): `bins` points
+    spaced evenly in h-space from h(−bound) to h(bound), float32 [bins]."""
+    top = float(scalar_transform(bound))
+    return tf.linspace(-top, top, bins)
+
+
+def scalar_to_h_space_two_hot(x, bound: float, bins: int):
+    """h(x) split between its two nearest points of `h_space_bins` (clipped into the support):
+    [...] -> [..., bins]."""
+    top = float(scalar_transform(bound))
+    step = 2 * top / (bins - 1)
+    position = (tf.clip_by_value(scalar_transform(x), -top, top) + top) / step    # in [0, bins-1]
+    low = tf.minimum(tf.floor(position), bins - 2)
+    upper_weight = (position - low)[..., None]
+    index = tf.cast(low, tf.int32)
+    return (tf.one_hot(index, bins) * (1.0 - upper_weight)
+            + tf.one_hot(index + 1, bins) * upper_weight)
+
+
+def h_space_logits_to_scalar(logits, bound: float, bins: int):
+    """Softmax expectation over `h_space_bins`, then the inverse transform: [..., bins] -> [...]."""
+    probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+    return inverse_scalar_transform(tf.reduce_sum(probabilities * h_space_bins(bound, bins),
+                                                  axis=-1))
+
+
 # --- layers ---------------------------------------------------------------------------------------
 
 class BatchNorm(keras.layers.Layer):

@@ -685,3 +685,37 @@ def test_running_mean_std_moves_only_in_training_calls_by_the_parallel_moments_r
     np.testing.assert_allclose(layer.mean.numpy(), mean, rtol=1e-5)
     np.testing.assert_allclose(layer.var.numpy(), var, rtol=1e-5)
     assert float(layer.count.numpy()) == 1e3 + 96
+
+
+def official_dmc_two_hot(x: np.ndarray, bound: float, bins: int) -> np.ndarray:
+    """The official DMC DiscreteSupport.scalar_to_vector (ez/utils/format.py), in NumPy."""
+    h = lambda v: np.sign(v) * (np.sqrt(np.abs(v) + 1) - 1) + 0.001 * v    # noqa: E731
+    low, high = h(-bound), h(bound)
+    scale = (high - low) / (bins - 1)
+    position = np.clip(h(x) / scale, low / scale, high / scale - 1e-5) - low / scale
+    floor, ceil = np.floor(position), np.ceil(position)
+    target = np.zeros(x.shape + (bins,))
+    rows = np.arange(len(x))
+    target[rows, ceil.astype(int)] = position - floor
+    target[rows, floor.astype(int)] = 1 - (position - floor)
+    return target
+
+
+@pytest.mark.parametrize("bound, values", [(299.0, [0.0, 0.37, 5.0, 123.4, 298.9, 299.0]),
+                                           (2.0, [-2.0, -0.3, 0.0, 0.01, 1.2, 2.0])])
+def test_h_space_support_is_the_official_dmc_support_and_decodes_its_targets(bound, values):
+    from networks import h_space_bins, h_space_logits_to_scalar, scalar_to_h_space_two_hot
+
+    bins = 51
+    points = h_space_bins(bound, bins).numpy()
+    top = np.sqrt(bound + 1) - 1 + 0.001 * bound
+    np.testing.assert_allclose(points[[0, -1]], [-top, top], rtol=1e-6)
+    np.testing.assert_allclose(np.diff(points), 2 * top / 50, rtol=1e-4)   # 0.6648 for ±299
+    x = np.array(values, np.float32)
+    two_hot = scalar_to_h_space_two_hot(x, bound, bins).numpy()
+    np.testing.assert_allclose(two_hot, official_dmc_two_hot(x.astype(np.float64), bound, bins),
+                               atol=2e-5)
+    decoded = h_space_logits_to_scalar(np.log(np.maximum(two_hot, 1e-30)), bound, bins).numpy()
+    np.testing.assert_allclose(decoded, x, rtol=1e-4, atol=1e-4)
+    beyond = scalar_to_h_space_two_hot(np.array([10 * bound, -10 * bound]), bound, bins).numpy()
+    np.testing.assert_array_equal(beyond[:, [0, -1]], [[0, 1], [1, 0]])    # saturates
