@@ -126,6 +126,16 @@ class Config:
                                     "(StateNet)", 64, _POSITIVE)
     state_support_bins: int = _f("bins of StateNet's value and reward supports, spaced evenly in "
                                  "h-space (the official DMC supports)", 51, _POSITIVE)
+    policy_candidates: int = _f("sampled search: root candidates drawn from the policy π",
+                                4, _NON_NEGATIVE)
+    widened_candidates: int = _f("sampled search: root candidates drawn from π with σ widened "
+                                 "(from π itself in evaluation)", 12, _NON_NEGATIVE)
+    candidate_std_widening: float = _f("sampled search: the widened candidates' σ factor (before "
+                                       "the tanh)", 3.0, _POSITIVE)
+    sampled_children: int = _f("sampled search: children of an interior node, drawn from its π",
+                               2, _POSITIVE)
+    action_clip: float = _f("continuous actions (candidates, children, stored actions) are "
+                            "clipped to ±action_clip", 0.999, _POSITIVE)
     state_value_bound: float = _f("StateNet's value support spans h(−bound) to h(bound) (the "
                                   "official DMC range ±299)", 299.0, _POSITIVE)
     state_reward_bound: float = _f("StateNet's reward support spans h(−bound) to h(bound) (the "
@@ -477,6 +487,13 @@ def minatar() -> Config:
         action_encoding="one_hot",   # the plane a/A lost the action after conv1x1 and LayerNorm
         entropy_loss_coeff=0.05)     # the official bonus for non-Atari tasks
 
+
+# The settings only continuous-control tasks read: the Control Suite, StateNet, the sampled search.
+CONTINUOUS_ONLY = ("action_repeat", "residual_hidden_size", "action_embedding_size",
+                   "state_support_bins", "policy_candidates", "widened_candidates",
+                   "candidate_std_widening", "sampled_children", "action_clip",
+                   "state_value_bound", "state_reward_bound", "policy_mean_bound",
+                   "policy_std_offset", "policy_min_std")
 
 PRESETS: dict[str, Callable[[], Config]] = {"atari100k": atari100k, "atari1h": atari1h,
                                               "smoke": smoke, "classic": classic,

@@ -76,6 +76,25 @@ def halving_schedule(num_simulations: int, num_considered: int) -> dict[int, int
     return schedule
 
 
+def sample_squashed(mean: np.ndarray, std: np.ndarray, rng: np.random.Generator, count: int,
+                    clip: float) -> np.ndarray:
+    """`count` actions per row from tanh(Normal(μ, σ)), each dimension independent, clipped to
+    ±clip: mean, std [B, A] -> [B, count, A] float32. The children of a node are sampled so."""
+    noise = rng.standard_normal((mean.shape[0], count, mean.shape[1]))
+    return np.clip(np.tanh(mean[:, None] + std[:, None] * noise), -clip, clip).astype(np.float32)
+
+
+def root_candidates(mean: np.ndarray, std: np.ndarray, rng: np.random.Generator, *,
+                    from_policy: int, widened: int, widening: float, clip: float,
+                    explore: bool) -> np.ndarray:
+    """The root's K = from_policy + widened candidates [B, K, A] (official
+    `CyMCTS.sample_actions`): exploring (self-play, reanalysis), the first from_policy from π and
+    the rest from π with σ times `widening` (before the tanh); in evaluation all K from π."""
+    policy = sample_squashed(mean, std, rng, from_policy, clip)
+    scale = widening if explore else 1.0
+    return np.concatenate([policy, sample_squashed(mean, scale * std, rng, widened, clip)], axis=1)
+
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
     exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return exp / exp.sum(axis=-1, keepdims=True)

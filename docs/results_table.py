@@ -37,10 +37,7 @@ HEADER = ("| task | command | seeds | final evaluation: mean (range) | best | ra
 
 # Settings added after runs were made that no task of those runs reads: a run whose config.json
 # lacks one still counts. Any other missing setting means the run's code lacked what it switches.
-ADDED_FOR_OTHER_TASKS = {"action_repeat", "residual_hidden_size", "action_embedding_size",
-                         "state_support_bins", "state_value_bound", "state_reward_bound",
-                         "policy_mean_bound", "policy_std_offset",
-                         "policy_min_std"}      # the Control Suite's and StateNet's
+ADDED_FOR_OTHER_TASKS = set(config_module.CONTINUOUS_ONLY)
 
 
 def todays_preset(run_config: dict) -> bool:

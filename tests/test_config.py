@@ -110,3 +110,11 @@ def test_fields_are_labelled_and_a_preset_lists_its_differences_from_the_paper()
     assert cfg.differences_from_paper(dataclasses.replace(cfg.atari100k(), seed=3,
                                                           td_steps=7)) == {"td_steps": 7}
     assert cfg.differences_from_paper(cfg.acrobot())["pipelined_reanalysis"] is False
+
+
+def test_the_continuous_only_settings_are_fields_no_discrete_preset_changes():
+    fields = {f.name: f.default for f in dataclasses.fields(cfg.Config)}
+    assert set(cfg.CONTINUOUS_ONLY) <= set(fields)
+    for make in cfg.PRESETS.values():
+        preset = make()
+        assert all(getattr(preset, name) == fields[name] for name in cfg.CONTINUOUS_ONLY)

@@ -162,3 +162,39 @@ def test_equals_the_official_tree(problem):
     q = np.array([[row_v_mix if q is None else q for q in row]
                   for row, row_v_mix in zip(problem["q"], problem["v_mix"])])
     np.testing.assert_allclose(out.completed_q, q, rtol=1e-6, atol=1e-6)
+
+
+def test_root_candidates_come_from_the_policy_then_from_its_widened_form():
+    from mcts_sampled import root_candidates
+
+    mean = np.array([[0.3, -1.0], [0.0, 2.0]], np.float32)
+    std = np.array([[0.5, 0.2], [1.4, 0.1]], np.float32)
+    rng = np.random.default_rng(7)
+    candidates = root_candidates(mean, std, rng, from_policy=4, widened=12, widening=3.0,
+                                 clip=0.999, explore=True)
+    assert candidates.shape == (2, 16, 2) and candidates.dtype == np.float32
+    assert np.abs(candidates).max() <= np.float32(0.999)
+    # The same draws by hand: 4 from N(μ, σ), then 12 from N(μ, 3σ), squashed and clipped.
+    rng = np.random.default_rng(7)
+    first = np.tanh(mean[:, None] + std[:, None] * rng.standard_normal((2, 4, 2)))
+    rest = np.tanh(mean[:, None] + 3 * std[:, None] * rng.standard_normal((2, 12, 2)))
+    np.testing.assert_allclose(candidates, np.clip(np.concatenate([first, rest], 1), -0.999,
+                                                   0.999), rtol=1e-6)
+    # In evaluation all sixteen come from π itself.
+    rng = np.random.default_rng(7)
+    greedy = root_candidates(mean, std, rng, from_policy=4, widened=12, widening=3.0, clip=0.999,
+                             explore=False)
+    rng = np.random.default_rng(7)
+    draws = np.concatenate([rng.standard_normal((2, 4, 2)), rng.standard_normal((2, 12, 2))], 1)
+    np.testing.assert_allclose(greedy, np.clip(np.tanh(mean[:, None] + std[:, None] * draws),
+                                                -0.999, 0.999), rtol=1e-6)
+
+
+def test_widened_candidates_spread_three_times_wider_before_the_tanh():
+    from mcts_sampled import root_candidates
+
+    mean, std = np.zeros((1, 1), np.float32), np.full((1, 1), 0.2, np.float32)
+    candidates = root_candidates(mean, std, np.random.default_rng(0), from_policy=4000,
+                                 widened=4000, widening=3.0, clip=0.999, explore=True)
+    spread = np.arctanh(candidates[0, :, 0]).reshape(2, 4000).std(axis=1)
+    np.testing.assert_allclose(spread, [0.2, 0.6], rtol=0.05)
