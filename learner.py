@@ -128,6 +128,43 @@ def machine_description() -> str:
     return ", ".join(parts + [f"GPU {name}" for name in gpus])
 
 
+# --- continuous control: the squashed-Gaussian policy's losses (official ez/utils/loss.py) -------
+
+def squashed_log_prob(mean, std, actions):
+    """log π_θ(a) of tanh(Normal(μ, σ)), summed over the action dimensions: mean, std [B, A],
+    actions [..., B, A] in (−1, 1) -> [..., B]."""
+    import tensorflow as tf
+
+    from networks import squashed_gaussian
+
+    return tf.reduce_sum(squashed_gaussian(mean, std).log_prob(actions), axis=-1)
+
+
+def continuous_policy_loss(mean, std, candidates, improved_policy, acted, *, full: bool,
+                           clip: float):
+    """The per-sample policy loss [B] of π_θ = tanh(Normal(μ, σ)) (official `continuous_loss`).
+    With `full` (the official code's choice for one action dimension; the paper's Eq. 6) the
+    cross-entropy −Σ_k π′_k log π_θ(a_k) over the K searched candidates [B, K, A] and their
+    improved policy π′ [B, K]; else (Eq. 7, the simple loss of Gumbel MuZero) −log π_θ(a*) of the
+    acted candidate a* [B, A], clipped to ±clip."""
+    import tensorflow as tf
+
+    if full:
+        log_prob = squashed_log_prob(mean, std, tf.transpose(candidates, [1, 0, 2]))   # [K, B]
+        return -tf.reduce_sum(tf.transpose(improved_policy) * log_prob, axis=0)
+    return -squashed_log_prob(mean, std, tf.clip_by_value(acted, -clip, clip))
+
+
+def squashed_entropy(mean, std, noise, clip: float):
+    """A Monte Carlo estimate [B] of π_θ's entropy, which has no closed form once squashed:
+    −mean_n log π_θ(a_n), a_n = clip(tanh(μ + σ ε_n)) for noise ε [N, B, A] (the official 1,024
+    draws), the gradient flowing through the draws."""
+    import tensorflow as tf
+
+    actions = tf.clip_by_value(tf.tanh(mean + std * noise), -clip, clip)
+    return -tf.reduce_mean(squashed_log_prob(mean, std, actions), axis=0)
+
+
 class UpdateResult(NamedTuple):
     finite: bool                    # False: a non-finite loss, nothing changed (the run must stop).
                                     # A float16 step skipped for overflowing gradients is finite:
