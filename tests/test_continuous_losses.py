@@ -59,5 +59,4 @@ def test_entropy_is_the_mean_negative_log_density_of_the_draws_with_gradients_th
         up, down = (-log_prob_numpy(MEAN + s, STD, np.clip(np.tanh(MEAN + s + STD * noise),
                                                            -0.999, 0.999)).mean(0).sum()
                     for s in (shift, -shift))
-        assert gradient[index] == pytest.approx((up - down) / (2 * step),
-                                                               rel=2e-2, abs=1e-3)
+        assert gradient[index] == pytest.approx((up - down) / (2 * step), rel=2e-2, abs=1e-3)
