@@ -8,8 +8,9 @@ are the official DMC path's (`ez/mcts/cy_mcts.py: CyMCTS.search_continuous`, the
 
 Shapes: B trees, K root candidates, C children per interior node, A action dimensions. A tree holds
 M = 1 + K + C·n nodes: node 0 is the root, nodes 1..K its candidates, and simulation s, expanding
-one leaf, appends that leaf's C children. Candidates and children are given, not sampled here: the
-caller samples the root's candidates, and `recurrent_fn` returns each new node's C children.
+one leaf, appends that leaf's C children. The search takes them as given, so it is a pure
+function: the caller draws the root's candidates (`root_candidates`), and its `recurrent_fn`
+returns each new node's C children (`sample_squashed` from that node's policy).
 
 - Root: at the first simulation the kept set is the m candidates with the highest g + logit (a
   stable order, as the official std::sort of at most 16); every simulation visits the kept
