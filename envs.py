@@ -100,7 +100,10 @@ def _minatar_ids() -> list[str]:
 def _dmc_ids() -> list[str]:
     """The Control Suite's tasks as shimmy names them (importing dm_control is slow: only DMC ids
     pay for it)."""
-    os.environ.setdefault("MUJOCO_GL", "egl")        # headless rendering; stepping needs none
+    # No OpenGL backend, whatever the shell says: stepping needs none, and with MUJOCO_GL=egl
+    # loading dm_control beside TensorFlow 2.21 made its next graph call crash the process (a
+    # segmentation fault; tests/test_envs.py runs that sequence).
+    os.environ["MUJOCO_GL"] = "disable"
     import shimmy
     from dm_control import suite
 

@@ -212,6 +212,25 @@ def test_a_control_suite_task_repeats_each_action_and_ends_by_truncation_at_1000
     assert not reference_terminated
 
 
+def test_tensorflow_runs_after_a_control_suite_task_loads_even_with_egl_asked_for():
+    """With MUJOCO_GL=egl, dm_control's EGL libraries made TensorFlow's next graph call crash the
+    process; envs.py loads the suite without an OpenGL backend."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import numpy as np, tensorflow as tf, config, envs\n"
+              "envs.make_env('dm_control/cartpole-swingup-v0', 0, True, config.classic()).reset()\n"
+              "f = tf.function(lambda x: tf.nn.relu(x @ tf.ones((4, 4))))\n"
+              "print(float(tf.reduce_sum(f(tf.ones((8, 4))))))\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True,
+                          text=True, timeout=300,
+                          env=dict(os.environ, MUJOCO_GL="egl", TF_CPP_MIN_LOG_LEVEL="2"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "128.0"
+
+
 def test_an_unknown_control_suite_task_names_the_choices():
     with pytest.raises(ValueError) as error:
         envs.env_spec("dm_control/walker-stnd-v0", cfg.classic())
