@@ -1,5 +1,6 @@
 """Environments: the Atari 100K protocol (Kaiser et al. 2020, as EZ V2 evaluates), MinAtar (Young &
-Tian 2019, the CPU-scale Atari) and plain vector-observation gymnasium tasks.
+Tian 2019, the CPU-scale Atari), plain vector-observation gymnasium tasks and the DeepMind Control
+Suite.
 
 Atari (`'Breakout'` or `'ALE/Breakout-v5'`): `ALE/<Game>-v5` with `frameskip=1` and
 `repeat_action_probability=0` — the Atari 100K benchmark (as in
