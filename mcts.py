@@ -118,7 +118,7 @@ def _considered_visits_table(max_num_considered_actions: int, num_simulations: i
     return table
 
 
-def _softmax(logits: np.ndarray, axis: int) -> np.ndarray:
+def softmax(logits: np.ndarray, axis: int) -> np.ndarray:
     """Softmax computed as jax.nn.softmax (max-shifted)."""
     exp = np.exp(logits - logits.max(axis=axis, keepdims=True))
     return exp / exp.sum(axis=axis, keepdims=True)
@@ -215,7 +215,7 @@ class _Trees:
         self.node_visits[:, new] = 1
         logits = np.ascontiguousarray(logits.T)                              # [A, B]
         self.node_logits[:, :, new] = logits
-        probs = _softmax(logits, axis=0)
+        probs = softmax(logits, axis=0)
         np.maximum(probs, TINY, out=self.node_probs[:, :, new])
         # A fresh node has σ = 0 (all completed Q equal): its first choice is the prior's argmax.
         self.node_next_edge[:, new] = _argmax_actions(probs) * self.stride + self.root + new
@@ -330,7 +330,7 @@ class _Trees:
         completed = np.where(visited, q, mixed)
         rescaled = self.rescale(completed, nodes)
         sigma = (self.c_visit + visits.max(axis=0)) * self.c_scale * rescaled
-        improved = _softmax(self.logits.take(nodes, axis=1) + sigma, axis=0)
+        improved = softmax(self.logits.take(nodes, axis=1) + sigma, axis=0)
         score = improved - visits / (1 + total_visits)
         self.next_edge[nodes] = _argmax_actions(score) * self.stride + nodes
         return sigma, completed
@@ -391,7 +391,7 @@ def gumbel_search(prior_logits: np.ndarray, root_value: np.ndarray, root_state,
     # Final choice: mctx's score_considered with the most-visited actions as the considered ones.
     root_visits = trees.root_visits
     considered = np.where(root_visits == root_visits.max(axis=0), scores, -np.inf)
-    improved_policy = _softmax(_mask_invalid(logits + root_sigma.T, invalid_actions), axis=1)
+    improved_policy = softmax(_mask_invalid(logits + root_sigma.T, invalid_actions), axis=1)
     return SearchOutput(_argmax_actions(considered), improved_policy.astype(np.float32),
                         root_visits.T.astype(np.int32), root_completed.T.astype(np.float32),
                         trees.value.take(trees.root))

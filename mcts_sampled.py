@@ -40,7 +40,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from mcts import as_leaves, gather_states
+from mcts import as_leaves, gather_states, softmax
 
 # The official tree's min/max start values (cminimax.h: FLOAT_MAX, FLOAT_MIN = -FLOAT_MAX) and the
 # floor below which no child counts as expanded in the mixed value (EPSILON).
@@ -96,11 +96,6 @@ def root_candidates(mean: np.ndarray, std: np.ndarray, rng: np.random.Generator,
     return np.concatenate([policy, sample_squashed(mean, scale * std, rng, widened, clip)], axis=1)
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return exp / exp.sum(axis=-1, keepdims=True)
-
-
 class _SampledTrees:
     """B trees of M nodes as [B, M] arrays; a node's children are contiguous from first_child."""
 
@@ -152,7 +147,7 @@ class _SampledTrees:
         child_value = self.value_sum[rows, children] / np.maximum(visits, 1).astype(np.float32)
         q = self.reward[rows, children] + self.discount * child_value
         logits = self.logit[rows, children]
-        prior = _softmax(logits)
+        prior = softmax(logits, axis=1)
         weight = np.where(expanded, prior, 0).sum(axis=1)               # [L]
         weighted_q = np.where(expanded, prior * q, 0).sum(axis=1)
         node_visits = self.visits[lanes, nodes].astype(np.float32)
@@ -172,7 +167,7 @@ class _SampledTrees:
     def interior_choice(self, lanes: np.ndarray, nodes: np.ndarray) -> np.ndarray:
         """[L] the child that nodes[i] of tree lanes[i] visits next."""
         sigma, _, visits, logits = self.sigma(lanes, nodes)
-        improved = _softmax(logits + sigma)
+        improved = softmax(logits + sigma, axis=1)
         node_visits = self.visits[lanes, nodes][:, None].astype(np.float32)
         score = improved - visits / (1 + node_visits)
         return self.children(lanes, nodes)[np.arange(len(lanes)), score.argmax(axis=1)]
@@ -275,6 +270,6 @@ def sampled_search(root_value: np.ndarray, root_state, candidates: np.ndarray,
     sigma, completed, visits, logits = trees.sigma(lanes, roots)
     chosen = kept[:, 0] - 1
     return SampledSearchOutput(
-        root_value=trees.value(lanes, roots), improved_policy=_softmax(logits + sigma),
+        root_value=trees.value(lanes, roots), improved_policy=softmax(logits + sigma, axis=1),
         chosen=chosen, action=candidates[lanes, chosen], visit_counts=visits,
         completed_q=completed)

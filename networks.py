@@ -502,16 +502,17 @@ class Prediction(_Block):
 
 class Projection(_Block):
     """SimSiam P1 (official ProjectionNetwork): flatten -> Dense(hidden) norm ReLU -> Dense(hidden)
-    norm ReLU -> Dense(out) norm: [B, ...] -> [B, projection_output_size]."""
+    norm ReLU -> Dense(out) norm: [B, ...] -> [B, projection_output_size]. The norm is the
+    config's, or LayerNorm with `layer_norm` (the official DMC-state network's)."""
 
-    def __init__(self, config: Config, **kwargs):
+    def __init__(self, config: Config, layer_norm: bool = False, **kwargs):
         super().__init__(**kwargs)
         hidden, out = config.projection_hidden_size, config.projection_output_size
         self.flatten = keras.layers.Flatten()
         self.dense = [keras.layers.Dense(hidden), keras.layers.Dense(hidden),
                       keras.layers.Dense(out)]
-        self.norms = [_normalization(config, hidden), _normalization(config, hidden),
-                      _normalization(config, out)]
+        self.norms = [_layer_norm() if layer_norm else _normalization(config, width)
+                      for width in (hidden, hidden, out)]
 
     def call(self, x, training=False):
         x = self.flatten(x)
@@ -524,12 +525,14 @@ class Projection(_Block):
 
 class ProjectionHead(_Block):
     """SimSiam P2 (official ProjectionHeadNetwork): Dense(prediction_head_hidden) norm ReLU ->
-    Dense(out): [B, projection_output_size] -> [B, projection_output_size]."""
+    Dense(out): [B, projection_output_size] -> [B, projection_output_size]; the norm as
+    Projection's."""
 
-    def __init__(self, config: Config, **kwargs):
+    def __init__(self, config: Config, layer_norm: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.hidden = keras.layers.Dense(config.prediction_head_hidden_size)
-        self.norm = _normalization(config, config.prediction_head_hidden_size)
+        self.norm = (_layer_norm() if layer_norm
+                     else _normalization(config, config.prediction_head_hidden_size))
         self.out = keras.layers.Dense(config.projection_output_size)
 
     def call(self, x, training=False):
@@ -902,38 +905,6 @@ class StateHead(_Block):
         return self.out(x)
 
 
-class StateProjection(_Block):
-    """SimSiam P1 of the DMC-state network: Dense(hidden) LayerNorm ReLU, Dense(hidden) LayerNorm
-    ReLU, Dense(out) LayerNorm: [B, S] -> [B, projection_output_size]."""
-
-    def __init__(self, config: Config, **kwargs):
-        super().__init__(**kwargs)
-        hidden, out = config.projection_hidden_size, config.projection_output_size
-        self.dense = [keras.layers.Dense(hidden), keras.layers.Dense(hidden),
-                      keras.layers.Dense(out)]
-        self.norms = [_layer_norm() for _ in self.dense]
-
-    def call(self, x, training=False):
-        for i, (dense, norm) in enumerate(zip(self.dense, self.norms)):
-            x = norm(dense(x))
-            if i < len(self.dense) - 1:
-                x = tf.nn.relu(x)
-        return x
-
-
-class StateProjectionHead(_Block):
-    """SimSiam P2 of the DMC-state network: Dense(hidden) LayerNorm ReLU, Dense(out)."""
-
-    def __init__(self, config: Config, **kwargs):
-        super().__init__(**kwargs)
-        self.hidden = keras.layers.Dense(config.prediction_head_hidden_size)
-        self.norm = _layer_norm()
-        self.out = keras.layers.Dense(config.projection_output_size)
-
-    def call(self, x, training=False):
-        return self.out(tf.nn.relu(self.norm(self.hidden(x))))
-
-
 def policy_parameters(raw, config: Config):
     """The policy head's output [B, 2A] -> (μ, σ) [B, A] each, before squashing: μ = b·tanh(μ_raw /
     b), σ = softplus(σ_raw + offset) + min_std (official ValuePolicyNetwork, as Dreamer-v3)."""
@@ -967,8 +938,8 @@ class StateNet:
         self.reward_head = StateHead(config, bins, zero_init=True)
         self.value_head = StateHead(config, bins, zero_init=False)
         self.policy_head = StateHead(config, 2 * action_dims, zero_init=True)
-        self.projection = StateProjection(config)
-        self.projection_head = StateProjectionHead(config)
+        self.projection = Projection(config, layer_norm=True)
+        self.projection_head = ProjectionHead(config, layer_norm=True)
         self.blocks = {"representation": self.representation, "dynamics": self.transition,
                        "reward": self.reward_head, "value": self.value_head,
                        "policy": self.policy_head, "projection": self.projection,
