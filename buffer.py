@@ -60,14 +60,15 @@ from targets import td_pieces, value_prefix_targets
 
 class Batch(NamedTuple):
     frames: np.ndarray                  # [B, S-1+K+n+1, *frame] single frames at t-S+1..t+K+n
-    actions: np.ndarray                 # [B, K] int32 actions at t..t+K-1
+    actions: np.ndarray                 # [B, K] int32 actions at t..t+K-1, or [B, K, A] float32
+                                        # continuous ones
     reward_targets: np.ndarray          # [B, K] value-prefix (or reward) targets of steps 1..K
     transition_masks: np.ndarray        # [B, K+1] 1 where t+k < T (an action, a reward, a policy)
     value_masks: np.ndarray             # [B, K+1] 1 where t+k < T, or t+k = T of a terminal game
     importance_weights: np.ndarray      # [B] float32, max 1
     indices: np.ndarray                 # [B] int64 slots, for update_priorities
-    stored_policies: np.ndarray         # [B, K+1, A] the acting search's policies
-                                        # (uniform past end)
+    stored_policies: np.ndarray         # [B, K+1, A] the acting search's policies (uniform past
+                                        # end); [B, K+1, 0] for continuous actions
     td_rewards: np.ndarray              # [B, K+1] Σ_{i<n} γ^i u_{t+k+i} (0 past the end)
     bootstrap_positions: np.ndarray     # [B, K+1] int index into the K+n+1 positions
     bootstrap_discounts: np.ndarray     # [B, K+1] γ^steps, 0 where there is no bootstrap
@@ -208,10 +209,15 @@ class ReplayBuffer:
     """One ring region per env, per-slot transition data and a priority sum tree over all slots.
 
     Positions are addressed by slot; within an env's region, by ordinal (the count of frames the env
-    wrote before it), slot = env * region + ordinal % region."""
+    wrote before it), slot = env * region + ordinal % region.
+
+    Continuous actions (`action_dims` A > 0) are stored as [A] float32 vectors, and no acting
+    policy: the search's improved policy is over candidates that are not stored, so every sample
+    is reanalysed (as in the official code); past a game's end actions are uniform in
+    [-action_clip, action_clip]^A."""
 
     def __init__(self, config: Config, frame_shape: tuple, frame_dtype, num_actions: int,
-                 num_envs: int):
+                 num_envs: int, action_dims: int = 0):
         capacity = config.replay_capacity
         region = capacity // num_envs
         needed = config.frame_stack + config.unroll_steps + config.td_steps + 1
@@ -220,13 +226,14 @@ class ReplayBuffer:
                              f"{region} slots; a position needs {needed} (frame_stack + "
                              f"unroll_steps + td_steps + 1)")
         self.config, self.capacity, self.region = config, capacity, region
-        self.num_actions, self.num_envs = num_actions, num_envs
+        self.num_actions, self.num_envs, self.action_dims = num_actions, num_envs, action_dims
         self.frame_shape, self.frame_dtype = tuple(frame_shape), frame_dtype
         self.frames = _FrameRing(capacity, self.frame_shape, frame_dtype, config.frame_compression)
-        self.actions = np.zeros(capacity, np.int32)
+        self.actions = (np.zeros((capacity, action_dims), np.float32) if action_dims
+                        else np.zeros(capacity, np.int32))
         self.rewards = np.zeros(capacity, np.float32)
         self.root_values = np.zeros(capacity, np.float32)
-        self.policies = np.zeros((capacity, num_actions), np.float32)
+        self.policies = np.zeros((capacity, 0 if action_dims else num_actions), np.float32)
         self.collected_at = np.zeros(capacity, np.int64)
         self.episode_start = np.zeros(capacity, np.int64)     # ordinal of the game's o_0
         self.episode_length = np.zeros(capacity, np.int64)    # T, or _RUNNING
@@ -266,8 +273,9 @@ class ReplayBuffer:
 
     def add_step(self, actions, rewards, next_frames, terminated, truncated, root_values, policies,
                  env_step: int) -> None:
-        """One lockstep step of every env ([N] arrays; policies [N, A]; next_frames [N, *frame]):
-        the transition from each env's newest observation and the observation it led to."""
+        """One lockstep step of every env ([N] arrays; actions [N, A] if continuous; policies
+        [N, A], [N, 0] if continuous; next_frames [N, *frame]): the transition from each env's
+        newest observation and the observation it led to."""
         if (self.game_start < 0).any():
             raise ValueError("add_step for an env whose game has not begun (begin_episodes)")
         every = np.arange(self.num_envs)
@@ -407,16 +415,23 @@ class ReplayBuffer:
         move_slots = self.slot_of(env[:, None],
                                  start[:, None] + np.minimum(steps, length[:, None] - 1))
         rewards = np.where(inside, self.rewards[move_slots], 0.0)            # [B, P]
-        actions = np.where(inside[:, :K], self.actions[move_slots[:, :K]],
-                           rng.integers(0, self.num_actions, (batch_size, K)))
-        stored_policies = np.where(inside[:, :K + 1, None], self.policies[move_slots[:, :K + 1]],
-                                   np.float32(1.0 / self.num_actions))
+        if self.action_dims:
+            clip = config.action_clip
+            actions = np.where(inside[:, :K, None], self.actions[move_slots[:, :K]],
+                               rng.uniform(-clip, clip, (batch_size, K, self.action_dims)))
+            stored_policies = self.policies[move_slots[:, :K + 1]]          # [B, K+1, 0]
+        else:
+            actions = np.where(inside[:, :K], self.actions[move_slots[:, :K]],
+                               rng.integers(0, self.num_actions, (batch_size, K)))
+            stored_policies = np.where(inside[:, :K + 1, None],
+                                       self.policies[move_slots[:, :K + 1]],
+                                       np.float32(1.0 / self.num_actions))
         reward_targets = value_prefix_targets(rewards[:, :K], config)
         terminated = self.episode_terminated[slots]                          # [B]
         td = td_pieces(rewards, offset, length, terminated, config)
         value_masks = (inside[:, :K + 1]
                        | (terminated[:, None] & (steps[:, :K + 1] == length[:, None])))
-        return Batch(frames=frames, actions=actions.astype(np.int32),
+        return Batch(frames=frames, actions=actions.astype(self.actions.dtype),
                      reward_targets=reward_targets,
                      transition_masks=inside[:, :K + 1].astype(np.float32),
                      value_masks=value_masks.astype(np.float32),
@@ -448,6 +463,7 @@ class ReplayBuffer:
             np.save(os.path.join(folder, f"{name}.npy"), getattr(self, name), allow_pickle=False)
         np.save(os.path.join(folder, "priorities.npy"), self.priorities.nodes, allow_pickle=False)
         meta = {"capacity": self.capacity, "num_actions": self.num_actions,
+                "action_dims": self.action_dims,
                 "frame_shape": list(self.frame_shape),
                 "frame_dtype": np.dtype(self.frame_dtype).str,
                 "num_envs": self.num_envs, "num_added": self.num_added,
@@ -464,7 +480,7 @@ class ReplayBuffer:
                 raise ValueError("it was saved by a version that stored whole games only, whose "
                                  "layout this version cannot read")
             buffer = cls(config, tuple(meta["frame_shape"]), np.dtype(meta["frame_dtype"]).type,
-                         meta["num_actions"], meta["num_envs"])
+                         meta["num_actions"], meta["num_envs"], meta.get("action_dims", 0))
             if meta["capacity"] != buffer.capacity:
                 raise ValueError(f"the saved buffer has capacity {meta['capacity']}, the config "
                                  f"{buffer.capacity}")

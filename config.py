@@ -37,6 +37,8 @@ _ANY_POSITIVE = (lambda v: all(x > 0 for x in v), "a list of values > 0 (may be 
 # behaviour and another one (for ablations and the CPU presets; its doc names which is the paper's),
 # or a speed setting, which changes no computed number (xla_inference: only its float rounding).
 PAPER, SWITCH, SPEED = "paper", "switch", "speed"
+# The gymnasium ids of the Control Suite's tasks begin so (as shimmy registers them).
+DMC_PREFIX = "dm_control/"
 
 
 def _f(text: str, default, rule=None, kind: str = PAPER):
@@ -75,9 +77,10 @@ class Config:
                                      27000, _POSITIVE)
     action_repeat: int = _f("Control Suite: control steps per agent step, rewards summed "
                             "(dmc2gym's frame_skip in the official code)", 2, _POSITIVE)
-    continuous_action_bins: int = _f("a vector task's continuous (Box) action is discretised into "
-                                     "this many evenly spaced values per dimension (Pendulum-v1)",
-                                     5, _POSITIVE, kind=SWITCH)
+    continuous_action_bins: int = _f("0: a gymnasium task's continuous (Box) action, rescaled to "
+                                     "[-1, 1]^A, takes the sampled search (EZ V2); n > 0: it is "
+                                     "discretised into n evenly spaced values per dimension",
+                                     0, _NON_NEGATIVE, kind=SWITCH)
 
     # --- budget ----------------------------------------------------------------------------------
     env_steps: int = _f("total env steps collected by self-play, summed over envs (env steps)",
@@ -147,6 +150,16 @@ class Config:
                                   "a fresh head gives softplus(offset) + min_std", 1.0)
     policy_min_std: float = _f("continuous policy: the floor of σ (before squashing)", 0.1,
                                _POSITIVE)
+    continuous_policy_loss: str = _f("continuous policy loss: 'official' (the official code: "
+                                     "'full' for one action dimension, 'simple' for more), "
+                                     "'full' (Eq. 6: cross-entropy over the searched candidates) "
+                                     "or 'simple' (Eq. 7: −log π(a*) of the search's choice)",
+                                     "official")
+    entropy_samples: int = _f("continuous policy: draws of the Monte Carlo entropy estimate (the "
+                              "squashed Gaussian has no closed form)", 1024, _POSITIVE)
+    nonnegative_values: bool = _f("decoded values are floored at 0 (the official DMC code, whose "
+                                  "returns are never negative); false for tasks with negative "
+                                  "returns", False, kind=SWITCH)
     normalization: str = _f("'batch' (BatchNorm, the paper) or 'group' (GroupNorm, the blog)",
                             "batch", kind=SWITCH)
     group_norm_groups: int = _f("groups of GroupNorm when normalization='group'", 8, _POSITIVE,
@@ -288,6 +301,9 @@ class Config:
                 raise ValueError(f"config key '{f.name}' must be {f.metadata['allowed']}, "
                                  f"got {value!r}")
         _require(self.network in ("conv", "mlp"), "network", "'conv' or 'mlp'", self.network)
+        _require(self.continuous_policy_loss in ("official", "full", "simple"),
+                 "continuous_policy_loss", "'official', 'full' or 'simple'",
+                 self.continuous_policy_loss)
         _require(self.q_normalization in ("node", "tree"), "q_normalization", "'node' or 'tree'",
                  self.q_normalization)
         _require(self.optimizer in ("sgd", "adam"), "optimizer", "'sgd' or 'adam'", self.optimizer)
@@ -327,14 +343,38 @@ class Config:
                 "discount": self.discount, "c_visit": self.c_visit, "c_scale": self.c_scale,
                 "q_normalization": self.q_normalization, "value_delta_max": self.value_delta_max}
 
+    def sampled_search_options(self) -> dict:
+        """The keyword arguments of mcts_sampled.search_with_sampled_model that come from the
+        config."""
+        return {"num_simulations": self.num_simulations, "discount": self.discount,
+                "num_children": self.sampled_children, "c_visit": self.c_visit,
+                "c_scale": self.c_scale, "value_delta_max": self.value_delta_max,
+                "policy_candidates": self.policy_candidates,
+                "widened_candidates": self.widened_candidates,
+                "candidate_std_widening": self.candidate_std_widening,
+                "action_clip": self.action_clip}
+
+    def full_policy_loss(self, action_dims: int) -> bool:
+        """Whether the continuous policy loss is Eq. 6 (full) for `action_dims` dimensions."""
+        if self.continuous_policy_loss == "official":
+            return action_dims == 1
+        return self.continuous_policy_loss == "full"
+
     @property
     def online_updates(self) -> int:
         """Updates during self-play: `updates_per_env_step` per env step past start_transitions."""
         return self.updates_due_at(self.env_steps)
 
+    @property
+    def steps_per_transition(self) -> int:
+        """Env steps per stored transition: `action_repeat` control steps on the Control Suite
+        (whose env steps count control steps, as the paper's curves), one elsewhere."""
+        return self.action_repeat if self.env_id.startswith(DMC_PREFIX) else 1
+
     def updates_due_at(self, env_steps: int) -> int:
         """Online updates due once `env_steps` env steps are done."""
-        online = max(0, min(env_steps, self.env_steps) - self.start_transitions)
+        start = self.start_transitions * self.steps_per_transition
+        online = max(0, min(env_steps, self.env_steps) - start)
         return int(math.ceil(online * self.updates_per_env_step))
 
     @property
@@ -488,16 +528,88 @@ def minatar() -> Config:
         entropy_loss_coeff=0.05)     # the official bonus for non-Atari tasks
 
 
+def _continuous_task() -> Config:
+    """What the continuous-control presets share: the official DMC-state settings
+    (`ez/config/exp/dmc_state.yaml`, `ez/agents/ez_dmc_state.py`); networks.StateNet and the
+    sampled search (mcts_sampled.py) are chosen by the task's Box action."""
+    return dataclasses.replace(
+        atari100k(),
+        # environment: the flattened state, no lives, raw rewards; a game lasts 500 decisions
+        frame_stack=1, terminal_on_life_loss=False, clip_rewards=False, augmentation=False,
+        max_episode_steps=500, eval_max_episode_steps=500, frame_compression=0,
+        # network: a 128-wide latent, two pre-LN residual blocks of 256, heads [256, 256]
+        mlp_state_size=128, residual_hidden_size=256, num_blocks=2, head_hidden_sizes=(256, 256),
+        projection_hidden_size=512, projection_output_size=128, prediction_head_hidden_size=512,
+        value_prefix=False, nonnegative_values=True,
+        # search: 32 simulations over 16 sampled candidates, no Gumbel noise (official cy_mcts.py)
+        num_simulations=32, max_num_considered_actions=16, gumbel_scale=0.0,
+        discount=0.994009,           # 0.997 per control step: 0.997² per two-step decision
+        # learning: Adam, every sample reanalysed (its acting candidates are not stored)
+        optimizer="adam", learning_rate=3e-4, weight_decay=2e-5, lr_decay_updates=1_000_000_000,
+        entropy_loss_coeff=0.05, reanalyze_ratio=1.0,
+        # budget: one update per decision, counted per control step; T1 and T2 as dmc_state.yaml
+        updates_per_env_step=0.5, sve_start_updates=40_000, td_newest_transitions=20_000,
+        eval_interval=5_000, checkpoint_interval=5_000, log_interval=100)
+
+
+def dmc() -> Config:
+    """The official DMC-state settings (a GPU's run): hopper-hop, 200,000 control steps and 20,000
+    offline updates (`ez/config/exp/dmc_state.yaml`)."""
+    return dataclasses.replace(_continuous_task(), preset="dmc", env_id="dm_control/hopper-hop-v0",
+                               env_steps=200_000)
+
+
+def dmc_cpu() -> Config:
+    """A Control Suite task (ball_in_cup-catch by default) on a 2-core CPU: 50,000 control steps
+    in about an hour and a half. Why: docs/experiments.md, "Why the presets differ from
+    `atari100k`", `dmc_cpu`."""
+    return dataclasses.replace(
+        _continuous_task(), preset="dmc_cpu", env_id="dm_control/ball_in_cup-catch-v0",
+        # sizes: a 64-wide latent with one residual block; 16 simulations over 8 candidates
+        mlp_state_size=64, residual_hidden_size=128, num_blocks=1, action_embedding_size=32,
+        head_hidden_sizes=(64,), projection_hidden_size=128, projection_output_size=64,
+        prediction_head_hidden_size=64, batch_size=64, replay_capacity=25_000,
+        num_simulations=16, widened_candidates=4,
+        # budget: 50,000 control steps (25,000 decisions), 6,000 updates; T1, T2 at their shares
+        env_steps=50_000, start_transitions=1_000, updates_per_env_step=0.125, offline_updates=0,
+        selfplay_update_interval=50, target_update_interval=100, sve_start_updates=2_000,
+        td_newest_transitions=5_000, eval_interval=600, checkpoint_interval=600,
+        # algorithm: why
+        learning_rate=1e-3,          # 6,000 updates, not 120,000
+        # speed only: the same numbers up to float rounding (docs/performance.md)
+        xla_inference=True, intra_op_threads=1, inter_op_threads=1)
+
+
+def pendulum() -> Config:
+    """Pendulum-v1 (a torque in [-2, 2] rescaled to [-1, 1]; 200-step games; rewards in [-16.3, 0])
+    at dmc_cpu's size: 20,000 env steps in about 20 minutes of a 2-core CPU. Why:
+    docs/experiments.md, "Why the presets differ from `atari100k`", `pendulum`."""
+    return dataclasses.replace(
+        dmc_cpu(), preset="pendulum", env_id="Pendulum-v1",
+        # environment: gymnasium's own 200-step truncation; one control step per decision
+        max_episode_steps=200, eval_max_episode_steps=200,
+        # supports: the returns are negative, down to -16.3 / (1 - 0.99) per state
+        nonnegative_values=False, state_reward_bound=17.0, state_value_bound=1700.0,
+        discount=0.99,               # a 200-step game: the horizon SAC-class agents use here
+        # budget: 20,000 env steps, 4,750 updates
+        num_envs=8, replay_capacity=20_000, env_steps=20_000, updates_per_env_step=0.25,
+        sve_start_updates=1_500, td_newest_transitions=2_000, eval_interval=500,
+        checkpoint_interval=1_000)
+
+
 # The settings only continuous-control tasks read: the Control Suite, StateNet, the sampled search.
 CONTINUOUS_ONLY = ("action_repeat", "residual_hidden_size", "action_embedding_size",
                    "state_support_bins", "policy_candidates", "widened_candidates",
                    "candidate_std_widening", "sampled_children", "action_clip",
                    "state_value_bound", "state_reward_bound", "policy_mean_bound",
-                   "policy_std_offset", "policy_min_std")
+                   "policy_std_offset", "policy_min_std", "continuous_policy_loss",
+                   "entropy_samples", "nonnegative_values")
 
 PRESETS: dict[str, Callable[[], Config]] = {"atari100k": atari100k, "atari1h": atari1h,
                                               "smoke": smoke, "classic": classic,
-                                              "acrobot": acrobot, "minatar": minatar}
+                                              "acrobot": acrobot, "minatar": minatar,
+                                              "dmc": dmc, "dmc_cpu": dmc_cpu,
+                                              "pendulum": pendulum}
 
 
 def get_config(name: str) -> Config:

@@ -26,8 +26,9 @@ The DeepMind Control Suite (`'dm_control/<domain>-<task>-v0'`, e.g. `dm_control/
 as shimmy registers the suite's tasks; EZ V2's continuous-control benchmark): the flattened state
 (float32), actions in [-1, 1]^A, each held for `action_repeat` control steps with their rewards
 summed (2, as the official code's dmc2gym set-up); the suite's own limit of 1,000 control steps
-ends an episode as a truncation. The continuous path (mcts_sampled.py) is not yet wired into
-training: `train.py` refuses these tasks with one line.
+ends an episode as a truncation. Their env steps are control steps (`config.steps_per_transition`).
+A gymnasium vector task with a Box action (Pendulum-v1) takes the same continuous path, its action
+rescaled to [-1, 1]^A, unless `continuous_action_bins` discretises it.
 
 Frames are returned one at a time (uint8 [96, 96, 3], or [96, 96, 1] grayscale; uint8 [10, 10, C]
 for MinAtar; float32 [D] for vector tasks). `FrameStacker` and the replay buffer stack `frame_stack`
@@ -46,7 +47,7 @@ import gymnasium as gym
 import numpy as np
 
 import config as config_module
-from config import Config
+from config import DMC_PREFIX, Config
 
 # Human and random-policy scores of the Atari 100K games (Ye
 # et al. 2021, Table 3; Kaiser et al. 2020).
@@ -74,7 +75,6 @@ class EnvSpec(NamedTuple):
 
 
 MINATAR_PREFIX = "MinAtar/"
-DMC_PREFIX = "dm_control/"
 # Distinct colours (RGB) of a MinAtar video, one per channel; a cell shows its highest set channel.
 MINATAR_PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200],
                             [245, 130, 48], [145, 30, 180], [70, 240, 240], [240, 50, 230],
@@ -167,10 +167,13 @@ def env_spec(env_id: str, config: Config) -> EnvSpec:
     minatar = env_id.startswith(MINATAR_PREFIX)
     env = _make_minatar(env_id) if minatar else _make_vector(env_id, config)
     frame_shape = tuple(int(d) for d in env.observation_space.shape)
-    num_actions = int(env.action_space.n)
+    continuous = isinstance(env.action_space, gym.spaces.Box)
+    num_actions = 0 if continuous else int(env.action_space.n)
+    action_dims = int(env.action_space.shape[0]) if continuous else 0
     env.close()
     return EnvSpec(frame_shape, stacked_shape(frame_shape, config.frame_stack), num_actions,
-                   "minatar" if minatar else "vector", np.uint8 if minatar else np.float32)
+                   "minatar" if minatar else "vector", np.uint8 if minatar else np.float32,
+                   action_dims)
 
 
 def _make_ale(game: str, config: Config) -> gym.Env:
@@ -211,14 +214,16 @@ def _make_vector(env_id: str, config: Config) -> gym.Env:
         env = gym.make(env_id)
     except (gym.error.Error, ImportError) as error:
         raise ValueError(f"cannot make environment '{env_id}': {error}") from None
-    if isinstance(env.action_space, gym.spaces.Box):
-        # A continuous action (Pendulum's torque): evenly spaced values, one discrete action each.
-        env = gym.wrappers.DiscretizeAction(env, bins=config.continuous_action_bins)
-    if not isinstance(env.action_space, gym.spaces.Discrete):
+    if isinstance(env.action_space, gym.spaces.Box) and len(env.action_space.shape) == 1:
+        if config.continuous_action_bins:
+            # Evenly spaced values of each dimension, one discrete action each.
+            env = gym.wrappers.DiscretizeAction(env, bins=config.continuous_action_bins)
+        else:
+            env = gym.wrappers.RescaleAction(env, np.float32(-1.0), np.float32(1.0))
+    elif not isinstance(env.action_space, gym.spaces.Discrete):
         env.close()
         raise ValueError(f"environment '{env_id}' has a {type(env.action_space).__name__} action "
-                         "space; this project supports discrete actions and "
-                         "discretised Box actions")
+                         "space; this project supports discrete actions and 1-D Box actions")
     if (not isinstance(env.observation_space, gym.spaces.Box)
             or len(env.observation_space.shape) != 1):
         env.close()

@@ -44,9 +44,9 @@ def play_episodes(model, config: Config, env_id: str, num_episodes: int, seed: i
     """Play `num_episodes` evaluation games in lockstep with greedy search;
     optionally film game 0."""
     import envs
-    from mcts import search_actions
 
     spec = envs.env_spec(env_id, config)
+    rng = np.random.default_rng(seed)        # the sampled search's draws (continuous actions)
     games = [envs.make_env(env_id, seed + i, False, config) for i in range(num_episodes)]
     stacker = envs.FrameStacker(num_episodes, spec.frame_shape, config.frame_stack,
                                 spec.frame_dtype)
@@ -61,13 +61,13 @@ def play_episodes(model, config: Config, env_id: str, num_episodes: int, seed: i
     running = list(range(num_episodes))
     while running:
         observations = stacker.observations()[running]
-        searched = search_actions(model, observations, config.search_options(), None,
-                                  gumbel_scale=0.0)
+        searched = search_to_act(model, observations, config, rng, training=False)
         if not initial_values:
             initial_values = [float(value) for value in searched.root_value]
         still_running = []
         for row, i in enumerate(running):
-            frame, reward, terminated, truncated, info = games[i].step(int(searched.action[row]))
+            action = searched.action[row] if spec.action_dims else int(searched.action[row])
+            frame, reward, terminated, truncated, info = games[i].step(action)
             discounted_returns[i] += (config.discount ** lengths[i]
                                       * envs.training_reward(reward, config.clip_rewards))
             lengths[i] += 1
@@ -84,6 +84,25 @@ def play_episodes(model, config: Config, env_id: str, num_episodes: int, seed: i
     if video is not None:
         video.release()
     return EpisodeResults([float(r) for r in returns], lengths, initial_values, discounted_returns)
+
+
+def search_to_act(model, observations: np.ndarray, config: Config, rng: np.random.Generator,
+                  training: bool):
+    """The acting search for observations [B, ...]: Gumbel search over discrete actions (mcts.py;
+    Gumbel noise from `rng` in training, none in evaluation) or the sampled search over continuous
+    ones (mcts_sampled.py; widened candidates in training). Its output has action [B] or [B, A],
+    root_value [B] and improved_policy [B, ...]."""
+    if model.action_dims:
+        from mcts_sampled import sampled_search_actions
+
+        return sampled_search_actions(model, observations, config.sampled_search_options(), rng,
+                                      explore=training)
+    from mcts import search_actions
+
+    if training:
+        return search_actions(model, observations, config.search_options(), rng,
+                              config.gumbel_scale)
+    return search_actions(model, observations, config.search_options(), None, gumbel_scale=0.0)
 
 
 def video_rgb(frame: np.ndarray, kind: str) -> np.ndarray:
@@ -140,10 +159,10 @@ def load_model(checkpoint: checkpoints.Checkpoint, env_id: str, config: Config,
     """A network of a checkpoint (`weights`: "online", "selfplay" or "target"), checked against the
     env's observation and action shapes."""
     import envs
-    from networks import EfficientZeroNet
+    from networks import build_network
 
     spec = envs.env_spec(env_id, config)
-    model = EfficientZeroNet(config, spec.observation_shape, spec.num_actions)
+    model = build_network(config, spec)
     checkpoints.check_weights_match(model.get_weights(), checkpoint.arrays.get(weights, []),
                                     f"{weights} weights")
     model.set_weights(checkpoint.arrays[weights])

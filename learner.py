@@ -180,14 +180,13 @@ class Learner:
         import keras
         import tensorflow as tf
 
-        from networks import logits_to_scalar, scalar_to_two_hot, scalar_transform, stack_frames
+        from networks import stack_frames
 
         self.config, self.net, self.num_actions = config, net, num_actions
+        self.action_dims = net.action_dims
         self._tf = tf
         self._stack = lambda frames: stack_frames(frames, config.frame_stack)
-        self._two_hot = lambda x: scalar_to_two_hot(x, config.support_size)
-        self._to_scalar = lambda logits: logits_to_scalar(logits, config.support_size)
-        self._transform = scalar_transform
+        self._value_support, self._reward_support = net.value_support, net.reward_support
         self.optimizer = build_optimizer(config)
         self.optimizer.build(net.trainable_variables)
         self.augment_rng = tf.random.Generator.from_seed(config.seed + AUGMENT_SEED_OFFSET)
@@ -201,14 +200,23 @@ class Learner:
         # BatchNorm moving statistics change in the forward pass; a refused update restores them.
         self._statistics = [v for v in net.variables if not v.trainable]
         self.trace_count = 0                 # Python side effect: runs only when tf traces
-        K, A, S = config.unroll_steps, num_actions, config.frame_stack
+        K, A, S, B = config.unroll_steps, num_actions, config.frame_stack, config.batch_size
         obs_dtype = tf.uint8 if self.is_image else tf.float32
+        if self.action_dims:
+            D, C = self.action_dims, config.policy_candidates + config.widened_candidates
+            actions = tf.TensorSpec([B, K, D], tf.float32)
+            policy_targets = (tf.TensorSpec([B, K + 1, C], tf.float32),      # improved policies
+                              tf.TensorSpec([B, K + 1, C, D], tf.float32),   # their candidates
+                              tf.TensorSpec([B, K + 1, D], tf.float32))      # the chosen a*
+        else:
+            actions = tf.TensorSpec([B, K], tf.int32)
+            policy_targets = (tf.TensorSpec([B, K + 1, A], tf.float32),)     # improved policies
         signature = [
-            tf.TensorSpec([config.batch_size, S + K, *net.frame_shape], obs_dtype),  # t-S+1..t+K
-            tf.TensorSpec([config.batch_size, K], tf.int32),           # actions
+            tf.TensorSpec([B, S + K, *net.frame_shape], obs_dtype),          # t-S+1..t+K
+            actions,
             tf.TensorSpec([config.batch_size, K], tf.float32),         # value-prefix targets
             tf.TensorSpec([config.batch_size, K + 1], tf.float32),     # value targets
-            tf.TensorSpec([config.batch_size, K + 1, A], tf.float32),  # policy targets
+            policy_targets,
             tf.TensorSpec([config.batch_size, K + 1], tf.float32),     # transition masks
             tf.TensorSpec([config.batch_size, K + 1], tf.float32),     # value masks
             tf.TensorSpec([config.batch_size], tf.float32),            # importance weights
@@ -255,6 +263,29 @@ class Learner:
             return net.preprocess(targets[:, k - 1]) * target_intensity
         return inputs_at
 
+    def _policy_terms(self, policy_output, policy_targets, k: int):
+        """The policy loss [B] and the policy's entropy [B] at position k: the cross-entropy to
+        the improved policy over all actions and the softmax's entropy; for continuous actions
+        (policy_output the head's raw [B, 2A]) the loss of Eq. 6 or 7 and a Monte Carlo entropy."""
+        tf, config = self._tf, self.config
+        if not self.action_dims:
+            targets = policy_targets[0][:, k]
+            if config.policy_target_smoothing > 0:
+                targets = ((1.0 - config.policy_target_smoothing) * targets
+                           + config.policy_target_smoothing / self.num_actions)
+            log_policy = tf.nn.log_softmax(policy_output)
+            return (-tf.reduce_sum(targets * log_policy, axis=-1),
+                    -tf.reduce_sum(tf.exp(log_policy) * log_policy, axis=-1))
+        from networks import policy_parameters
+
+        improved, candidates, best = (t[:, k] for t in policy_targets)
+        mean, std = policy_parameters(policy_output, config)
+        loss = continuous_policy_loss(mean, std, candidates, improved, best,
+                                      full=config.full_policy_loss(self.action_dims),
+                                      clip=config.action_clip)
+        noise = self.augment_rng.normal([config.entropy_samples, *mean.shape])
+        return loss, squashed_entropy(mean, std, noise, config.action_clip)
+
     def _compute_gradients(self, frames, actions, reward_targets, value_targets,
                            policy_targets, transition_masks, value_masks, weights):
         """The EfficientZero V2 loss of one batch and its gradients (EfficientZero V2).
@@ -268,23 +299,11 @@ class Learner:
         self.trace_count += 1
         K = config.unroll_steps
         batch = config.batch_size
-        smoothing = config.policy_target_smoothing
-        if smoothing > 0:
-            policy_targets = (1.0 - smoothing) * policy_targets + smoothing / self.num_actions
+        value_support, reward_support = self._value_support, self._reward_support
         inputs_at = self._network_inputs(frames)
-
-        # SimSiam targets: stop-gradient projections of the real observations t+1..t+K, one call
-        # per step k as the official code does (BatchNorm statistics per step; peak memory of B
-        # observations, not B·K).
-        target_projection = [
-            tf.stop_gradient(net.project(net.represent(inputs_at(k), training=True), training=True))
-            for k in range(1, K + 1)]                                    # K x [B, projection]
 
         def cross_entropy(logits, target_probs):
             return -tf.reduce_sum(target_probs * tf.nn.log_softmax(logits), axis=-1)   # [B]
-
-        def policy_entropy(logits):
-            return -tf.reduce_sum(tf.nn.softmax(logits) * tf.nn.log_softmax(logits), axis=-1)  # [B]
 
         def negative_cosine(prediction, target):
             return -tf.reduce_sum(tf.math.l2_normalize(prediction, axis=-1)
@@ -293,12 +312,12 @@ class Learner:
         with tf.GradientTape() as tape:
             latent = net.represent(inputs_at(0), training=True)
             value_logits, policy_logits = net.predict(latent, training=True)
-            predicted_root_value = self._to_scalar(value_logits)           # [B], for priorities
-            value_loss = cross_entropy(value_logits, self._two_hot(value_targets[:, 0])) \
+            predicted_root_value = value_support.to_scalar(value_logits)   # [B], for priorities
+            value_loss = cross_entropy(value_logits, value_support.two_hot(value_targets[:, 0])) \
                 * value_masks[:, 0]
-            policy_loss = cross_entropy(policy_logits, policy_targets[:, 0]) \
-                * transition_masks[:, 0]
-            entropy = policy_entropy(policy_logits) * transition_masks[:, 0]
+            policy_loss, entropy = self._policy_terms(policy_logits, policy_targets, 0)
+            policy_loss *= transition_masks[:, 0]
+            entropy *= transition_masks[:, 0]
             reward_loss = tf.zeros([batch])
             consistency_loss = tf.zeros([batch])
             lstm_state = net.initial_lstm_state(batch)
@@ -311,19 +330,28 @@ class Learner:
                 if k % config.lstm_horizon_len == 0:       # the value prefix restarts here
                     lstm_state = net.initial_lstm_state(batch)
                 value_logits, policy_logits = net.predict(latent, training=True)
+                # SimSiam: the real observation t+k is represented after this step's dynamics and
+                # its projection taken after the unrolled state's, unrecorded, one call per step:
+                # the official order, which the normalisers' statistics (BatchNorm; the
+                # observation normaliser of StateNet) follow.
+                with tape.stop_recording():
+                    real_latent = net.represent(inputs_at(k), training=True)
                 prediction = net.predict_projection(net.project(latent, training=True),
                                                     training=True)
+                with tape.stop_recording():
+                    target_projection = tf.stop_gradient(net.project(real_latent, training=True))
                 step_is_real = transition_masks[:, k - 1]
-                consistency_loss += negative_cosine(prediction, target_projection[k - 1]) \
-                    * step_is_real
+                consistency_loss += negative_cosine(prediction, target_projection) * step_is_real
                 reward_loss += cross_entropy(reward_logits,
-                                             self._two_hot(reward_targets[:, k - 1])) \
+                                             reward_support.two_hot(reward_targets[:, k - 1])) \
                     * step_is_real
-                value_loss += cross_entropy(value_logits, self._two_hot(value_targets[:, k])) \
+                value_loss += cross_entropy(value_logits,
+                                            value_support.two_hot(value_targets[:, k])) \
                     * value_masks[:, k]
-                policy_loss += cross_entropy(policy_logits, policy_targets[:, k]) \
-                    * transition_masks[:, k]
-                entropy += policy_entropy(policy_logits) * transition_masks[:, k]
+                step_policy_loss, step_entropy = self._policy_terms(policy_logits,
+                                                                    policy_targets, k)
+                policy_loss += step_policy_loss * transition_masks[:, k]
+                entropy += step_entropy * transition_masks[:, k]
             per_sample = (config.reward_loss_coeff * reward_loss
                           + config.policy_loss_coeff * policy_loss
                           + config.value_loss_coeff * value_loss
@@ -336,7 +364,7 @@ class Learner:
         gradients, grad_norm = tf.clip_by_global_norm(gradients, config.max_grad_norm)
         priorities = tf.abs(predicted_root_value - value_targets[:, 0]) + config.priority_epsilon
         # Value targets beyond the categorical support are clipped by the two-hot encoding.
-        clipped = tf.cast(tf.abs(self._transform(value_targets)) > config.support_size, tf.float32)
+        clipped = tf.cast(tf.abs(value_targets) > value_support.bound, tf.float32)
         scalars = {
             "losses/total": loss,
             "losses/reward": tf.reduce_mean(reward_loss) / K,
@@ -363,7 +391,7 @@ class Learner:
         for training in (False, True):
             value_logits, policy_logits = net.predict(net.represent(inputs, training=training),
                                                       training=training)
-            outputs += [self._to_scalar(value_logits), policy_logits]
+            outputs += [self._value_support.to_scalar(value_logits), policy_logits]
         return outputs
 
     def normalization_gap(self, frames: np.ndarray) -> dict[str, float]:
@@ -388,9 +416,10 @@ class Learner:
         statistics = [v.numpy() for v in self._statistics]
         gradients, priorities, scalars = self.gradients(
             batch.frames[:, :self.config.frame_stack + self.config.unroll_steps],
-            batch.actions.astype(np.int32),
-            batch.reward_targets.astype(np.float32), targets.values.astype(np.float32),
-            targets.policies.astype(np.float32), batch.transition_masks.astype(np.float32),
+            batch.actions.astype(np.float32 if self.action_dims else np.int32),
+            batch.reward_targets.astype(np.float32),
+            targets.values.astype(np.float32), self._policy_targets(targets),
+            batch.transition_masks.astype(np.float32),
             batch.value_masks.astype(np.float32), batch.importance_weights.astype(np.float32))
         scalars = {key: float(value) for key, value in scalars.items()}
         finite = (math.isfinite(scalars["losses/total"])
@@ -415,6 +444,14 @@ class Learner:
                 self.loss_scale.assign(min(2.0 ** 24, float(self.loss_scale) * 2))
         scalars["losses/lr"] = rate
         return UpdateResult(True, priorities.numpy(), scalars)
+
+    def _policy_targets(self, targets) -> tuple:
+        """The policy targets of the update's signature: (improved policies,), and for continuous
+        actions their candidates and the chosen actions too."""
+        if self.action_dims:
+            return (targets.policies.astype(np.float32), targets.candidates.astype(np.float32),
+                    targets.best_actions.astype(np.float32))
+        return (targets.policies.astype(np.float32),)
 
     def variables_to_save(self) -> dict[str, list[np.ndarray]]:
         return {"optimizer": [v.numpy() for v in self.optimizer.variables],

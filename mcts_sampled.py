@@ -55,6 +55,7 @@ class SampledSearchOutput(NamedTuple):
     action: np.ndarray            # [B, A] float32 the acted candidate, candidates[b, chosen[b]]
     visit_counts: np.ndarray      # [B, K] int visits of each candidate
     completed_q: np.ndarray       # [B, K] float32 each candidate's Q, v_mix where unexpanded
+    candidates: np.ndarray        # [B, K, A] float32 the root's candidates
 
 
 def halving_schedule(num_simulations: int, num_considered: int) -> dict[int, int]:
@@ -272,4 +273,41 @@ def sampled_search(root_value: np.ndarray, root_state, candidates: np.ndarray,
     return SampledSearchOutput(
         root_value=trees.value(lanes, roots), improved_policy=softmax(logits + sigma, axis=1),
         chosen=chosen, action=candidates[lanes, chosen], visit_counts=visits,
-        completed_q=completed)
+        completed_q=completed, candidates=candidates)
+
+
+def search_with_sampled_model(model, root, rng: np.random.Generator, *, explore: bool,
+                              num_simulations: int, discount: float, num_children: int,
+                              c_visit: float, c_scale: float, value_delta_max: float,
+                              policy_candidates: int, widened_candidates: int,
+                              candidate_std_widening: float,
+                              action_clip: float) -> SampledSearchOutput:
+    """`sampled_search` from a model's root output (fields state, value, policy_mean, policy_std:
+    networks.GaussianOutput): the root's candidates from `root_candidates` (widened when
+    `explore`: self-play and reanalysis), each new node's children sampled from its own π by
+    `model.recurrent_inference`, all draws from `rng`. The keyword arguments come from
+    config.sampled_search_options()."""
+
+    def recurrent_fn(state, actions):
+        output = model.recurrent_inference(state, actions)
+        children = sample_squashed(output.policy_mean, output.policy_std, rng, num_children,
+                                   action_clip)
+        return output.state, output.reward, output.value, children, None
+
+    candidates = root_candidates(root.policy_mean, root.policy_std, rng,
+                                 from_policy=policy_candidates, widened=widened_candidates,
+                                 widening=candidate_std_widening, clip=action_clip,
+                                 explore=explore)
+    return sampled_search(root.value, root.state, candidates, recurrent_fn,
+                          num_simulations=num_simulations, discount=discount,
+                          num_children=num_children, c_visit=c_visit, c_scale=c_scale,
+                          value_delta_max=value_delta_max)
+
+
+def sampled_search_actions(model, observations: np.ndarray, search_options: dict,
+                           rng: np.random.Generator, explore: bool) -> SampledSearchOutput:
+    """The acting search for continuous actions: one batched sampled search from the model's root
+    outputs for observations [B, ...]; self-play explores (widened candidates), evaluation does
+    not (all candidates from π, as the official eval)."""
+    root = model.initial_inference(observations)
+    return search_with_sampled_model(model, root, rng, explore=explore, **search_options)

@@ -32,7 +32,7 @@ trainer calls the building blocks `represent`, `dynamics`, `predict`, `project` 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import keras
 import numpy as np
@@ -87,6 +87,15 @@ class NetworkOutput(NamedTuple):
     reward: np.ndarray         # [B] float32 (zeros from initial_inference)
     value: np.ndarray          # [B] float32
     policy_logits: np.ndarray  # [B, A] float32
+
+
+class GaussianOutput(NamedTuple):
+    """StateNet's search-side output: a squashed-Gaussian policy instead of logits."""
+    state: tuple               # (latent [B, S],) float32
+    reward: np.ndarray         # [B] float32 (zeros from initial_inference)
+    value: np.ndarray          # [B] float32
+    policy_mean: np.ndarray    # [B, A] float32 μ of the Gaussian before the tanh
+    policy_std: np.ndarray     # [B, A] float32 σ
 
 
 def stack_frames(frames, frame_stack: int):
@@ -175,6 +184,29 @@ def h_space_logits_to_scalar(logits, bound: float, bins: int):
     probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
     return inverse_scalar_transform(tf.reduce_sum(probabilities * h_space_bins(bound, bins),
                                                   axis=-1))
+
+
+class Support(NamedTuple):
+    """A categorical support of scalars (values or rewards), as the learner and search use it."""
+    bound: float               # the largest |x| it represents; targets beyond are clipped
+    two_hot: Callable          # x [...] -> target probabilities [..., bins]
+    to_scalar: Callable        # logits [..., bins] -> x [...]
+
+
+def integer_support(support_size: int) -> Support:
+    """The Atari support: the 2S+1 integers of h-space, [-S, S] (MuZero Appendix F)."""
+    return Support(float(inverse_scalar_transform(float(support_size))),
+                   lambda x: scalar_to_two_hot(x, support_size),
+                   lambda logits: logits_to_scalar(logits, support_size))
+
+
+def h_space_support(bound: float, bins: int, nonnegative: bool = False) -> Support:
+    """The official DMC support: `bins` points spaced evenly in h-space over ±bound; decoded
+    scalars floored at 0 when `nonnegative` (the official DMC code's value clip)."""
+    def to_scalar(logits):
+        x = h_space_logits_to_scalar(logits, bound, bins)
+        return tf.maximum(x, 0.0) if nonnegative else x
+    return Support(bound, lambda x: scalar_to_h_space_two_hot(x, bound, bins), to_scalar)
 
 
 # --- layers ---------------------------------------------------------------------------------------
@@ -584,6 +616,8 @@ class EfficientZeroNet:
         self.observation_shape = tuple(observation_shape)
         self.num_actions = num_actions
         self.is_image = len(self.observation_shape) == 3
+        self.action_dims = 0                             # discrete actions
+        self.value_support = self.reward_support = integer_support(config.support_size)
         conv = config.network == "conv"
         self.representation = ConvRepresentation(config) if conv else MLPRepresentation(config)
         self.transition = (ConvDynamics(config, num_actions) if conv
@@ -925,14 +959,25 @@ def squashed_gaussian(mean, std):
 
 
 class StateNet:
-    """The official DMC-state network (`ez/agents/ez_dmc_state.py`): h, g, the reward head (on the
-    next latent), the value and policy heads, and the SimSiam heads, for observations [B, D] and
-    continuous actions [B, A]. The reward and policy heads' last layers start at zero (the value
-    head's does not, as in the official code). Not yet used by training."""
+    """The official DMC-state network (`ez/agents/ez_dmc_state.py`): h, g (rewards, no value
+    prefix), the reward head (on the next latent), the value and policy heads and the SimSiam heads,
+    for observations [B, D] and continuous actions [B, A] in [-1, 1]. The reward and policy heads'
+    last layers start at zero (the value head's does not, as in the official code).
 
-    def __init__(self, config: Config, observation_size: int, action_dims: int):
+    The same two faces as EfficientZeroNet: training-side blocks for the learner (TF tensors; the
+    policy output is the head's raw [B, 2A], read by `policy_parameters`) and the search-side
+    adapter (NumPy; `GaussianOutput`, μ and σ decoded). The search state is `(latent,)`.
+    """
+
+    def __init__(self, config: Config, observation_shape: tuple, action_dims: int):
         self.config, self.action_dims = config, action_dims
+        self.observation_shape = tuple(observation_shape)
+        self.frame_shape = (self.observation_shape[0] // config.frame_stack,)
+        self.is_image = False
         bins = config.state_support_bins
+        self.value_support = h_space_support(config.state_value_bound, bins,
+                                             config.nonnegative_values)
+        self.reward_support = h_space_support(config.state_reward_bound, bins)
         self.representation = StateRepresentation(config)
         self.transition = StateDynamics(config)
         self.reward_head = StateHead(config, bins, zero_init=True)
@@ -944,15 +989,129 @@ class StateNet:
                        "reward": self.reward_head, "value": self.value_head,
                        "policy": self.policy_head, "projection": self.projection,
                        "projection_head": self.projection_head}
-        latent = self.representation(tf.zeros((2, observation_size)))
+        latent = self.representation(tf.zeros((2, *self.observation_shape)))
+        self.latent_shape = tuple(latent.shape[1:])
         self.reward_head(self.transition(latent, tf.zeros((2, action_dims))))
         self.value_head(latent)
         self.policy_head(latent)
         self.projection_head(self.projection(latent))
         for block in self.blocks.values():
             torch_default_initialisation(block)
+        observations = tf.TensorSpec([None, *self.observation_shape], tf.float32)
+        frames = tf.TensorSpec([None, None, *self.frame_shape], tf.float32)
+        state = (tf.TensorSpec([None, *self.latent_shape], tf.float32),)
+        actions = tf.TensorSpec([None, action_dims], tf.float32)
+        self._initial_call = compiled_call(tf.function(
+            self._initial_outputs, jit_compile=config.xla_inference,
+            input_signature=[observations]))
+        self._initial_sequence_call = compiled_call(tf.function(
+            self._initial_sequence_graph, jit_compile=config.xla_inference,
+            input_signature=[frames]))
+        self._recurrent_call = compiled_call(tf.function(
+            self._recurrent_graph, jit_compile=config.xla_inference,
+            input_signature=[state, actions]))
+
+    # --- training-side building blocks (TF tensors in and out), as EfficientZeroNet's -------------
+
+    def preprocess(self, observations):
+        return tf.cast(tf.convert_to_tensor(observations), tf.float32)
+
+    def represent(self, inputs, training):
+        """h: [B, D] -> [B, S]; a training call also updates the observation normaliser."""
+        return self.representation(inputs, training=training)
+
+    def initial_lstm_state(self, batch):
+        return ()
+
+    def dynamics(self, latent, actions, lstm_state, training, state_gradient_scale=1.0):
+        """g: (latent [B, S], actions [B, A], ()) -> (next latent, reward logits [B, bins], ()); the
+        gradient into the next latent scaled as EfficientZeroNet.dynamics does."""
+        next_latent = self.transition(latent, actions, training=training)
+        if state_gradient_scale != 1.0:
+            next_latent = (state_gradient_scale * next_latent
+                           + (1.0 - state_gradient_scale) * tf.stop_gradient(next_latent))
+        reward_logits = self.reward_head(next_latent, training=training)
+        return next_latent, tf.cast(reward_logits, tf.float32), ()
+
+    def predict(self, latent, training):
+        """f: latent -> (value logits [B, bins], the policy head's raw output [B, 2A])."""
+        return (tf.cast(self.value_head(latent, training=training), tf.float32),
+                tf.cast(self.policy_head(latent, training=training), tf.float32))
+
+    def project(self, latent, training):
+        return tf.cast(self.projection(latent, training=training), tf.float32)
+
+    def predict_projection(self, projection, training):
+        return tf.cast(self.projection_head(projection, training=training), tf.float32)
+
+    # --- the search-side adapter (NumPy in and out) -----------------------------------------------
+
+    def _outputs(self, latent, reward):
+        value_logits, raw_policy = self.predict(latent, training=False)
+        mean, std = policy_parameters(raw_policy, self.config)
+        return ((tf.cast(latent, tf.float32),), reward,
+                self.value_support.to_scalar(value_logits), mean, std)
+
+    def _initial_outputs(self, observations):
+        latent = self.represent(observations, training=False)
+        return self._outputs(latent, tf.zeros([tf.shape(latent)[0]], tf.float32))
+
+    def _initial_sequence_graph(self, frames):
+        stacked = stack_frames(frames, self.config.frame_stack)        # [N, P, D]
+        return self._initial_outputs(tf.reshape(stacked, [-1, *self.observation_shape]))
+
+    def _recurrent_graph(self, state, actions):
+        latent, reward_logits, _ = self.dynamics(state[0], actions, (), training=False)
+        return self._outputs(latent, self.reward_support.to_scalar(reward_logits))
+
+    @staticmethod
+    def _to_numpy(state, reward, value, mean, std) -> GaussianOutput:
+        return GaussianOutput(tuple(s.numpy() for s in state), reward.numpy(), value.numpy(),
+                              mean.numpy(), std.numpy())
+
+    def initial_inference(self, observations: np.ndarray) -> GaussianOutput:
+        """Observations [B, D] -> root state, reward 0, value [B], μ and σ [B, A]."""
+        return self._to_numpy(*self._initial_call(np.asarray(observations, np.float32)))
+
+    def initial_inference_sequence(self, frames: np.ndarray) -> GaussianOutput:
+        """Single frames [N, S - 1 + P, D] -> the P positions of every row, flattened to [N * P]."""
+        return self._to_numpy(*self._initial_sequence_call(np.asarray(frames, np.float32)))
+
+    def recurrent_inference(self, state: tuple, actions: np.ndarray) -> GaussianOutput:
+        """(state, actions [B, A]) -> next state, reward [B], value [B], μ and σ [B, A]."""
+        return self._to_numpy(*self._recurrent_call(tuple(state),
+                                                    np.asarray(actions, np.float32)))
+
+    # --- weights ----------------------------------------------------------------------------------
+
+    @property
+    def trainable_variables(self) -> list:
+        return [v for block in self.blocks.values() for v in block.trainable_weights]
+
+    @property
+    def variables(self) -> list:
+        """Every variable, the observation normaliser and BatchNorm statistics included."""
+        return [v for block in self.blocks.values() for v in block.weights]
+
+    def get_weights(self) -> list:
+        return [np.array(v.numpy()) for v in self.variables]
+
+    def set_weights(self, weights: list) -> None:
+        variables = self.variables
+        if len(weights) != len(variables):
+            raise ValueError(f"expected {len(variables)} weight arrays, got {len(weights)}")
+        for variable, value in zip(variables, weights):
+            variable.assign(value)
 
     def parameter_counts(self) -> dict:
         """Trainable parameters per block."""
         return {name: int(sum(np.prod(v.shape) for v in block.trainable_variables))
                 for name, block in self.blocks.items()}
+
+
+def build_network(config: Config, spec):
+    """The network of an env (an envs.EnvSpec): StateNet for continuous actions, else
+    EfficientZeroNet."""
+    if spec.action_dims:
+        return StateNet(config, spec.observation_shape, spec.action_dims)
+    return EfficientZeroNet(config, spec.observation_shape, spec.num_actions)

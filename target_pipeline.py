@@ -55,14 +55,13 @@ class TargetPipeline:
 
     def __init__(self, config: Config, sample: Callable[[np.random.Generator], object],
                  target_model, rng: np.random.Generator, reanalysis_rng: np.random.Generator,
-                 observation_shape: tuple, num_actions: int):
+                 spec):
         self.config, self.sample, self.target_model = config, sample, target_model
         self.rng, self.reanalysis_rng = rng, reanalysis_rng
         self.thread = ThreadPoolExecutor(1) if config.pipelined_reanalysis else None
         self.process = None
         if config.pipelined_reanalysis and config.reanalysis_process:
-            self.process = ReanalysisProcess(config, observation_shape, num_actions,
-                                             target_model.get_weights())
+            self.process = ReanalysisProcess(config, spec, target_model.get_weights())
         self.prepared: PreparedTargets | None = None
 
     def next(self, updates: int, prefetch: bool) -> PreparedTargets:
@@ -128,13 +127,12 @@ class ReanalysisProcess:
     answers; one request at a time (`TargetPipeline` reanalyses from its worker thread and waits for
     the batch in flight before it refreshes the weights)."""
 
-    def __init__(self, config: Config, observation_shape: tuple, num_actions: int,
-                 weights: list[np.ndarray]):
+    def __init__(self, config: Config, spec, weights: list[np.ndarray]):
         # A fresh interpreter (spawn): a forked copy of a process that runs TensorFlow is unsafe.
         context = multiprocessing.get_context("spawn")
         self._connection, child_connection = context.Pipe()
         self._process = context.Process(
-            target=_serve, args=(child_connection, config, observation_shape, num_actions),
+            target=_serve, args=(child_connection, config, spec),
             name="reanalysis", daemon=True)
         self._process.start()
         child_connection.close()
@@ -176,11 +174,11 @@ class ReanalysisProcess:
         self._connection.close()
 
 
-def _serve(connection, config: Config, observation_shape: tuple, num_actions: int) -> None:
+def _serve(connection, config: Config, spec) -> None:
     """The child: build a target model as the parent's, then answer requests until told to stop
     (None) or the parent goes away."""
     try:
-        model = _target_model(config, observation_shape, num_actions)
+        model = _target_model(config, spec)
     except Exception:                       # answered to the first request, which then raises
         connection.recv()
         connection.send(("error", traceback.format_exc()))
@@ -208,17 +206,18 @@ def _serve(connection, config: Config, observation_shape: tuple, num_actions: in
             connection.send(("error", traceback.format_exc()))
 
 
-def _target_model(config: Config, observation_shape: tuple, num_actions: int):
-    """A network shaped as the parent's target model, TensorFlow set up as in the parent (threads,
-    precision, deterministic kernels on a CPU); its initial weights are replaced by the parent's."""
+def _target_model(config: Config, spec):
+    """A network shaped as the parent's target model (of the env `spec`, an envs.EnvSpec),
+    TensorFlow set up as in the parent (threads, precision, deterministic kernels on a CPU); its
+    initial weights are replaced by the parent's."""
     import keras
     import tensorflow as tf
 
     from learner import configure_tensorflow
-    from networks import EfficientZeroNet
+    from networks import build_network
 
     on_gpu = configure_tensorflow(config)
     keras.utils.set_random_seed(config.seed)
     if not on_gpu:
         tf.config.experimental.enable_op_determinism()
-    return EfficientZeroNet(config, observation_shape, num_actions)
+    return build_network(config, spec)

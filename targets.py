@@ -35,15 +35,19 @@ import numpy as np
 
 from config import Config
 from mcts import TimedModel, sample_gumbel, search_with_model
+from mcts_sampled import search_with_sampled_model
 
 
 class Targets(NamedTuple):
     values: np.ndarray                  # [B, K+1] mixed value targets
-    policies: np.ndarray                # [B, K+1, A] improved policies (uniform past the end)
+    policies: np.ndarray                # [B, K+1, A] improved policies (uniform past the end);
+                                        # continuous: [B, K+1, C] over the C root candidates
     sve_fraction: float                 # share of value targets from the search
     diagnostics: dict                   # the reanalysis search's diagnostics/*
     network_seconds: float              # reanalysis time in network calls
     tree_seconds: float                 # reanalysis time in the tree search itself
+    candidates: np.ndarray | None = None    # continuous: [B, K+1, C, A] the root candidates
+    best_actions: np.ndarray | None = None  # continuous: [B, K+1, A] the search's choice a*
 
 
 class TDPieces(NamedTuple):
@@ -90,6 +94,13 @@ def value_prefix_targets(rewards: np.ndarray, config: Config) -> np.ndarray:
 
 
 # --- reanalysis (EZ V2: search-based value estimation and the mixed value target) -----------------
+
+def _rows(output, rows: np.ndarray):
+    """The rows [R] of a network output (a state tuple, then arrays)."""
+    return output._replace(state=tuple(s[rows] for s in output.state),
+                           **{name: getattr(output, name)[rows] for name in output._fields
+                              if name != "state"})
+
 
 def _concatenate(outputs: list):
     """Network outputs of consecutive chunks (fields: a state tuple, then arrays) -> one output."""
@@ -162,7 +173,8 @@ def search_value_mask(config: Config, updates: int, collected_at: np.ndarray,
     `sve_start_updates` (T1) updates and outside the newest `td_newest_transitions` (T2)."""
     if not config.use_search_value or updates < config.sve_start_updates:
         return np.zeros(len(collected_at), bool)
-    return newest_env_step - collected_at >= config.td_newest_transitions
+    return newest_env_step - collected_at >= config.td_newest_transitions \
+        * config.steps_per_transition
 
 
 def reanalyze(batch, model, *, config: Config, updates: int, rng: np.random.Generator) -> Targets:
@@ -171,10 +183,16 @@ def reanalyze(batch, model, *, config: Config, updates: int, rng: np.random.Gene
 
     A random `reanalyze_ratio` share of the samples get a fresh search (policy targets, SVE); the
     rest keep the acting search's stored policies and TD values. Every sample's TD bootstraps come
-    from the same initial inference as the roots.
+    from the same initial inference as the roots. Continuous actions (batch.actions [B, K, A])
+    take the sampled search (mcts_sampled.py) over fresh candidates, widened as in self-play (the
+    official batch worker), and every sample is searched.
     """
     K = config.unroll_steps
     B, A = batch.stored_policies.shape[0], batch.stored_policies.shape[-1]
+    continuous = batch.actions.ndim == 3
+    if continuous and config.reanalyze_ratio < 1.0:
+        raise ValueError("continuous actions need reanalyze_ratio=1: their acting candidates are "
+                         "not stored")
     timed = TimedModel(model)
     start = time.perf_counter()
     reanalysed = np.ones(B, bool)
@@ -187,12 +205,23 @@ def reanalyze(batch, model, *, config: Config, updates: int, rng: np.random.Gene
     td_values = batch.td_rewards + batch.bootstrap_discounts * output.value[windows.bootstrap_rows]
     policies = batch.stored_policies.copy()
     search_values = np.zeros((B, K + 1), np.float32)
-    if reanalysed.any():
+    root = _rows(output, windows.root_rows.ravel())                          # [R·(K+1)] roots
+    if continuous:
+        search = search_with_sampled_model(timed, root, rng, explore=True,
+                                           **config.sampled_search_options())
+        C = search.improved_policy.shape[1]
+        real = batch.transition_masks[:, :, None] > 0                        # [B, K+1, 1]
+        policies = np.where(real, search.improved_policy.reshape(B, K + 1, C), np.float32(1 / C))
+        search_values[:] = search.root_value.reshape(B, K + 1)
+        real = real.ravel()
+        diagnostics = sampled_search_diagnostics(root.policy_std[real], search.candidates[real],
+                                                 search.improved_policy[real],
+                                                 search.completed_q[real])
+        extra = {"candidates": search.candidates.reshape(B, K + 1, C, -1),
+                 "best_actions": search.action.reshape(B, K + 1, -1)}
+    elif reanalysed.any():
+        extra = {}
         rows = np.flatnonzero(reanalysed)
-        root_rows = windows.root_rows.ravel()                                # [R·(K+1)]
-        root = output._replace(state=tuple(s[root_rows] for s in output.state),
-                               value=output.value[root_rows],
-                               policy_logits=output.policy_logits[root_rows])
         gumbel = sample_gumbel(rng, root.policy_logits.shape, config.gumbel_scale)
         search = search_with_model(timed, root, gumbel, **config.search_options())
         uniform = np.float32(1.0 / A)
@@ -203,7 +232,7 @@ def reanalyze(batch, model, *, config: Config, updates: int, rng: np.random.Gene
         diagnostics = search_diagnostics(root.policy_logits[real], search.improved_policy[real],
                                          search.completed_q[real])
     else:
-        diagnostics = {}
+        extra, diagnostics = {}, {}
     total = time.perf_counter() - start
     sve = reanalysed & search_value_mask(config, updates, batch.collected_at,
                                          batch.newest_env_step)
@@ -212,7 +241,7 @@ def reanalyze(batch, model, *, config: Config, updates: int, rng: np.random.Gene
     mixed = np.where(sve[:, None], search_values, td_values) * batch.transition_masks
     return Targets(values=mixed.astype(np.float32), policies=policies.astype(np.float32),
                    sve_fraction=float(sve.mean()), diagnostics=diagnostics,
-                   network_seconds=timed.seconds, tree_seconds=total - timed.seconds)
+                   network_seconds=timed.seconds, tree_seconds=total - timed.seconds, **extra)
 
 
 # Probabilities are floored here before a logarithm (a 0 term then contributes 0 · log floor = 0).
@@ -243,3 +272,18 @@ def search_diagnostics(prior_logits: np.ndarray, improved_policy: np.ndarray,
                 float((improved_policy * (log_improved - log_prior)).sum(axis=-1).mean()),
             "diagnostics/root_q_gap": float((ordered_q[:, -1] - ordered_q[:, -2]).mean())
             if completed_q.shape[-1] > 1 else 0.0}
+
+
+def sampled_search_diagnostics(policy_std: np.ndarray, candidates: np.ndarray,
+                               improved_policy: np.ndarray, completed_q: np.ndarray) -> dict:
+    """The sampled search's counterpart of `search_diagnostics`, over R reanalysed roots: the
+    target model's mean σ (before squashing) [R, A], the candidates' spread [R, C, A] (their std
+    over the C candidates, averaged over dimensions), the improved policy's entropy [R, C] and the
+    gap between the best and second-best completed Q [R, C]."""
+    if len(policy_std) == 0:
+        return {}
+    ordered_q = np.sort(completed_q, axis=-1)
+    return {"diagnostics/policy_std": float(policy_std.mean()),
+            "diagnostics/candidate_spread": float(candidates.std(axis=1).mean()),
+            "diagnostics/improved_policy_entropy": float(_entropy(improved_policy).mean()),
+            "diagnostics/root_q_gap": float((ordered_q[:, -1] - ordered_q[:, -2]).mean())}

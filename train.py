@@ -24,6 +24,7 @@ import argparse
 import csv
 import datetime
 import json
+import math
 import os
 import subprocess
 import sys
@@ -39,9 +40,8 @@ import config as config_module  # noqa: E402
 import envs  # noqa: E402
 from buffer import ReplayBuffer  # noqa: E402
 from config import Config  # noqa: E402
-from evaluate import play_episodes, summarize  # noqa: E402
+from evaluate import play_episodes, search_to_act, summarize  # noqa: E402
 from learner import Learner, configure_tensorflow, machine_description  # noqa: E402
-from mcts import search_actions  # noqa: E402
 from target_pipeline import TargetPipeline  # noqa: E402
 
 # TensorFlow (keras, networks.py) is imported inside the functions that build networks: it takes
@@ -103,6 +103,18 @@ def build_config(args: argparse.Namespace) -> Config:
     if args.seed is not None:
         overrides.insert(0, f"seed={args.seed}")
     return config_module.apply_overrides(config, overrides)
+
+
+def check_continuous(config: Config, spec: envs.EnvSpec) -> None:
+    """Refuse settings a continuous-action task cannot train with (UsageError)."""
+    if config.reanalyze_ratio < 1.0:
+        raise UsageError(f"'{config.env_id}' has continuous actions: reanalyze_ratio must be 1 "
+                         "(the acting search's candidates are not stored); try --config "
+                         "pendulum or dmc_cpu")
+    if config.value_prefix:
+        raise UsageError(f"'{config.env_id}' has continuous actions: its network predicts rewards, "
+                         "not value prefixes (value_prefix=false); try --config pendulum or "
+                         "dmc_cpu")
 
 
 def default_run_dir(config: Config) -> str:
@@ -257,7 +269,7 @@ class Trainer:
         import keras
         import tensorflow as tf
 
-        from networks import EfficientZeroNet
+        from networks import build_network
 
         on_gpu = configure_tensorflow(config)
         keras.utils.set_random_seed(config.seed)
@@ -268,9 +280,9 @@ class Trainer:
         self.config, self.run_dir = config, run_dir
         self.spec = envs.env_spec(config.env_id, config)
         shape, actions = self.spec.observation_shape, self.spec.num_actions
-        self.online = EfficientZeroNet(config, shape, actions)
-        self.selfplay_model = EfficientZeroNet(config, shape, actions)
-        self.target_model = EfficientZeroNet(config, shape, actions)
+        self.online = build_network(config, self.spec)
+        self.selfplay_model = build_network(config, self.spec)
+        self.target_model = build_network(config, self.spec)
         self.learner = Learner(config, self.online, shape, actions)
         self.rng = np.random.default_rng(config.seed)
         self.reanalysis_rng = np.random.default_rng((config.seed, REANALYSIS_STREAM))
@@ -278,7 +290,7 @@ class Trainer:
         self.best_eval: float | None = None
         self.last_eval: float | None = None
         self.buffer = ReplayBuffer(config, self.spec.frame_shape, self.spec.frame_dtype, actions,
-                                   config.num_envs)
+                                   config.num_envs, self.spec.action_dims)
         if resume_from is not None:
             self._restore(resume_from)
         else:
@@ -287,7 +299,7 @@ class Trainer:
             self.target_model.set_weights(weights)
         self.pipeline = TargetPipeline(
             config, lambda rng: self.buffer.sample(config.batch_size, rng), self.target_model,
-            self.rng, self.reanalysis_rng, shape, actions)
+            self.rng, self.reanalysis_rng, self.spec)
         self.envs = [envs.make_env(config.env_id, self.game_seed(i), True, config)
                      for i in range(config.num_envs)]
         self.stacker = envs.FrameStacker(config.num_envs, self.spec.frame_shape, config.frame_stack,
@@ -356,8 +368,8 @@ class Trainer:
         """One lockstep step of all envs, acting by Gumbel search; returns the search seconds."""
         config = self.config
         start = time.perf_counter()
-        search = search_actions(self.selfplay_model, self.stacker.observations(),
-                                config.search_options(), self.rng, config.gumbel_scale)
+        search = search_to_act(self.selfplay_model, self.stacker.observations(), config, self.rng,
+                               training=True)
         search_seconds = time.perf_counter() - start
         count = config.num_envs
         rewards = np.zeros(count, np.float32)
@@ -365,7 +377,8 @@ class Trainer:
         truncated = np.zeros(count, bool)
         next_frames = []
         for i, env in enumerate(self.envs):
-            frame, reward, terminated[i], truncated[i], info = env.step(int(search.action[i]))
+            frame, reward, terminated[i], truncated[i], info = env.step(
+                search.action[i] if self.spec.action_dims else int(search.action[i]))
             rewards[i] = reward
             next_frames.append(frame)
             if "game_return" in info:
@@ -374,9 +387,11 @@ class Trainer:
                 self.logger.log({"charts/episode_return": info["game_return"],
                                  "charts/episode_length": info["game_length"]},
                                 self.updates, self.env_steps + i + 1)
+        stored_policies = (np.zeros((count, 0), np.float32) if self.spec.action_dims
+                           else search.improved_policy)
         self.buffer.add_step(search.action, rewards, np.stack(next_frames), terminated, truncated,
-                             search.root_value, search.improved_policy, self.env_steps)
-        self.env_steps += count
+                             search.root_value, stored_policies, self.env_steps)
+        self.env_steps += count * config.steps_per_transition
         ended = [i for i in range(count) if terminated[i] or truncated[i]]
         for i in range(count):
             if i not in ended:
@@ -421,10 +436,15 @@ class Trainer:
             from networks import support_size_for
 
             largest = result.scalars["targets/max_abs_value_target"]
+            if self.spec.action_dims:
+                support = f"state_value_bound={config.state_value_bound:g}"
+                needed = f"state_value_bound={math.ceil(largest)}"
+            else:
+                support = f"support_size={config.support_size}"
+                needed = f"support_size={support_size_for(largest)}"
             print(f"warning: {result.scalars['targets/clipped_fraction']:.1%} of the value targets "
-                  f"lie outside the support (support_size={config.support_size}); the largest, "
-                  f"|{largest:.0f}|, needs --set support_size={support_size_for(largest)}",
-                  file=sys.stderr)
+                  f"lie outside the support ({support}); the largest, |{largest:.0f}|, needs "
+                  f"--set {needed}", file=sys.stderr)
 
     def _log_update(self, batch, targets, result, prepared, update_seconds: float) -> None:
         """Losses, target diagnostics and timings of this update (every `log_interval`)."""
@@ -575,9 +595,7 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = args.run_dir or default_run_dir(config)
         spec = envs.env_spec(config.env_id, config)   # unknown env ids fail here, before work
         if spec.action_dims:
-            raise UsageError(f"'{config.env_id}' has continuous actions ({spec.action_dims} "
-                             "dimensions): the sampled search exists (mcts_sampled.py), but "
-                             "training on continuous actions is not built yet")
+            check_continuous(config, spec)
         prepare_run_dir(run_dir)
         if resume_from is None:
             with open(os.path.join(run_dir, "config.json"), "w") as file:

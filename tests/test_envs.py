@@ -168,8 +168,23 @@ def test_bad_env_ids_fail_with_one_line(env_id, message):
         envs.env_spec(env_id, cfg.atari100k())
 
 
-def test_a_continuous_action_is_discretised_into_evenly_spaced_values():
+def test_a_box_action_is_rescaled_to_the_unit_cube_for_the_sampled_search():
     config = cfg.classic()
+    spec = envs.env_spec("Pendulum-v1", config)
+    assert (spec.num_actions, spec.action_dims, spec.frame_shape) == (0, 1, (3,))
+    env = envs.make_env("Pendulum-v1", 3, True, config)
+    reference = gym.make("Pendulum-v1")
+    env.reset()
+    reference.reset(seed=3)
+    for action, torque in [(1.0, 2.0), (-0.5, -1.0), (0.25, 0.5)]:
+        frame, reward, *_ = env.step(np.array([action], np.float32))
+        expected, expected_reward, *_ = reference.step(np.array([torque], np.float32))
+        np.testing.assert_allclose(frame, expected, rtol=1e-5, atol=1e-6)
+        assert reward == pytest.approx(expected_reward, rel=1e-5, abs=1e-6)
+
+
+def test_a_continuous_action_is_discretised_into_evenly_spaced_values_on_request():
+    config = dataclasses.replace(cfg.classic(), continuous_action_bins=5)
     spec = envs.env_spec("Pendulum-v1", config)
     assert spec.num_actions == config.continuous_action_bins == 5
     env = envs.make_env("Pendulum-v1", 3, True, config)

@@ -612,7 +612,7 @@ def test_state_net_has_the_official_parameter_count():
     from networks import StateNet
 
     observation, action = 15, 4                                   # hopper, the YAML's game
-    counts = StateNet(dmc_state_config(), observation, action).parameter_counts()
+    counts = StateNet(dmc_state_config(), (observation,), action).parameter_counts()
     dense = lambda n_in, n_out: n_in * n_out + n_out             # noqa: E731
     norm = lambda n: 2 * n                                      # noqa: E731 LayerNorm, BatchNorm
     block = lambda width, hidden: norm(width) + dense(width, hidden) + dense(hidden, width)  # noqa: E731
@@ -636,7 +636,7 @@ def test_a_fresh_policy_head_gives_the_official_initial_gaussian():
     from networks import StateNet, policy_parameters
 
     config = dmc_state_config()
-    net = StateNet(config, 8, 2)
+    net = StateNet(config, (8,), 2)
     latent = net.representation(tf.random.normal((5, 8)))
     mean, std = policy_parameters(net.policy_head(latent), config)
     np.testing.assert_allclose(mean, np.zeros((5, 2)))

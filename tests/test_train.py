@@ -179,13 +179,6 @@ def test_unknown_env_is_a_usage_error(tmp_path):
     assert "NoSuchGame-v9" in line
 
 
-def test_a_continuous_task_is_a_usage_error_until_its_training_path_exists(tmp_path):
-    line = assert_one_line_usage_error(run_script(
-        "train.py", "--config", "smoke", "--env", "dm_control/walker-stand-v0", "--run-dir",
-        str(tmp_path)))
-    assert "continuous actions (6 dimensions)" in line
-
-
 def test_unknown_config_key_is_a_usage_error(tmp_path):
     line = assert_one_line_usage_error(run_script("train.py", "--config", "smoke", "--set",
                                                   "bogus=1", "--run-dir", str(tmp_path)))
@@ -547,7 +540,7 @@ def test_every_loss_term_equals_a_plain_numpy_computation():
     for variable, saved in zip(learner._statistics, statistics):
         variable.assign(saved)
     gradients, _, scalars = learner.gradients(
-        batch.frames, batch.actions, batch.reward_targets, targets.values, targets.policies,
+        batch.frames, batch.actions, batch.reward_targets, targets.values, (targets.policies,),
         transition, value, weights)
     assert float(scalars["losses/value"]) == pytest.approx(value_loss.mean() / K, rel=1e-4)
     assert float(scalars["losses/policy"]) == pytest.approx(policy_loss.mean() / K, rel=1e-4)
@@ -565,7 +558,7 @@ def test_every_loss_term_equals_a_plain_numpy_computation():
     for variable, saved in zip(learner._statistics, statistics):
         variable.assign(saved)
     gradients, _, _ = learner.gradients(
-        batch.frames, batch.actions, batch.reward_targets, targets.values, targets.policies,
+        batch.frames, batch.actions, batch.reward_targets, targets.values, (targets.policies,),
         transition, value, weights)
     reference = tape.gradient(reference_objective, net.trainable_variables)
     reference, _ = tf.clip_by_global_norm([r if r is not None else tf.zeros_like(v) for r, v in
