@@ -1,7 +1,7 @@
 """Benchmarks of the pieces whose speed bounds training, and the projected cost of a full run.
 
-Usage: `python bench.py [all|search|buffer|update|selfplay|memory|projection|minatar|classic]
-[--mixed-precision]`
+Usage: `python bench.py [all|search|buffer|update|selfplay|memory|projection|minatar|classic|
+continuous] [--mixed-precision]`
 prints a table per section and merges the results into `bench-results.json` (keyed by section, so
 sections can be re-run one at a time). With `--mixed-precision` the networks compute as `train.py
 --set mixed_precision=true` would on this machine (bfloat16 on a CPU, float16 on a GPU) and the
@@ -39,6 +39,10 @@ into network calls, tree, sampling and the rest, the update with reanalysis pipe
 projected minutes of a 100K-step run (self-play plus updates; evaluations excluded).
 
 classic: the same for the `classic` preset on CartPole-v1 (20,000 env steps).
+
+continuous: the tree work of the sampled search (mcts_sampled.py) at B = 4 to 256, then the same
+split and projection for the `pendulum`, `dmc_cpu` and `dmc` presets (the last the official DMC
+settings, projected on this machine).
 """
 
 from __future__ import annotations
@@ -441,9 +445,62 @@ def bench_classic() -> dict:
                                              mixed_precision=mixed_precision))
 
 
+SAMPLED_SEARCH_BATCH_SIZES = (4, 16, 64, 256)    # acting (4 envs) to reanalysis (dmc_cpu: 64·6)
+SAMPLED_SEARCH_ACTION_DIMS = 6                   # walker's A
+SAMPLED_SEARCH_SIMULATIONS = 32                  # the official DMC search: 32 simulations ...
+SAMPLED_SEARCH_CANDIDATES = 16                   # ... over 4 + 12 candidates
+
+
+def bench_continuous() -> dict:
+    """The continuous path: simulations per second of `mcts_sampled.sampled_search`'s tree work
+    (a precomputed NumPy `recurrent_fn`, as `search`), then `_bench_preset` of the `pendulum`,
+    `dmc_cpu` (ball_in_cup-catch) and `dmc` (hopper-hop, the official settings) presets: self-play
+    and update split, bare (learner) and full update, and each run's projected minutes."""
+    import dataclasses
+
+    import config as config_module
+    from mcts_sampled import sampled_search
+
+    results = {}
+    n, K, A = SAMPLED_SEARCH_SIMULATIONS, SAMPLED_SEARCH_CANDIDATES, SAMPLED_SEARCH_ACTION_DIMS
+    for batch in SAMPLED_SEARCH_BATCH_SIZES:
+        rng = np.random.default_rng(0)
+        rewards = rng.normal(size=(n, batch)).astype(np.float32)
+        values = rng.normal(size=(n, batch)).astype(np.float32)
+        children = rng.uniform(-1, 1, (n, batch, 2, A)).astype(np.float32)
+        candidates = rng.uniform(-1, 1, (batch, K, A)).astype(np.float32)
+        counter = [0]
+
+        def recurrent_fn(state, actions, counter=counter, rewards=rewards, values=values,
+                         children=children):
+            i = counter[0] % n
+            counter[0] += 1
+            return state, rewards[i], values[i], children[i], None
+
+        search = functools.partial(sampled_search, rng.normal(size=batch).astype(np.float32),
+                                   rng.normal(size=(batch, 8)).astype(np.float32), candidates,
+                                   recurrent_fn, num_simulations=n, discount=0.994009)
+        search()                                                       # warm-up
+        best = float("inf")
+        for _ in range(SEARCH_REPEATS):
+            count, start = 0, time.perf_counter()
+            while time.perf_counter() - start < SEARCH_MIN_SECONDS:
+                search()
+                count += 1
+            best = min(best, (time.perf_counter() - start) / count)
+        results[f"tree B={batch}"] = {"seconds_per_search": best,
+                                      "sims_per_second": batch * n / best}
+    for name in ("pendulum", "dmc_cpu", "dmc"):
+        preset = dataclasses.replace(config_module.get_config(name),
+                                     mixed_precision=mixed_precision)
+        for part, values in _bench_preset(preset).items():
+            results[f"{name} {part}"] = values
+    return results
+
+
 SECTIONS = {"search": bench_search, "buffer": bench_buffer, "update": bench_update,
             "selfplay": bench_selfplay, "memory": bench_memory, "projection": bench_projection,
-            "minatar": bench_minatar, "classic": bench_classic}
+            "minatar": bench_minatar, "classic": bench_classic, "continuous": bench_continuous}
 
 
 def _load_results() -> dict:

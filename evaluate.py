@@ -53,7 +53,12 @@ def play_episodes(model, config: Config, env_id: str, num_episodes: int, seed: i
     for i, env in enumerate(games):
         frame, _ = env.reset(seed=seed + i)
         stacker.reset(i, frame)
-    video = _open_video(video_path, frame, spec.kind) if video_path else None
+    # The Control Suite is filmed after play, from game 0's recorded physics states, in a process
+    # without TensorFlow (MuJoCo's EGL renderer and TensorFlow crash in one process).
+    physics_states = ([games[0].unwrapped.physics.get_state().copy()]
+                      if video_path and spec.kind == "dmc" else None)
+    video = (_open_video(video_path, frame, spec.kind)
+             if video_path and physics_states is None else None)
     returns: list[float | None] = [None] * num_episodes
     lengths = [0] * num_episodes
     initial_values: list[float] = []
@@ -73,6 +78,8 @@ def play_episodes(model, config: Config, env_id: str, num_episodes: int, seed: i
             lengths[i] += 1
             if i == 0 and video is not None:
                 _write_video_frame(video, frame, spec.kind)
+            if i == 0 and physics_states is not None:
+                physics_states.append(games[0].unwrapped.physics.get_state().copy())
             if "game_return" in info:
                 returns[i], lengths[i] = float(info["game_return"]), int(info["game_length"])
             elif terminated or truncated:
@@ -83,6 +90,8 @@ def play_episodes(model, config: Config, env_id: str, num_episodes: int, seed: i
         running = still_running
     if video is not None:
         video.release()
+    if physics_states is not None:
+        film_control_suite(env_id, np.stack(physics_states), config.action_repeat, video_path)
     return EpisodeResults([float(r) for r in returns], lengths, initial_values, discounted_returns)
 
 
@@ -119,6 +128,58 @@ def video_rgb(frame: np.ndarray, kind: str) -> np.ndarray:
         rgb = frame if frame.shape[-1] == 3 else np.repeat(frame, 3, axis=-1)
     scale = max(1, VIDEO_SIDE // max(frame.shape[:2]))
     return cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+
+
+def film_control_suite(env_id: str, states: np.ndarray, action_repeat: int, path: str) -> None:
+    """Film a Control Suite game from its physics states [T + 1, *] (one per decision) with
+    MuJoCo's offscreen renderer (EGL, headless), in a child process without TensorFlow; raises
+    ValueError with one line where rendering is impossible."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    errors = context.Queue()
+    saved = os.environ.get("MUJOCO_GL")
+    os.environ["MUJOCO_GL"] = "egl"                  # read by the child as it imports dm_control
+    try:
+        child = context.Process(target=_render_control_suite,
+                                args=(env_id, states, action_repeat, path, errors))
+        child.start()
+    finally:
+        if saved is None:
+            del os.environ["MUJOCO_GL"]
+        else:
+            os.environ["MUJOCO_GL"] = saved
+    child.join()
+    if child.exitcode != 0:
+        reason = errors.get() if not errors.empty() else f"exit code {child.exitcode}"
+        raise ValueError(f"cannot film '{env_id}' with MuJoCo's EGL renderer ({reason}); it "
+                         "needs libEGL and Mesa (Debian: libegl1 libgl1-mesa-dri)")
+
+
+def _render_control_suite(env_id: str, states: np.ndarray, action_repeat: int, path: str,
+                          errors) -> None:
+    """The child of `film_control_suite`: a frame of VIDEO_SIDE pixels per physics state."""
+    try:
+        import cv2
+        from dm_control import suite
+
+        domain, task = env_id.split("/", 1)[1].rsplit("-", 1)[0].split("-", 1)
+        env = suite.load(domain, task)
+        env.reset()
+        fps = 1.0 / (env.control_timestep() * action_repeat)
+        writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps,
+                                 (VIDEO_SIDE, VIDEO_SIDE))
+        if not writer.isOpened():
+            raise OSError(f"cannot write video '{path}'")
+        for state in states:
+            with env.physics.reset_context():
+                env.physics.set_state(state)
+            rgb = env.physics.render(VIDEO_SIDE, VIDEO_SIDE, camera_id=0)
+            writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        writer.release()
+    except Exception as error:                  # one line for the parent's message
+        errors.put(f"{type(error).__name__}: {error}".splitlines()[0])
+        raise SystemExit(1) from None
 
 
 def _open_video(path: str, frame: np.ndarray, kind: str):

@@ -57,7 +57,7 @@ PROJECTION_UPDATES = 50
 # The handful of settings printed at the start of a run (all of them go to config.json and to
 # TensorBoard's text tab).
 HEADLINE_SETTINGS = ("preset", "env_id", "seed", "env_steps", "num_envs", "updates_per_env_step",
-                     "batch_size", "num_simulations", "network", "num_channels")
+                     "batch_size", "num_simulations")
 CPU_PRESETS = "atari1h, minatar, classic, acrobot, smoke"
 # Seeds derived from config.seed: self-play game g of env i plays seed + GAME_SEED_STRIDE * g + i;
 # evaluation games use seed + EVAL_SEED_OFFSET + episode (disjoint from every self-play game).
@@ -103,6 +103,14 @@ def build_config(args: argparse.Namespace) -> Config:
     if args.seed is not None:
         overrides.insert(0, f"seed={args.seed}")
     return config_module.apply_overrides(config, overrides)
+
+
+def network_headline(config: Config, spec: envs.EnvSpec) -> str:
+    """The network and search of a run, in a few words."""
+    if spec.action_dims:
+        return (f"network=StateNet (latent {config.mlp_state_size}), sampled search over "
+                f"{config.policy_candidates + config.widened_candidates} candidates")
+    return f"network={config.network}, num_channels={config.num_channels}"
 
 
 def check_continuous(config: Config, spec: envs.EnvSpec) -> None:
@@ -556,15 +564,16 @@ class Trainer:
         search_seconds = 0.0
         while self.env_steps < config.env_steps:
             search_seconds += self.play_and_learn()
-            progress.update(config.num_envs)
+            progress.update(config.num_envs * config.steps_per_transition)
             elapsed = time.perf_counter() - window_start
             if elapsed >= 30.0 or self.env_steps >= config.env_steps:
                 steps = self.env_steps - window_steps
+                searches = steps // (config.num_envs * config.steps_per_transition)
                 self.logger.log({"perf/env_steps_per_second": steps / elapsed,
                                  "perf/updates_per_second":
                                      (self.updates - window_updates) / elapsed,
-                                 "perf/search_ms": 1000 * search_seconds / max(1, steps
-                                                                               // config.num_envs)},
+                                 "perf/search_ms": 1000 * search_seconds / max(1, searches),
+                                 "charts/decisions": self.env_steps // config.steps_per_transition},
                                 self.updates, self.env_steps)
                 window_start, window_steps, window_updates = time.perf_counter(), self.env_steps, \
                     self.updates
@@ -601,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
             with open(os.path.join(run_dir, "config.json"), "w") as file:
                 file.write(config.to_json())
         print(", ".join(f"{key}={getattr(config, key)}" for key in HEADLINE_SETTINGS)
-              + f"; {config.total_updates} updates")
+              + f", {network_headline(config, spec)}; {config.total_updates} updates")
         differences = config_module.differences_from_paper(config)
         print("differs from the paper's settings (atari100k): "
               + (", ".join(f"{key}={value}" for key, value in differences.items()) or "nothing"))

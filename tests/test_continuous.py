@@ -231,6 +231,42 @@ def test_the_observation_normaliser_moves_in_updates_and_is_checkpointed_with_th
                                   net.initial_inference(batch.frames[:, 0]).value)
 
 
+def test_a_resumed_continuous_run_computes_the_same_next_updates(tmp_path):
+    """Weights (the observation normaliser's moments included), optimiser, generators, priorities
+    and counters come back from a checkpoint: the next updates are equal to the last bit."""
+    import train
+    from checkpoints import load_checkpoint
+
+    config = tiny_config(num_envs=2, env_steps=400, start_transitions=40, log_interval=1000,
+                         eval_interval=10_000, checkpoint_interval=10_000)
+
+    def next_updates(run):
+        results = []
+        for _ in range(2):
+            batch = run.buffer.sample(config.batch_size, run.rng)
+            targets = reanalyze(batch, run.target_model, config=config, updates=run.updates,
+                                rng=run.rng)
+            result = run.learner.update(batch, targets, run.updates)
+            run.buffer.update_priorities(batch.indices, result.priorities, batch.collected_at)
+            run.updates += 1
+            results.append((batch.indices.tolist(), batch.actions.tolist(), result.scalars,
+                            result.priorities.tolist()))
+        return results, [w.tolist() for w in run.online.get_weights()]
+
+    trainer = train.Trainer(config, str(tmp_path / "run"), None)
+    trainer.start_games([0, 1])
+    while len(trainer.buffer) < config.start_transitions:
+        trainer.selfplay_step()
+    for _ in range(3):
+        assert trainer.update_once()
+    resumed = train.Trainer(config, str(tmp_path / "run"),
+                            load_checkpoint(trainer.save_checkpoint()))
+    assert resumed.updates == 3
+    assert next_updates(resumed) == next_updates(trainer)
+    trainer.close()
+    resumed.close()
+
+
 # --- from the command line --------------------------------------------------------------------
 
 SHORT_RUN = ["--set", "start_transitions=32", "--set", "num_envs=2",
@@ -254,13 +290,21 @@ def test_a_short_continuous_run_trains_and_evaluates_from_the_command_line(tmp_p
     config = cfg.Config.from_json(open(os.path.join(run_dir, "config.json")).read())
     assert config.total_updates == 8                 # from 32 transitions on, at the ratio
     assert f"done: {env_steps} env steps, 8 updates" in result.stdout
-    scores = str(tmp_path / "scores.json")
+    scores, video = str(tmp_path / "scores.json"), str(tmp_path / "game.mp4")
+    film = ["--video", video] if preset == "dmc_cpu" else []
     result = run_script("evaluate.py", "--checkpoint", run_dir, "--episodes", "2", "--json",
-                        scores, timeout=300)
+                        scores, *film, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.load(open(scores))
     assert summary["episodes"] == 2 and len(summary["returns"]) == 2
     assert summary["lengths"] == [20, 20]
+    if film:                        # MuJoCo's offscreen renderer: one picture per decision
+        import cv2
+
+        capture = cv2.VideoCapture(video)
+        assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 21
+        ok, picture = capture.read()
+        assert ok and picture.shape == (384, 384, 3) and picture.std() > 10
 
 
 def test_a_discrete_preset_on_a_continuous_task_is_a_usage_error(tmp_path):
