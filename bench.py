@@ -412,7 +412,8 @@ def _bench_preset(config) -> dict:
     update_ms = {name: 1000 * float(np.median(values)) for name, values in parts.items()}
     selfplay_minutes = config.start_transitions / (steps * config.num_envs / selfplay) / 60
     update_minutes = config.total_updates * run_ms / 1000 / 60
-    return {"selfplay": {"env_steps_per_second": steps * config.num_envs / selfplay,
+    return {"selfplay": {"env_steps_per_second":
+                         steps * config.num_envs * config.steps_per_transition / selfplay,
                          "step_ms": step_ms, "network_ms": 1000 * network / steps,
                          "tree_ms": 1000 * (search - network) / steps,
                          "envs_and_buffer_ms": 1000 * (selfplay - search) / steps},

@@ -213,8 +213,7 @@ class ReplayBuffer:
 
     Continuous actions (`action_dims` A > 0) are stored as [A] float32 vectors, and no acting
     policy: the search's improved policy is over candidates that are not stored, so every sample
-    is reanalysed (as in the official code); past a game's end actions are uniform in
-    [-action_clip, action_clip]^A."""
+    is reanalysed (as in the official code); past a game's end actions are zeros (as there)."""
 
     def __init__(self, config: Config, frame_shape: tuple, frame_dtype, num_actions: int,
                  num_envs: int, action_dims: int = 0):
@@ -416,9 +415,7 @@ class ReplayBuffer:
                                  start[:, None] + np.minimum(steps, length[:, None] - 1))
         rewards = np.where(inside, self.rewards[move_slots], 0.0)            # [B, P]
         if self.action_dims:
-            clip = config.action_clip
-            actions = np.where(inside[:, :K, None], self.actions[move_slots[:, :K]],
-                               rng.uniform(-clip, clip, (batch_size, K, self.action_dims)))
+            actions = np.where(inside[:, :K, None], self.actions[move_slots[:, :K]], 0.0)
             stored_policies = self.policies[move_slots[:, :K + 1]]          # [B, K+1, 0]
         else:
             actions = np.where(inside[:, :K], self.actions[move_slots[:, :K]],

@@ -598,12 +598,15 @@ def pendulum() -> Config:
 
 
 # The settings only continuous-control tasks read: the Control Suite, StateNet, the sampled search.
-CONTINUOUS_ONLY = ("action_repeat", "residual_hidden_size", "action_embedding_size",
-                   "state_support_bins", "policy_candidates", "widened_candidates",
-                   "candidate_std_widening", "sampled_children", "action_clip",
-                   "state_value_bound", "state_reward_bound", "policy_mean_bound",
+CONTINUOUS_ONLY = ("continuous_action_bins", "action_repeat", "residual_hidden_size",
+                   "action_embedding_size", "state_support_bins", "policy_candidates",
+                   "widened_candidates", "candidate_std_widening", "sampled_children",
+                   "action_clip", "state_value_bound", "state_reward_bound", "policy_mean_bound",
                    "policy_std_offset", "policy_min_std", "continuous_policy_loss",
                    "entropy_samples", "nonnegative_values")
+
+# The presets of continuous-action tasks (the others train discrete actions).
+CONTINUOUS_PRESETS = ("dmc", "dmc_cpu", "pendulum")
 
 PRESETS: dict[str, Callable[[], Config]] = {"atari100k": atari100k, "atari1h": atari1h,
                                               "smoke": smoke, "classic": classic,

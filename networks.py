@@ -881,7 +881,7 @@ class StateRepresentation(_Block):
 
     def __init__(self, config: Config, **kwargs):
         super().__init__(**kwargs)
-        self.normalizer = RunningMeanStd()
+        self.normalizer = RunningMeanStd(dtype="float32")     # float32 moments under any policy
         self.dense = keras.layers.Dense(config.mlp_state_size)
         self.norm = _layer_norm()
         self.blocks = [PreNormResidualBlock(config.mlp_state_size, config.residual_hidden_size)

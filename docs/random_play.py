@@ -19,14 +19,16 @@ sys.path.insert(0, ROOT)
 import envs  # noqa: E402
 
 TASKS = ("CartPole-v1", "Acrobot-v1", "MinAtar/Breakout-v1", "MinAtar/Asterix-v1",
-         "MinAtar/Freeway-v1", "MinAtar/Seaquest-v1", "MinAtar/SpaceInvaders-v1")
+         "MinAtar/Freeway-v1", "MinAtar/Seaquest-v1", "MinAtar/SpaceInvaders-v1", "Pendulum-v1",
+         "dm_control/ball_in_cup-catch-v0", "dm_control/walker-stand-v0")
 GAMES = 30
 SEED = 10_000_000                     # train.py's EVAL_SEED_OFFSET: the evaluation games' seeds
 OUTPUT = os.path.join(ROOT, "docs", "runs", "random-play.json")
 
 
 def random_returns(env_id: str, games: int, seed: int) -> list[float]:
-    """The raw game returns of `games` games of uniform random actions."""
+    """The raw game returns of `games` games of uniform random actions (uniform in the box of a
+    continuous action)."""
     rng = np.random.default_rng(seed)
     returns = []
     for game in range(games):
@@ -34,7 +36,10 @@ def random_returns(env_id: str, games: int, seed: int) -> list[float]:
         env.reset(seed=seed + game)
         total, done = 0.0, False
         while not done:
-            _, _, terminated, truncated, info = env.step(int(rng.integers(env.action_space.n)))
+            space = env.action_space
+            action = (rng.uniform(space.low, space.high).astype(np.float32)
+                      if space.shape else int(rng.integers(space.n)))
+            _, _, terminated, truncated, info = env.step(action)
             total += info["raw_reward"]
             done = terminated or truncated
         env.close()

@@ -35,8 +35,9 @@ HEADER = ("| task | command | seeds | final evaluation: mean (range) | best | ra
           "| wall time per run | code |\n| --- | --- | --- | --- | --- | --- | --- | --- |")
 
 
-# Settings added after runs were made that no task of those runs reads: a run whose config.json
-# lacks one still counts. Any other missing setting means the run's code lacked what it switches.
+# Settings that no discrete-action task reads: a run of a discrete preset counts whatever its
+# config.json says of them (or lacks). Any other missing setting means the run's code lacked what it
+# switches.
 ADDED_FOR_OTHER_TASKS = set(config_module.CONTINUOUS_ONLY)
 
 
@@ -48,8 +49,9 @@ def todays_preset(run_config: dict) -> bool:
     expected = json.loads(dataclasses.replace(
         config_module.PRESETS[name](), env_id=run_config["env_id"],
         seed=run_config["seed"]).to_json())
-    for key in ADDED_FOR_OTHER_TASKS - set(run_config):
-        del expected[key]
+    if name not in config_module.CONTINUOUS_PRESETS:
+        run_config = {k: v for k, v in run_config.items() if k not in ADDED_FOR_OTHER_TASKS}
+        expected = {k: v for k, v in expected.items() if k not in ADDED_FOR_OTHER_TASKS}
     return expected == run_config
 
 

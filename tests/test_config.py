@@ -117,6 +117,6 @@ def test_the_continuous_only_settings_are_fields_no_discrete_preset_changes():
     assert set(cfg.CONTINUOUS_ONLY) <= set(fields)
     for make in cfg.PRESETS.values():
         preset = make()
-        if preset.preset in ("dmc", "dmc_cpu", "pendulum"):          # the continuous presets
+        if preset.preset in cfg.CONTINUOUS_PRESETS:
             continue
         assert all(getattr(preset, name) == fields[name] for name in cfg.CONTINUOUS_ONLY)
