@@ -182,7 +182,8 @@ class Config:
     # --- search (Gumbel MuZero, blog topic 1) ----------------------------------------------------
     num_simulations: int = _f("simulations per search (self-play, evaluation and reanalysis)", 16,
                               _POSITIVE)
-    max_num_considered_actions: int = _f("root actions sampled by Gumbel top-k (m)", 4, _POSITIVE)
+    max_num_considered_actions: int = _f("root actions sampled by Gumbel top-k (m); the sampled "
+                                         "search keeps min(m, candidates) at first", 4, _POSITIVE)
     c_visit: float = _f("sigma(q) = (c_visit + max N) * c_scale * q", 50.0, _POSITIVE)
     c_scale: float = _f("sigma(q) = (c_visit + max N) * c_scale * q", 0.1, _POSITIVE)
     q_normalization: str = _f("rescaling of Q to [0, 1] in the search: 'tree' (one min/max per "
@@ -352,7 +353,9 @@ class Config:
                 "policy_candidates": self.policy_candidates,
                 "widened_candidates": self.widened_candidates,
                 "candidate_std_widening": self.candidate_std_widening,
-                "action_clip": self.action_clip}
+                "action_clip": self.action_clip,
+                "num_considered": min(self.max_num_considered_actions,
+                                      self.policy_candidates + self.widened_candidates)}
 
     def full_policy_loss(self, action_dims: int) -> bool:
         """Whether the continuous policy loss is Eq. 6 (full) for `action_dims` dimensions."""
@@ -537,19 +540,20 @@ def _continuous_task() -> Config:
         # environment: the flattened state, no lives, raw rewards; a game lasts 500 decisions
         frame_stack=1, terminal_on_life_loss=False, clip_rewards=False, augmentation=False,
         max_episode_steps=500, eval_max_episode_steps=500, frame_compression=0,
-        # network: a 128-wide latent, two pre-LN residual blocks of 256, heads [256, 256]
-        mlp_state_size=128, residual_hidden_size=256, num_blocks=2, head_hidden_sizes=(256, 256),
+        # network: a 128-wide latent, two pre-LN residual blocks (of 256), heads [256, 256]
+        mlp_state_size=128, num_blocks=2, head_hidden_sizes=(256, 256),
         projection_hidden_size=512, projection_output_size=128, prediction_head_hidden_size=512,
         value_prefix=False, nonnegative_values=True,
-        # search: 32 simulations over 16 sampled candidates, no Gumbel noise (official cy_mcts.py)
+        # search: 32 simulations over 16 sampled candidates, all kept at first (m = 16), no Gumbel
+        # noise (official cy_mcts.py)
         num_simulations=32, max_num_considered_actions=16, gumbel_scale=0.0,
         discount=0.994009,           # 0.997 per control step: 0.997² per two-step decision
-        # learning: Adam, every sample reanalysed (its acting candidates are not stored)
+        # learning: Adam; every sample is reanalysed (reanalyze_ratio 1: candidates are not stored)
         optimizer="adam", learning_rate=3e-4, weight_decay=2e-5, lr_decay_updates=1_000_000_000,
-        entropy_loss_coeff=0.05, reanalyze_ratio=1.0,
+        entropy_loss_coeff=0.05,
         # budget: one update per decision, counted per control step; T1 and T2 as dmc_state.yaml
         updates_per_env_step=0.5, sve_start_updates=40_000, td_newest_transitions=20_000,
-        eval_interval=5_000, checkpoint_interval=5_000, log_interval=100)
+        eval_interval=5_000, checkpoint_interval=5_000)
 
 
 def dmc() -> Config:
@@ -561,7 +565,7 @@ def dmc() -> Config:
 
 def dmc_cpu() -> Config:
     """A Control Suite task (ball_in_cup-catch by default) on a 2-core CPU: 50,000 control steps
-    in about an hour and a half. Why: docs/experiments.md, "Why the presets differ from
+    in about an hour. Why: docs/experiments.md, "Why the presets differ from
     `atari100k`", `dmc_cpu`."""
     return dataclasses.replace(
         _continuous_task(), preset="dmc_cpu", env_id="dm_control/ball_in_cup-catch-v0",
@@ -570,12 +574,12 @@ def dmc_cpu() -> Config:
         head_hidden_sizes=(64,), projection_hidden_size=128, projection_output_size=64,
         prediction_head_hidden_size=64, batch_size=64, replay_capacity=25_000,
         num_simulations=16, widened_candidates=4,
-        # budget: 50,000 control steps (25,000 decisions), 6,000 updates; T1, T2 at their shares
-        env_steps=50_000, start_transitions=1_000, updates_per_env_step=0.125, offline_updates=0,
-        selfplay_update_interval=50, target_update_interval=100, sve_start_updates=2_000,
-        td_newest_transitions=5_000, eval_interval=600, checkpoint_interval=600,
+        # budget: 50,000 control steps (25,000 decisions), one update per decision as the official
+        # run (24,000 updates); T1 at its third of the updates, T2 at its fifth of the transitions
+        env_steps=50_000, start_transitions=1_000, offline_updates=0, sve_start_updates=8_000,
+        td_newest_transitions=5_000, eval_interval=2_400, checkpoint_interval=2_400,
         # algorithm: why
-        learning_rate=1e-3,          # 6,000 updates, not 120,000
+        learning_rate=1e-3,          # 24,000 updates, not 120,000
         # speed only: the same numbers up to float rounding (docs/performance.md)
         xla_inference=True, intra_op_threads=1, inter_op_threads=1)
 
@@ -593,8 +597,8 @@ def pendulum() -> Config:
         discount=0.99,               # a 200-step game: the horizon SAC-class agents use here
         # budget: 20,000 env steps, 4,750 updates
         num_envs=8, replay_capacity=20_000, env_steps=20_000, updates_per_env_step=0.25,
-        sve_start_updates=1_500, td_newest_transitions=2_000, eval_interval=500,
-        checkpoint_interval=1_000)
+        selfplay_update_interval=50, target_update_interval=100, sve_start_updates=1_500,
+        td_newest_transitions=2_000, eval_interval=500, checkpoint_interval=1_000)
 
 
 # The settings only continuous-control tasks read: the Control Suite, StateNet, the sampled search.

@@ -280,8 +280,8 @@ def search_with_sampled_model(model, root, rng: np.random.Generator, *, explore:
                               num_simulations: int, discount: float, num_children: int,
                               c_visit: float, c_scale: float, value_delta_max: float,
                               policy_candidates: int, widened_candidates: int,
-                              candidate_std_widening: float,
-                              action_clip: float) -> SampledSearchOutput:
+                              candidate_std_widening: float, action_clip: float,
+                              num_considered: int | None = None) -> SampledSearchOutput:
     """`sampled_search` from a model's root output (fields state, value, policy_mean, policy_std:
     networks.GaussianOutput): the root's candidates from `root_candidates` (widened when
     `explore`: self-play and reanalysis), each new node's children sampled from its own π by
@@ -301,7 +301,7 @@ def search_with_sampled_model(model, root, rng: np.random.Generator, *, explore:
     return sampled_search(root.value, root.state, candidates, recurrent_fn,
                           num_simulations=num_simulations, discount=discount,
                           num_children=num_children, c_visit=c_visit, c_scale=c_scale,
-                          value_delta_max=value_delta_max)
+                          value_delta_max=value_delta_max, num_considered=num_considered)
 
 
 def sampled_search_actions(model, observations: np.ndarray, search_options: dict,

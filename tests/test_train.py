@@ -484,8 +484,7 @@ def test_every_loss_term_equals_a_plain_numpy_computation():
     # then starts from the same moving statistics.
     observations = batch.frames                                 # frame_stack 1: [B, K+1, 4]
     statistics = [v.numpy() for v in learner._statistics]
-    projections = [net.project(net.represent(observations[:, step], training=True),
-                               training=True).numpy() for step in range(1, K + 1)]
+    projections = []
     with tf.GradientTape() as tape:
         latent = net.represent(observations[:, 0], training=True)
         value_logits, policy_logits = net.predict(latent, training=True)
@@ -500,8 +499,12 @@ def test_every_loss_term_equals_a_plain_numpy_computation():
             values.append(value_logits)
             policies.append(policy_logits)
             rewards.append(reward_logits)
+            # The SimSiam target o_{t+k}: represented after the step's dynamics, projected after
+            # the unrolled state (the official order), a constant.
+            real_latent = net.represent(observations[:, step], training=True)
             predictions.append(net.predict_projection(net.project(latent, training=True),
                                                       training=True))
+            projections.append(net.project(real_latent, training=True).numpy())
 
         def consistency_of(prediction, target):
             unit = tf.math.l2_normalize(prediction, -1) * tf.math.l2_normalize(target, -1)
