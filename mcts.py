@@ -494,7 +494,7 @@ class TimedModel:
 
     def __init__(self, model):
         self.model, self.seconds = model, 0.0
-        self.action_dims = model.action_dims
+        self.action_dims = getattr(model, "action_dims", 0)     # 0: discrete actions
 
     def _timed(self, call, *args):
         start = time.perf_counter()

@@ -312,3 +312,17 @@ def test_a_discrete_preset_on_a_continuous_task_is_a_usage_error(tmp_path):
     line = assert_one_line_usage_error(run_script(
         "train.py", "--config", "classic", "--env", "Pendulum-v1", "--run-dir", str(tmp_path)))
     assert "continuous actions" in line and "--config pendulum" in line
+
+
+def test_filming_that_cannot_be_done_is_one_clear_error(tmp_path):
+    """The renderer's child reports its failure (here: a folder that does not exist) and the parent
+    raises one line naming what filming needs."""
+    import evaluate
+
+    states = np.zeros((2, 4))                                  # cartpole: 2 qpos + 2 qvel
+    with pytest.raises(ValueError) as error:
+        evaluate.film_control_suite("dm_control/cartpole-balance-v0", states, 2,
+                                    str(tmp_path / "missing" / "game.mp4"))
+    message = str(error.value)
+    assert "cannot film 'dm_control/cartpole-balance-v0'" in message and "\n" not in message
+    assert "cannot write video" in message
