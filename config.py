@@ -150,6 +150,11 @@ class Config:
                                   "a fresh head gives softplus(offset) + min_std", 1.0)
     policy_min_std: float = _f("continuous policy: the floor of σ (before squashing)", 0.1,
                                _POSITIVE)
+    sampled_prior: str = _f("the sampled search's prior over the root candidates: 'uniform' (the "
+                            "official code) or 'corrected' (the paper's variant: log π − log β of "
+                            "the proposal β, as the official code computes but does not use); "
+                            "with gumbel_scale > 0 the candidates also get Gumbel noise",
+                            "uniform", kind=SWITCH)
     continuous_policy_loss: str = _f("continuous policy loss: 'official' (the official code: "
                                      "'full' for one action dimension, 'simple' for more), "
                                      "'full' (Eq. 6: cross-entropy over the searched candidates) "
@@ -302,6 +307,8 @@ class Config:
                 raise ValueError(f"config key '{f.name}' must be {f.metadata['allowed']}, "
                                  f"got {value!r}")
         _require(self.network in ("conv", "mlp"), "network", "'conv' or 'mlp'", self.network)
+        _require(self.sampled_prior in ("uniform", "corrected"), "sampled_prior",
+                 "'uniform' or 'corrected'", self.sampled_prior)
         _require(self.continuous_policy_loss in ("official", "full", "simple"),
                  "continuous_policy_loss", "'official', 'full' or 'simple'",
                  self.continuous_policy_loss)
@@ -355,7 +362,9 @@ class Config:
                 "candidate_std_widening": self.candidate_std_widening,
                 "action_clip": self.action_clip,
                 "num_considered": min(self.max_num_considered_actions,
-                                      self.policy_candidates + self.widened_candidates)}
+                                      self.policy_candidates + self.widened_candidates),
+                "gumbel_scale": self.gumbel_scale,
+                "corrected_prior": self.sampled_prior == "corrected"}
 
     def full_policy_loss(self, action_dims: int) -> bool:
         """Whether the continuous policy loss is Eq. 6 (full) for `action_dims` dimensions."""
@@ -606,7 +615,7 @@ CONTINUOUS_ONLY = ("continuous_action_bins", "action_repeat", "residual_hidden_s
                    "action_embedding_size", "state_support_bins", "policy_candidates",
                    "widened_candidates", "candidate_std_widening", "sampled_children",
                    "action_clip", "state_value_bound", "state_reward_bound", "policy_mean_bound",
-                   "policy_std_offset", "policy_min_std", "continuous_policy_loss",
+                   "policy_std_offset", "policy_min_std", "sampled_prior", "continuous_policy_loss",
                    "entropy_samples", "nonnegative_values")
 
 # The presets of continuous-action tasks (the others train discrete actions).

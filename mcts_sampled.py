@@ -97,6 +97,21 @@ def root_candidates(mean: np.ndarray, std: np.ndarray, rng: np.random.Generator,
     return np.concatenate([policy, sample_squashed(mean, scale * std, rng, widened, clip)], axis=1)
 
 
+def corrected_candidate_logits(mean: np.ndarray, std: np.ndarray, candidates: np.ndarray, *,
+                               from_policy: int, widening: float) -> np.ndarray:
+    """The paper's sampling-corrected prior over the root's candidates [B, K, A]: the logits
+    log π(a) − log β(a), β the proposal the candidates were drawn from, taken as the official code
+    writes it (`CyMCTS.sample_actions`, its `probs`, computed there but unused): log β = r log π +
+    (1 − r) log π_w, r = from_policy / K, π_w the widened Gaussian. The tanh's Jacobian cancels, so
+    the logits are (1 − r) Σ_d [log N(x; μ, σ) − log N(x; μ, widening·σ)], x = atanh a: [B, K]."""
+    share = from_policy / candidates.shape[1]
+    x = np.arctanh(candidates.astype(np.float64))                      # [B, K, A]
+    mean, std = mean[:, None].astype(np.float64), std[:, None].astype(np.float64)
+    z, z_widened = (x - mean) / std, (x - mean) / (widening * std)
+    log_ratio = -0.5 * (z ** 2 - z_widened ** 2) + np.log(widening)   # log N(σ) − log N(wσ)
+    return ((1 - share) * log_ratio.sum(-1)).astype(np.float32)
+
+
 class _SampledTrees:
     """B trees of M nodes as [B, M] arrays; a node's children are contiguous from first_child."""
 
@@ -281,12 +296,15 @@ def search_with_sampled_model(model, root, rng: np.random.Generator, *, explore:
                               c_visit: float, c_scale: float, value_delta_max: float,
                               policy_candidates: int, widened_candidates: int,
                               candidate_std_widening: float, action_clip: float,
-                              num_considered: int | None = None) -> SampledSearchOutput:
+                              num_considered: int | None = None, gumbel_scale: float = 0.0,
+                              corrected_prior: bool = False) -> SampledSearchOutput:
     """`sampled_search` from a model's root output (fields state, value, policy_mean, policy_std:
     networks.GaussianOutput): the root's candidates from `root_candidates` (widened when
     `explore`: self-play and reanalysis), each new node's children sampled from its own π by
-    `model.recurrent_inference`, all draws from `rng`. The keyword arguments come from
-    config.sampled_search_options()."""
+    `model.recurrent_inference`, all draws from `rng`. The official search gives the candidates a
+    uniform prior and no Gumbel noise; the paper's variant, when exploring, adds Gumbel noise of
+    `gumbel_scale` and, with `corrected_prior`, the logits of `corrected_candidate_logits`. The
+    keyword arguments come from config.sampled_search_options()."""
 
     def recurrent_fn(state, actions):
         output = model.recurrent_inference(state, actions)
@@ -298,10 +316,18 @@ def search_with_sampled_model(model, root, rng: np.random.Generator, *, explore:
                                  from_policy=policy_candidates, widened=widened_candidates,
                                  widening=candidate_std_widening, clip=action_clip,
                                  explore=explore)
+    gumbel = logits = None
+    if explore and gumbel_scale > 0:
+        gumbel = (gumbel_scale * rng.gumbel(size=candidates.shape[:2])).astype(np.float32)
+    if explore and corrected_prior:
+        logits = corrected_candidate_logits(root.policy_mean, root.policy_std, candidates,
+                                            from_policy=policy_candidates,
+                                            widening=candidate_std_widening)
     return sampled_search(root.value, root.state, candidates, recurrent_fn,
                           num_simulations=num_simulations, discount=discount,
                           num_children=num_children, c_visit=c_visit, c_scale=c_scale,
-                          value_delta_max=value_delta_max, num_considered=num_considered)
+                          value_delta_max=value_delta_max, num_considered=num_considered,
+                          gumbel=gumbel, candidate_logits=logits)
 
 
 def sampled_search_actions(model, observations: np.ndarray, search_options: dict,

@@ -41,8 +41,13 @@ HEADER = ("| task | command | seeds | final evaluation: mean (range) | best | ra
 ADDED_FOR_OTHER_TASKS = set(config_module.CONTINUOUS_ONLY)
 
 
+# Settings added after runs were made, with the value that computes what those runs' code did.
+ADDED_LATER = {"sampled_prior": "uniform"}
+
+
 def todays_preset(run_config: dict) -> bool:
     """Whether a run's settings are its preset's of today, for its task and seed."""
+    run_config = {**ADDED_LATER, **run_config}
     name = run_config.get("preset")
     if name not in config_module.PRESETS:
         return False

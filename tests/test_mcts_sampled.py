@@ -198,3 +198,71 @@ def test_widened_candidates_spread_three_times_wider_before_the_tanh():
                                  widened=4000, widening=3.0, clip=0.999, explore=True)
     spread = np.arctanh(candidates[0, :, 0]).reshape(2, 4000).std(axis=1)
     np.testing.assert_allclose(spread, [0.2, 0.6], rtol=0.05)
+
+
+def test_the_corrected_prior_is_the_official_log_ratio_of_policy_to_proposal():
+    """log π(a) − (r log π(a) + (1 − r) log π_w(a)) summed over dimensions, each log-density the
+    squashed Gaussian's with its tanh Jacobian (official `CyMCTS.sample_actions`' `probs`)."""
+    from mcts_sampled import corrected_candidate_logits, root_candidates
+
+    rng = np.random.default_rng(3)
+    mean = rng.normal(size=(2, 3)).astype(np.float32)
+    std = rng.uniform(0.2, 1.5, (2, 3)).astype(np.float32)
+    candidates = root_candidates(mean, std, rng, from_policy=4, widened=12, widening=3.0,
+                                 clip=0.999, explore=True)
+
+    def log_density(scale):
+        x = np.arctanh(candidates.astype(np.float64))
+        s = scale * std[:, None].astype(np.float64)
+        normal = -0.5 * ((x - mean[:, None]) / s) ** 2 - np.log(s) - 0.5 * np.log(2 * np.pi)
+        return (normal - np.log(1 - np.tanh(x) ** 2)).sum(-1)
+    expected = log_density(1) - (0.25 * log_density(1) + 0.75 * log_density(3))
+    np.testing.assert_allclose(corrected_candidate_logits(mean, std, candidates, from_policy=4,
+                                                          widening=3.0), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("explore", [True, False], ids=["self-play", "evaluation"])
+def test_the_papers_variant_adds_gumbel_noise_and_the_corrected_prior_when_exploring(explore):
+    """With gumbel_scale 1 and the corrected prior, the search equals `sampled_search` given the
+    Gumbel noise drawn after the candidates and the corrected logits; in evaluation neither."""
+    from mcts_sampled import (
+        corrected_candidate_logits,
+        root_candidates,
+        sample_squashed,
+        search_with_sampled_model,
+    )
+    from networks import GaussianOutput
+
+    class Model:
+        def recurrent_inference(self, state, actions):
+            value = np.tanh(actions.sum(-1) + state[0][:, 0])
+            return GaussianOutput((state[0] + 1,), 0.1 * actions[:, 0], value,
+                                  np.zeros_like(actions), np.ones_like(actions))
+
+    mean = np.array([[0.3, -0.2], [1.0, 0.5]], np.float32)
+    std = np.array([[0.5, 0.8], [1.2, 0.3]], np.float32)
+    root = GaussianOutput((np.zeros((2, 1), np.float32),), np.zeros(2, np.float32),
+                          np.array([0.2, -0.1], np.float32), mean, std)
+    options = dict(num_simulations=8, discount=0.9, num_children=2, c_visit=50.0, c_scale=0.1,
+                   value_delta_max=0.01, policy_candidates=2, widened_candidates=2,
+                   candidate_std_widening=3.0, action_clip=0.999)
+    output = search_with_sampled_model(Model(), root, np.random.default_rng(5), explore=explore,
+                                       gumbel_scale=1.0, corrected_prior=True, **options)
+    rng = np.random.default_rng(5)
+    candidates = root_candidates(mean, std, rng, from_policy=2, widened=2, widening=3.0,
+                                 clip=0.999, explore=explore)
+    gumbel = rng.gumbel(size=(2, 4)).astype(np.float32) if explore else None
+    logits = (corrected_candidate_logits(mean, std, candidates, from_policy=2, widening=3.0)
+              if explore else None)
+
+    def recurrent_fn(state, actions):
+        step = Model().recurrent_inference((state,), actions)
+        return (step.state[0], step.reward, step.value,
+                sample_squashed(step.policy_mean, step.policy_std, rng, 2, 0.999), None)
+    expected = sampled_search(root.value, root.state[0], candidates, recurrent_fn,
+                              num_simulations=8, discount=0.9, gumbel=gumbel,
+                              candidate_logits=logits)
+    for name in ("improved_policy", "chosen", "root_value", "visit_counts"):
+        np.testing.assert_array_equal(getattr(output, name), getattr(expected, name), name)
+    if explore:
+        assert np.abs(logits).min() > 0 and np.abs(gumbel).min() > 0     # both change the root
