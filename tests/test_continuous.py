@@ -275,11 +275,12 @@ SHORT_RUN = ["--set", "start_transitions=32", "--set", "num_envs=2",
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("env_id, preset, env_steps", [
-    ("Pendulum-v1", "pendulum", 64),
-    ("dm_control/cartpole-balance-v0", "dmc_cpu", 128)])     # control steps: 2 per transition
+@pytest.mark.parametrize("env_id, preset, env_steps, updates", [
+    ("Pendulum-v1", "pendulum", 64, 8),                      # 0.25 an env step from 32 on
+    ("dm_control/cartpole-balance-v0", "dmc_cpu", 128, 32)])  # 0.5 a control step from 64 on
 def test_a_short_continuous_run_trains_and_evaluates_from_the_command_line(tmp_path, env_id,
-                                                                           preset, env_steps):
+                                                                           preset, env_steps,
+                                                                           updates):
     from test_train import run_script
 
     run_dir = str(tmp_path / "run")
@@ -287,8 +288,8 @@ def test_a_short_continuous_run_trains_and_evaluates_from_the_command_line(tmp_p
                         "--set", f"env_steps={env_steps}", *SHORT_RUN, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     config = cfg.Config.from_json(open(os.path.join(run_dir, "config.json")).read())
-    assert config.total_updates == 8                 # from 32 transitions on, at the ratio
-    assert f"done: {env_steps} env steps, 8 updates" in result.stdout
+    assert config.total_updates == updates           # from 32 transitions on, at the ratio
+    assert f"done: {env_steps} env steps, {updates} updates" in result.stdout
     scores, video = str(tmp_path / "scores.json"), str(tmp_path / "game.mp4")
     film = ["--video", video] if preset == "dmc_cpu" else []
     result = run_script("evaluate.py", "--checkpoint", run_dir, "--episodes", "2", "--json",
