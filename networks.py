@@ -603,7 +603,28 @@ def _uniform(variable, bound: float) -> None:
 
 # --- the network ----------------------------------------------------------------------------------
 
-class EfficientZeroNet:
+def scale_gradient(x, scale: float):
+    """x in the forward pass; its gradient times `scale` in the backward pass."""
+    if scale == 1.0:
+        return x
+    return scale * x + (1.0 - scale) * tf.stop_gradient(x)
+
+
+class _Weights:
+    """Weights as NumPy arrays, in the fixed order of the network's `variables`."""
+
+    def get_weights(self) -> list:
+        return [np.array(v.numpy()) for v in self.variables]
+
+    def set_weights(self, weights: list) -> None:
+        variables = self.variables
+        if len(weights) != len(variables):
+            raise ValueError(f"expected {len(variables)} weight arrays, got {len(weights)}")
+        for variable, value in zip(variables, weights):
+            variable.assign(value)
+
+
+class EfficientZeroNet(_Weights):
     """h, g (with the value-prefix head), f and the SimSiam heads, plus the search-side adapter.
 
     `observation_shape` is (H, W, frame_stack * channels) uint8 for Atari or (D,) float32 for vector
@@ -700,9 +721,7 @@ class EfficientZeroNet:
         `state_gradient_scale` scales the gradient flowing back into the next latent from all its
         readers, the reward head included (the forward value is unchanged)."""
         next_latent = self.transition(latent, actions, training=training)
-        if state_gradient_scale != 1.0:
-            next_latent = (state_gradient_scale * next_latent
-                           + (1.0 - state_gradient_scale) * tf.stop_gradient(next_latent))
+        next_latent = scale_gradient(next_latent, state_gradient_scale)
         reward_logits, lstm_state = self.reward_head(next_latent, lstm_state, training=training)
         return next_latent, tf.cast(reward_logits, tf.float32), lstm_state
 
@@ -800,16 +819,6 @@ class EfficientZeroNet:
     def variables(self) -> list:
         """Every variable, BatchNorm moving statistics included, in a fixed order."""
         return [v for layers in self._parts.values() for layer in layers for v in layer.weights]
-
-    def get_weights(self) -> list:
-        return [np.array(v.numpy()) for v in self.variables]
-
-    def set_weights(self, weights: list) -> None:
-        variables = self.variables
-        if len(weights) != len(variables):
-            raise ValueError(f"expected {len(variables)} weight arrays, got {len(weights)}")
-        for variable, value in zip(variables, weights):
-            variable.assign(value)
 
     def parameter_counts(self) -> dict:
         """Trainable parameters per part (as PyTorch's parameters(): moving statistics excluded)."""
@@ -958,7 +967,7 @@ def squashed_gaussian(mean, std):
         tfp.distributions.Normal(mean, std), tfp.bijectors.Tanh())
 
 
-class StateNet:
+class StateNet(_Weights):
     """The official DMC-state network (`ez/agents/ez_dmc_state.py`): h, g (rewards, no value
     prefix), the reward head (on the next latent), the value and policy heads and the SimSiam heads,
     for observations [B, D] and continuous actions [B, A] in [-1, 1]. The reward and policy heads'
@@ -1027,9 +1036,7 @@ class StateNet:
         """g: (latent [B, S], actions [B, A], ()) -> (next latent, reward logits [B, bins], ()); the
         gradient into the next latent scaled as EfficientZeroNet.dynamics does."""
         next_latent = self.transition(latent, actions, training=training)
-        if state_gradient_scale != 1.0:
-            next_latent = (state_gradient_scale * next_latent
-                           + (1.0 - state_gradient_scale) * tf.stop_gradient(next_latent))
+        next_latent = scale_gradient(next_latent, state_gradient_scale)
         reward_logits = self.reward_head(next_latent, training=training)
         return next_latent, tf.cast(reward_logits, tf.float32), ()
 
@@ -1092,16 +1099,6 @@ class StateNet:
     def variables(self) -> list:
         """Every variable, the observation normaliser and BatchNorm statistics included."""
         return [v for block in self.blocks.values() for v in block.weights]
-
-    def get_weights(self) -> list:
-        return [np.array(v.numpy()) for v in self.variables]
-
-    def set_weights(self, weights: list) -> None:
-        variables = self.variables
-        if len(weights) != len(variables):
-            raise ValueError(f"expected {len(variables)} weight arrays, got {len(weights)}")
-        for variable, value in zip(variables, weights):
-            variable.assign(value)
 
     def parameter_counts(self) -> dict:
         """Trainable parameters per block."""
