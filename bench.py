@@ -1,7 +1,7 @@
 """Benchmarks of the pieces whose speed bounds training, and the projected cost of a full run.
 
 Usage: `python bench.py [all|search|buffer|update|selfplay|memory|projection|minatar|classic|
-continuous] [--mixed-precision]`
+continuous|ray] [--mixed-precision]`
 prints a table per section and merges the results into `bench-results.json` (keyed by section, so
 sections can be re-run one at a time). With `--mixed-precision` the networks compute as `train.py
 --set mixed_precision=true` would on this machine (bfloat16 on a CPU, float16 on a GPU) and the
@@ -43,6 +43,10 @@ classic: the same for the `classic` preset on CartPole-v1 (20,000 env steps).
 continuous: the tree work of the sampled search (mcts_sampled.py) at B = 4 to 256, then the same
 split and projection for the `pendulum`, `dmc_cpu` and `dmc` presets (the last the official DMC
 settings, projected on this machine).
+
+ray: reanalysis on W = 0..4 Ray actors for the `classic` and `minatar` presets: full and bare
+update, Ray's own cost per batch, and (with `update` and `selfplay` stored) an atari100k run's
+projected hours on 2 to 32 cores without a GPU.
 """
 
 from __future__ import annotations
@@ -360,6 +364,16 @@ PRESET_UPDATES = 10                   # timed sequential full updates (medians r
 PRESET_RUN_STEPS = 40                 # timed lockstep steps of the online loop, with their updates
 
 
+def _online_ms_per_update(trainer) -> float:
+    """ms per update of `Trainer.play_and_learn` (self-play steps with their due updates) over
+    PRESET_RUN_STEPS lockstep steps, after the updates due since `start_transitions`."""
+    trainer.play_and_learn()
+    start, first_update = time.perf_counter(), trainer.updates
+    for _ in range(PRESET_RUN_STEPS):
+        trainer.play_and_learn()
+    return 1000 * (time.perf_counter() - start) / (trainer.updates - first_update)
+
+
 def _bench_preset(config) -> dict:
     """Self-play and updates of a CPU preset, each split into where the time goes, and the
     projected minutes of the whole run (evaluations excluded).
@@ -401,11 +415,7 @@ def _bench_preset(config) -> dict:
         trainer.learner.update(batch, targets, 0)                       # traces the update
         parts = _timed_full_updates(trainer, PRESET_UPDATES)
         del parts["reanalysis"]                       # reported as its network and tree parts
-        trainer.play_and_learn()                      # the updates due since start_transitions
-        start, first_update = time.perf_counter(), trainer.updates
-        for _ in range(PRESET_RUN_STEPS):
-            trainer.play_and_learn()
-        run_ms = 1000 * (time.perf_counter() - start) / (trainer.updates - first_update)
+        run_ms = _online_ms_per_update(trainer)
         trainer.close()
     steps = PRESET_SELFPLAY_STEPS
     step_ms = 1000 * selfplay / steps
@@ -499,9 +509,96 @@ def bench_continuous() -> dict:
     return results
 
 
+RAY_ACTOR_COUNTS = (0, 1, 2, 3, 4)     # W of `bench.py ray`
+RAY_ROUND_TRIPS = 5                    # batches sent one at a time to time Ray's own cost
+LEARNER_CORES = 2                      # the projection's learner keeps this many cores...
+ACTOR_CORES = 2                        # ...and gives each reanalysis actor this many
+
+
+def _ray_round_trip_ms(config, trainer) -> float:
+    """Ray's own cost per batch: the median time from `submit` to the targets in hand, minus the
+    actor's time inside `targets.reanalyze`, for batches sent one at a time (W = 1)."""
+    import dataclasses
+
+    from ray_actors import RayReanalysisPool
+
+    pool = RayReanalysisPool(dataclasses.replace(config, ray_reanalysis_actors=1), trainer.spec,
+                             trainer.target_model.get_weights())
+    overheads = []
+    for k in range(RAY_ROUND_TRIPS + 1):                       # the first traces the actor's graphs
+        batch = trainer.buffer.sample(config.batch_size, trainer.rng)
+        start = time.perf_counter()
+        targets = pool.submit(batch, k).result()
+        overheads.append(time.perf_counter() - start - targets.network_seconds
+                         - targets.tree_seconds)
+    pool.close()
+    return 1000 * float(np.median(overheads[1:]))
+
+
+def bench_ray() -> dict:
+    """Reanalysis on W Ray actors (`ray_reanalysis_actors`, ray_actors.py) for the `classic`
+    (CartPole) and `minatar` (Breakout) presets: the full update (ms per update of the online loop,
+    self-play included, as `_bench_preset`'s run) against the bare one (the learner alone) for
+    W = 0 (the preset's own thread or process) to 4, and Ray's own cost per batch. With the
+    `update` and `selfplay` sections stored, an atari100k run's hours on C cores without a GPU,
+    projected: the learner keeps LEARNER_CORES, each actor ACTOR_CORES (at this machine's speed per
+    core), and an update takes max(sample + bare, reanalysis / W) + Ray's cost."""
+    import dataclasses
+
+    import config as config_module
+    from learner import configure_tensorflow
+    from ray_actors import import_ray, start_ray
+    from train import Trainer
+
+    start_ray(num_cpus=max(os.cpu_count(), max(RAY_ACTOR_COUNTS)))
+    results = {"machine": {"cores": os.cpu_count()}}
+    presets = {"classic": dataclasses.replace(config_module.classic(), env_id="CartPole-v1"),
+               "minatar": dataclasses.replace(config_module.minatar(), env_id=MINATAR_ENV)}
+    for name, preset in presets.items():
+        preset = dataclasses.replace(preset, mixed_precision=mixed_precision,
+                                     eval_interval=10**9, checkpoint_interval=10**9)
+        configure_tensorflow(preset)
+        for actors in RAY_ACTOR_COUNTS:
+            config = dataclasses.replace(preset, ray_reanalysis_actors=actors)
+            with tempfile.TemporaryDirectory() as run_dir:
+                trainer = Trainer(config, run_dir, None)
+                trainer.start_games(list(range(config.num_envs)))
+                while len(trainer.buffer) < config.start_transitions:
+                    trainer.selfplay_step()
+                parts = _timed_full_updates(trainer, PRESET_UPDATES)   # traces; bare = learner
+                full_ms = _online_ms_per_update(trainer)
+                bare_ms = 1000 * float(np.median(parts["learner"]))
+                entry = {"full_ms": full_ms, "bare_ms": bare_ms,
+                         "full_over_bare": full_ms / bare_ms}
+                if actors == 1:
+                    entry["ray_ms_per_batch"] = _ray_round_trip_ms(config, trainer)
+                results[f"{name} W={actors}"] = entry
+                trainer.close()
+    import_ray().shutdown()
+    stored = _load_results()
+    if _section_key("update") in stored and _section_key("selfplay") in stored:
+        full = stored[_section_key("update")]["full"]
+        bare = stored[_section_key("update")]["bare"]["seconds"]
+        ray_seconds = results["minatar W=1"]["ray_ms_per_batch"] / 1000
+        selfplay_hours = BREAKOUT_ENV_STEPS / stored[_section_key("selfplay")]["selfplay"][
+            "env_steps_per_second"] / 3600
+        for cores in (2, 4, 8, 16, 32):
+            actors = max(0, (cores - LEARNER_CORES) // ACTOR_CORES)
+            update = (full["seconds"] if actors == 0 else
+                      max(full["sample_s"] + bare, full["reanalysis_s"] / actors) + ray_seconds)
+            results[f"atari100k {cores} cores"] = {
+                "actors": actors, "seconds_per_update": update, "full_over_bare": update / bare,
+                "hours": selfplay_hours + BREAKOUT_UPDATES * update / 3600}
+    else:
+        print("note: python bench.py update selfplay first, for the atari100k projection",
+              file=sys.stderr)
+    return results
+
+
 SECTIONS = {"search": bench_search, "buffer": bench_buffer, "update": bench_update,
             "selfplay": bench_selfplay, "memory": bench_memory, "projection": bench_projection,
-            "minatar": bench_minatar, "classic": bench_classic, "continuous": bench_continuous}
+            "minatar": bench_minatar, "classic": bench_classic, "continuous": bench_continuous,
+            "ray": bench_ray}
 
 
 def _load_results() -> dict:

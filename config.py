@@ -269,6 +269,25 @@ class Config:
                                "once (0: TensorFlow's default, one per core); applied as "
                                "intra_op_threads", 0, _NON_NEGATIVE, kind=SPEED)
 
+    # --- scale-out on Ray (ray_actors.py) --------------------------------------------------------
+    ray_reanalysis_actors: int = _f("W: Ray actors that reanalyse the coming batches, each with "
+                                    "its own target model (0: reanalysis in this process, as "
+                                    "pipelined_reanalysis and reanalysis_process say). Batch k "
+                                    "then draws its noise from the stream (seed, k)",
+                                    0, _NON_NEGATIVE, kind=SWITCH)
+    ray_pipeline_depth: int = _f("batches sampled and in reanalysis ahead of the learner with Ray "
+                                 "actors (0: one per actor); batch k is drawn during update "
+                                 "k - depth", 0, _NON_NEGATIVE, kind=SWITCH)
+    ray_actor_cpus: float = _f("CPUs Ray reserves for each actor; its TensorFlow uses as many "
+                               "threads (at least one) unless intra_op_threads says otherwise",
+                               1.0, _POSITIVE, kind=SPEED)
+    ray_address: str = _f("'' starts a Ray instance on this machine for the run; 'auto' joins the "
+                          "cluster started by `ray start`; or the head's host:port", "",
+                          kind=SPEED)
+    ray_timeout_seconds: float = _f("longest wait for a Ray actor's answer: past it the run stops "
+                                    "with an error instead of hanging", 600.0, _POSITIVE,
+                                    kind=SPEED)
+
     # --- prioritized replay ----------------------------------------------------------------------
     use_priority: bool = _f("prioritized replay (else uniform sampling)", True, kind=SWITCH)
     priority_alpha: float = _f("priority exponent alpha", 1.0, _NON_NEGATIVE)
@@ -324,6 +343,10 @@ class Config:
                      (self.num_channels // 2) % self.group_norm_groups == 0, "group_norm_groups",
                      "a divisor of num_channels and num_channels / 2", self.group_norm_groups)
         _require(self.num_channels % 2 == 0, "num_channels", "even", self.num_channels)
+        if self.ray_reanalysis_actors:
+            _require(self.pipelined_reanalysis, "pipelined_reanalysis",
+                     "true with ray_reanalysis_actors (the actors prepare batches ahead)",
+                     self.pipelined_reanalysis)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

@@ -87,6 +87,22 @@ def configure_tensorflow(config: Config) -> bool:
     return on_gpu
 
 
+def worker_network(config: Config, spec):
+    """A network shaped as the trainer's (for the env `spec`, an envs.EnvSpec) in another process:
+    a reanalysis child or a Ray actor. TensorFlow is set up as in the trainer (threads, precision,
+    deterministic kernels on a CPU); the caller replaces its initial weights."""
+    import keras
+    import tensorflow as tf
+
+    from networks import build_network
+
+    on_gpu = configure_tensorflow(config)
+    keras.utils.set_random_seed(config.seed)
+    if not on_gpu:
+        tf.config.experimental.enable_op_determinism()
+    return build_network(config, spec)
+
+
 def precision_policy(config: Config, on_gpu: bool) -> str:
     """The Keras dtype policy: float32, or with `mixed_precision` float16 compute on a GPU and
     bfloat16 compute on a CPU (the CPU's matrix units take bfloat16, not float16)."""

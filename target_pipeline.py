@@ -23,12 +23,14 @@ from __future__ import annotations
 import multiprocessing
 import time
 import traceback
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, NamedTuple
 
 import numpy as np
 
 from config import Config
+from learner import worker_network
 from targets import reanalyze
 
 
@@ -36,7 +38,7 @@ class PreparedTargets(NamedTuple):
     """The batch of an update and its targets: computed, or being computed by the worker. The random
     states from before the batch was drawn let the pipeline discard it exactly."""
     batch: object                        # buffer.Batch
-    targets: Future                      # -> targets.Targets
+    targets: Future                      # -> targets.Targets (or ray_actors.RayTargets)
     sample_seconds: float
     rng_state: dict                      # the sampling stream before the batch was drawn
     reanalysis_rng_state: dict           # the reanalysis stream before its reanalysis
@@ -45,48 +47,57 @@ class PreparedTargets(NamedTuple):
 
 class TargetPipeline:
     """Batches and targets for the updates, in order. `next` gives one update's; the target model's
-    weights change only through `set_target_weights`; `discard` drops a batch prepared ahead and
+    weights change only through `set_target_weights`; `discard` drops the batches prepared ahead and
     rewinds both random streams, so that a checkpoint holds exactly what a resumed run computes
     next; `close` stops the workers.
 
     Pipelined, the batch of the next update is drawn before this update's priorities are written,
     and across a target refresh it is reanalysed with the previous target model: the staleness the
-    official code's batch workers also have (larger there, and untracked)."""
+    official code's batch workers also have (larger there, and untracked). With Ray actors
+    (`ray_reanalysis_actors`) `depth` batches are in flight: batch k is drawn during update
+    k - depth and reanalysed with the target weights in force then."""
 
     def __init__(self, config: Config, sample: Callable[[np.random.Generator], object],
                  target_model, rng: np.random.Generator, reanalysis_rng: np.random.Generator,
                  spec):
         self.config, self.sample, self.target_model = config, sample, target_model
         self.rng, self.reanalysis_rng = rng, reanalysis_rng
-        self.thread = ThreadPoolExecutor(1) if config.pipelined_reanalysis else None
-        self.process = None
-        if config.pipelined_reanalysis and config.reanalysis_process:
-            self.process = ReanalysisProcess(config, spec, target_model.get_weights())
-        self.prepared: PreparedTargets | None = None
+        self.thread = self.process = self.pool = None
+        self.depth = 1 if config.pipelined_reanalysis else 0
+        if config.ray_reanalysis_actors:
+            from ray_actors import RayReanalysisPool
 
-    def next(self, updates: int, prefetch: bool) -> PreparedTargets:
-        """The batch of update number `updates` + 1 with its targets computed. Pipelined and with
-        `prefetch` (another update follows), the next update's batch is sampled and its reanalysis
-        started before this returns."""
+            self.pool = RayReanalysisPool(config, spec, target_model.get_weights())
+            self.depth = config.ray_pipeline_depth or config.ray_reanalysis_actors
+        elif config.pipelined_reanalysis:
+            self.thread = ThreadPoolExecutor(1)
+            if config.reanalysis_process:
+                self.process = ReanalysisProcess(config, spec, target_model.get_weights())
+        self.prepared: deque[PreparedTargets] = deque()
+
+    def next(self, updates: int, following: int) -> PreparedTargets:
+        """The batch of update number `updates` + 1 with its targets computed. Pipelined, the
+        batches of the next updates (at most `following`, the updates still to come after this one)
+        are sampled and their reanalysis started before this returns."""
         start = time.perf_counter()
-        prepared, self.prepared = self.prepared, None
-        if prepared is None:
-            prepared = self._prepare(updates)
+        prepared = self.prepared.popleft() if self.prepared else self._prepare(updates)
         prepared.targets.result()
         prepared = prepared._replace(wait_seconds=time.perf_counter() - start)
-        if self.thread is not None and prefetch:
-            self.prepared = self._prepare(updates + 1)
+        while len(self.prepared) < min(self.depth, following):
+            self.prepared.append(self._prepare(updates + 1 + len(self.prepared)))
         return prepared
 
     def _prepare(self, updates: int) -> PreparedTargets:
         """Sample the batch of update number `updates` + 1 and reanalyse it with the target model:
-        at once, or in the worker thread (with its own random stream) when pipelined."""
+        at once, in the worker thread (with its own random stream), or on a Ray actor."""
         rng_state = self.rng.bit_generator.state
         reanalysis_rng_state = self.reanalysis_rng.bit_generator.state
         start = time.perf_counter()
         batch = self.sample(self.rng)
         sample_seconds = time.perf_counter() - start
-        if self.thread is None:
+        if self.pool is not None:
+            targets = self.pool.submit(batch, updates)
+        elif self.thread is None:
             targets = Future()
             targets.set_result(reanalyze(batch, self.target_model, config=self.config,
                                          updates=updates, rng=self.rng))
@@ -99,27 +110,33 @@ class TargetPipeline:
         return PreparedTargets(batch, targets, sample_seconds, rng_state, reanalysis_rng_state)
 
     def set_target_weights(self, weights: list[np.ndarray]) -> None:
-        """The target model (and the child's copy) takes `weights`, once the batch in flight has
-        been reanalysed with the old ones."""
-        if self.prepared is not None:
-            self.prepared.targets.result()
+        """The target model (and its copies in the child or the actors) takes `weights`, after the
+        batches in flight have been reanalysed with the old ones."""
+        if self.pool is not None:
+            self.pool.set_weights(weights)              # queued behind them on every actor
+        else:
+            for prepared in self.prepared:
+                prepared.targets.result()
+            if self.process is not None:
+                self.process.set_weights(weights)
         self.target_model.set_weights(weights)
-        if self.process is not None:
-            self.process.set_weights(weights)
 
     def discard(self) -> None:
-        """Drop a batch prepared ahead and rewind the random streams to before it."""
-        if self.prepared is not None:
-            self.prepared.targets.result()
-            self.rng.bit_generator.state = self.prepared.rng_state
-            self.reanalysis_rng.bit_generator.state = self.prepared.reanalysis_rng_state
-            self.prepared = None
+        """Drop the batches prepared ahead and rewind the random streams to before them."""
+        if self.prepared:
+            for prepared in self.prepared:
+                prepared.targets.result()
+            self.rng.bit_generator.state = self.prepared[0].rng_state
+            self.reanalysis_rng.bit_generator.state = self.prepared[0].reanalysis_rng_state
+            self.prepared.clear()
 
     def close(self) -> None:
         if self.thread is not None:
             self.thread.shutdown()
         if self.process is not None:
             self.process.close()
+        if self.pool is not None:
+            self.pool.close()
 
 
 class ReanalysisProcess:
@@ -178,7 +195,7 @@ def _serve(connection, config: Config, spec) -> None:
     """The child: build a target model as the parent's, then answer requests until told to stop
     (None) or the parent goes away."""
     try:
-        model = _target_model(config, spec)
+        model = worker_network(config, spec)
     except Exception:                       # answered to the first request, which then raises
         connection.recv()
         connection.send(("error", traceback.format_exc()))
@@ -204,20 +221,3 @@ def _serve(connection, config: Config, spec) -> None:
             connection.send(("ok", answer))
         except Exception:                                   # reported to the parent, which raises
             connection.send(("error", traceback.format_exc()))
-
-
-def _target_model(config: Config, spec):
-    """A network shaped as the parent's target model (of the env `spec`, an envs.EnvSpec),
-    TensorFlow set up as in the parent (threads, precision, deterministic kernels on a CPU); its
-    initial weights are replaced by the parent's."""
-    import keras
-    import tensorflow as tf
-
-    from learner import configure_tensorflow
-    from networks import build_network
-
-    on_gpu = configure_tensorflow(config)
-    keras.utils.set_random_seed(config.seed)
-    if not on_gpu:
-        tf.config.experimental.enable_op_determinism()
-    return build_network(config, spec)

@@ -42,6 +42,7 @@ from buffer import ReplayBuffer  # noqa: E402
 from config import Config  # noqa: E402
 from evaluate import play_episodes, search_to_act, summarize  # noqa: E402
 from learner import Learner, configure_tensorflow, machine_description  # noqa: E402
+from ray_actors import REANALYSIS_STREAM, ScaleOutError  # noqa: E402
 from target_pipeline import TargetPipeline  # noqa: E402
 
 # TensorFlow (keras, networks.py) is imported inside the functions that build networks: it takes
@@ -49,6 +50,7 @@ from target_pipeline import TargetPipeline  # noqa: E402
 
 EXIT_USAGE = 2
 EXIT_NON_FINITE = 1
+EXIT_SCALE_OUT = 3          # a Ray actor failed, died or did not answer
 # train.py warns once when more than this share of an update's value targets is outside the support.
 CLIPPED_WARNING_FRACTION = 0.01
 # The whole run's wall time is projected once this many updates have been timed (and kept current
@@ -63,9 +65,6 @@ CPU_PRESETS = "atari1h, minatar, classic, acrobot, smoke"
 # evaluation games use seed + EVAL_SEED_OFFSET + episode (disjoint from every self-play game).
 GAME_SEED_STRIDE = 1000
 EVAL_SEED_OFFSET = 10_000_000
-# The reanalysis random stream of a pipelined run (Gumbel noise, reanalysed share) is seeded by
-# (seed, REANALYSIS_STREAM), apart from the stream of sampling and self-play.
-REANALYSIS_STREAM = 1
 
 
 class UsageError(Exception):
@@ -415,7 +414,7 @@ class Trainer:
         config = self.config
         start = time.perf_counter()
         prepared = self.pipeline.next(self.updates,
-                                      prefetch=self.updates + 1 < config.total_updates)
+                                      following=config.total_updates - self.updates - 1)
         batch, targets = prepared.batch, prepared.targets.result()
         learner_start = time.perf_counter()
         result = self.learner.update(batch, targets, self.updates)
@@ -617,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run folder: {run_dir} (every setting in config.json)"
               + (f"; resuming from {resume_from.path}" if resume_from else ""))
         trainer = Trainer(config, run_dir, resume_from)
-    except (ValueError, UsageError, checkpoints.CheckpointError) as error:
+    except (ValueError, UsageError, checkpoints.CheckpointError, ScaleOutError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     try:
@@ -625,6 +624,9 @@ def main(argv: list[str] | None = None) -> int:
     except FloatingPointError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_NON_FINITE
+    except ScaleOutError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_SCALE_OUT
     finally:
         trainer.close()
     return 0

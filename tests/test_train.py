@@ -741,8 +741,8 @@ def test_pipelined_reanalysis_prepares_the_next_batch_with_the_target_model_of_i
     before_refresh.set_weights(trainer.target_model.get_weights())
     trainer.update_once()
     trainer.update_once()
-    prepared = trainer.pipeline.prepared
-    assert prepared is not None
+    assert len(trainer.pipeline.prepared) == 1
+    prepared = trainer.pipeline.prepared[0]
     assert not all(np.array_equal(a, b) for a, b in zip(trainer.target_model.get_weights(),
                                                          before_refresh.get_weights()))
     rng = np.random.default_rng()
@@ -754,7 +754,7 @@ def test_pipelined_reanalysis_prepares_the_next_batch_with_the_target_model_of_i
     assert trainer.reanalysis_rng.bit_generator.state == rng.bit_generator.state
 
     trainer.save_checkpoint()
-    assert trainer.pipeline.prepared is None
+    assert not trainer.pipeline.prepared
     assert trainer.rng.bit_generator.state == prepared.rng_state
     assert trainer.reanalysis_rng.bit_generator.state == prepared.reanalysis_rng_state
     trainer.close()

@@ -1,0 +1,193 @@
+"""Scale-out on Ray (ray_actors.py): the reanalysis actors compute what `targets.reanalyze`
+computes, runs with them are reproducible and resume exactly with batches in flight, and every
+failure stops the run with one clear error instead of a hang.
+
+One local Ray instance serves the whole file (Ray's `local_mode` is gone, so it is a real one)."""
+
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from test_train import assert_one_line_usage_error, run_script
+
+import checkpoints
+import config as cfg
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_instance():
+    from ray_actors import start_ray
+
+    assert start_ray(num_cpus=4)
+    yield
+    ray.shutdown()
+
+
+def _trainer(folder, **changes):
+    """A classic trainer with 120 transitions in its buffer and W = 2 Ray reanalysis actors."""
+    import train
+
+    config = dataclasses.replace(cfg.classic(), **{
+        "env_steps": 400, "start_transitions": 120, "batch_size": 16, "num_simulations": 4,
+        "log_interval": 1000, "eval_interval": 10_000, "checkpoint_interval": 10_000,
+        "target_update_interval": 2, "ray_reanalysis_actors": 2, **changes})
+    trainer = train.Trainer(config, str(folder), None)
+    trainer.start_games(list(range(config.num_envs)))
+    while len(trainer.buffer) < config.start_transitions:
+        trainer.selfplay_step()
+    return trainer
+
+
+def _same_weights(first, second):
+    return all(np.array_equal(a, b) for a, b in zip(first, second))
+
+
+def test_the_actors_reanalyse_as_this_process_does_across_a_target_refresh(tmp_path):
+    """Batches sent before a refresh are reanalysed with the old weights, the ones after with the
+    new, each with the stream keyed by its batch number: bit for bit `targets.reanalyze` here."""
+    from networks import build_network
+    from ray_actors import RayReanalysisPool, batch_rng
+    from targets import reanalyze
+
+    trainer = _trainer(tmp_path, ray_reanalysis_actors=0)
+    config = dataclasses.replace(trainer.config, ray_reanalysis_actors=2)
+    old = trainer.target_model.get_weights()
+    new = [w + np.float32(0.01) for w in old]
+    pool = RayReanalysisPool(config, trainer.spec, old)
+    batches = [trainer.buffer.sample(config.batch_size, trainer.rng) for _ in range(4)]
+    pending = [pool.submit(batches[0], 0), pool.submit(batches[1], 1)]
+    pool.set_weights(new)
+    pending += [pool.submit(batches[2], 2), pool.submit(batches[3], 3)]
+    model = build_network(config, trainer.spec)
+    for k, (batch, targets) in enumerate(zip(batches, pending)):
+        model.set_weights(old if k < 2 else new)
+        expected = reanalyze(batch, model, config=config, updates=k,
+                             rng=batch_rng(config.seed, k))
+        got = targets.result()
+        np.testing.assert_array_equal(got.values, expected.values)
+        np.testing.assert_array_equal(got.policies, expected.policies)
+        assert (got.sve_fraction, got.diagnostics) == (expected.sve_fraction,
+                                                       expected.diagnostics)
+    pool.close()
+    assert ray.is_initialized()          # the pool joined this instance and leaves it running
+    trainer.close()
+
+
+def test_runs_with_actors_repeat_and_resume_exactly_with_batches_in_flight(tmp_path):
+    """Two batches in flight (W = 2): two runs from the same seed hold the same weights after the
+    same updates, and a run resumed from a checkpoint taken mid-way continues as the uninterrupted
+    one does, to the last bit."""
+    import train
+
+    first = _trainer(tmp_path / "first")
+    for _ in range(3):
+        assert first.update_once()
+    assert len(first.pipeline.prepared) == 2
+    checkpoint = checkpoints.load_checkpoint(first.save_checkpoint())
+    assert not first.pipeline.prepared
+    for _ in range(3):
+        assert first.update_once()
+
+    second = _trainer(tmp_path / "second")
+    for _ in range(3):
+        assert second.update_once()
+    second.save_checkpoint()
+    for _ in range(3):
+        assert second.update_once()
+    assert _same_weights(first.online.get_weights(), second.online.get_weights())
+    second.close()                                       # frees its actors' CPUs
+
+    resumed = train.Trainer(first.config, str(tmp_path / "first"), checkpoint)
+    assert resumed.updates == 3
+    for _ in range(3):
+        assert resumed.update_once()
+    assert _same_weights(resumed.online.get_weights(), first.online.get_weights())
+    assert _same_weights(resumed.target_model.get_weights(), first.target_model.get_weights())
+    first.close()
+    resumed.close()
+
+
+def test_a_failing_actor_gives_its_traceback_and_a_dead_or_silent_one_a_clear_error(tmp_path):
+    from ray_actors import RayReanalysisPool, ScaleOutError
+
+    trainer = _trainer(tmp_path, ray_reanalysis_actors=0)
+    config = dataclasses.replace(trainer.config, ray_reanalysis_actors=1)
+    weights = trainer.target_model.get_weights()
+    batch = trainer.buffer.sample(config.batch_size, trainer.rng)
+    pool = RayReanalysisPool(config, trainer.spec, weights)
+    with pytest.raises(ScaleOutError, match=r"actor failed while reanalysing batch 0:(.|\n)*"
+                                            r"targets.py\", line \d+, in reanalyze(.|\n)*"
+                                            r"AttributeError"):
+        pool.submit(None, 0).result()
+    assert pool.submit(batch, 1).result().values.shape[0] == config.batch_size   # still serving
+    ray.kill(pool.actors[0])
+    with pytest.raises(ScaleOutError, match="actor died while reanalysing batch 2"):
+        pool.submit(batch, 2).result()
+    pool.close()
+
+    silent = RayReanalysisPool(config, trainer.spec, weights)
+    silent.config = dataclasses.replace(config, ray_timeout_seconds=1e-3)   # a batch takes longer
+    with pytest.raises(ScaleOutError, match=r"no answer .* in 0.001 s while reanalysing batch 0 "
+                                            r"\(ray_timeout_seconds\)"):
+        silent.submit(batch, 0).result()
+    silent.close()
+    with pytest.raises(ScaleOutError, match=r"1000 reanalysis actors of 1 CPUs need 1000 CPUs; "
+                                            r"the Ray cluster has [0-4] free of 4"):
+        RayReanalysisPool(dataclasses.replace(config, ray_reanalysis_actors=1000), trainer.spec,
+                          weights)
+    trainer.close()
+
+
+def test_missing_ray_and_bad_ray_settings_exit_with_one_line(tmp_path, monkeypatch):
+    from ray_actors import ScaleOutError, import_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(ScaleOutError, match="need Ray: pip install -r requirements.txt"):
+        import_ray()
+    for setting, expected in (
+            ("ray_reanalysis_actors=-1", "'ray_reanalysis_actors' must be >= 0"),
+            ("ray_actor_cpus=0", "'ray_actor_cpus' must be > 0"),
+            ("ray_reanalysis_actors=1 --set pipelined_reanalysis=false",
+             "'pipelined_reanalysis' must be true with ray_reanalysis_actors")):
+        line = assert_one_line_usage_error(run_script(
+            "train.py", "--config", "smoke", "--run-dir", str(tmp_path / "run"),
+            *[part for item in setting.split(" --set ") for part in ("--set", item)]))
+        assert expected in line, line
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_a_run_joins_a_cluster_started_by_ray_start(tmp_path):
+    """`ray start --head` (a cluster of one node), then `train.py --set ray_address=...`: the run
+    sends its actors there and ends normally, and the cluster keeps running after it."""
+    port = _free_port()
+    ray_cli = [sys.executable, "-c", "from ray.scripts.scripts import main; main()"]
+    environment = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    head = subprocess.Popen(
+        [*ray_cli, "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+         "--include-dashboard=false"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment,
+        start_new_session=True)
+    try:
+        run_dir = tmp_path / "run"
+        result = run_script("train.py", "--config", "smoke", "--run-dir", str(run_dir),
+                            "--set", "ray_reanalysis_actors=2",
+                            "--set", f"ray_address=127.0.0.1:{port}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert (run_dir / "metrics.csv").exists()
+        assert head.poll() is None
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=60)
