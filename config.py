@@ -278,6 +278,9 @@ class Config:
     ray_pipeline_depth: int = _f("batches sampled and in reanalysis ahead of the learner with Ray "
                                  "actors (0: one per actor); batch k is drawn during update "
                                  "k - depth", 0, _NON_NEGATIVE, kind=SWITCH)
+    ray_eval_actor: bool = _f("play the evaluation games on a Ray actor, off the learner's path, "
+                              "from a snapshot of the weights logged at its update", False,
+                              kind=SPEED)
     ray_actor_cpus: float = _f("CPUs Ray reserves for each actor; its TensorFlow uses as many "
                                "threads (at least one) unless intra_op_threads says otherwise",
                                1.0, _POSITIVE, kind=SPEED)

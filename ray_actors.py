@@ -1,17 +1,21 @@
 """Scale-out on Ray: reanalysis actors that prepare the learner's targets in other processes, on
 this machine or on a cluster (the official code's "batch workers", ez/worker/batch_worker.py,
-made deterministic).
+made deterministic), and an evaluation actor that plays the evaluation games off the learner's
+path (its "eval worker", ez/worker/eval_worker.py).
 
 `RayReanalysisPool` holds W actors (`ray_reanalysis_actors`), each with its own copy of the target
-model; `target_pipeline.TargetPipeline` keeps `ray_pipeline_depth` batches in flight with it. The
-replay buffer, sampling, priorities, learner and checkpoints stay in the trainer's process.
+model; `target_pipeline.TargetPipeline` keeps `ray_pipeline_depth` batches in flight with it.
+`RayEvaluator` (`ray_eval_actor`) evaluates snapshots of the online weights. The replay buffer,
+sampling, priorities, the learner and checkpoints stay in the trainer's process.
 
 Reproducible by construction, not by timing:
 - batch k (the batch of update k + 1) goes to actor k mod W and draws its noise from the stream
-  `reanalysis_rng(seed, k)`; it is sampled in the trainer, in update order;
+  `batch_rng(seed, k)`; it is sampled in the trainer, in update order;
 - the weights travel as one `ray.put` per refresh. A Ray actor runs one caller's calls in the order
   they were sent, so every batch is reanalysed with the weights sent before it, whatever the
-  timing. On a CPU the same seed, W and depth give the same run, bit for bit.
+  timing. On a CPU the same seed, W and depth give the same run, bit for bit;
+- an evaluation changes nothing the run learns from; it is logged at the update whose weights it
+  played, whenever it finishes.
 
 Every wait has a timeout (`ray_timeout_seconds`); a failing actor's traceback, a dead actor or a
 cluster too small for the actors stops the run with `ScaleOutError`.
@@ -22,6 +26,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import socket
+import time
+from collections import deque
+from typing import NamedTuple
 
 import numpy as np
 
@@ -32,6 +40,10 @@ from config import Config
 REANALYSIS_STREAM = 1
 # The terminal colours Ray puts into the error messages it relays.
 ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+# Where `ray start` leaves the address of the cluster it began on this machine (Ray's default
+# temporary folder), and how long a silent head is given to accept a connection.
+RAY_CURRENT_CLUSTER = "/tmp/ray/ray_current_cluster"
+HEAD_PROBE_SECONDS = 5.0
 # What a cluster's workers need not receive of the repository (ray_address set).
 UPLOAD_EXCLUDES = [".git", "runs", "docs/runs", "docs/figures", ".venv"]
 
@@ -64,6 +76,8 @@ def start_ray(address: str = "", num_cpus: int | None = None) -> bool:
         return False
     repository = os.path.dirname(os.path.abspath(__file__))
     options = dict(include_dashboard=False, logging_level="ERROR", log_to_driver=True)
+    if address:
+        address = answering_head(address)
     try:
         if address:
             # Another machine's workers get the code as a copy of the repository.
@@ -81,6 +95,74 @@ def start_ray(address: str = "", num_cpus: int | None = None) -> bool:
     return True
 
 
+def _actor_config(config: Config) -> Config:
+    """An actor's settings: TensorFlow threads sized to the CPUs Ray reserves for it."""
+    threads = config.intra_op_threads or max(1, int(config.ray_actor_cpus))
+    return dataclasses.replace(config, intra_op_threads=threads)
+
+
+def wait(references, what: str, config: Config, role: str = "reanalysis"):
+    """`ray.get(references)` within `ray_timeout_seconds`, every failure turned into one
+    ScaleOutError that names the `role` of the actor and `what` it was doing."""
+    ray = import_ray()
+    try:
+        return ray.get(references, timeout=config.ray_timeout_seconds)
+    except ray.exceptions.GetTimeoutError:
+        raise ScaleOutError(f"no answer from the Ray {role} actors in "
+                            f"{config.ray_timeout_seconds:g} s while {what} "
+                            f"(ray_timeout_seconds)") from None
+    except ray.exceptions.RayActorError as error:
+        raise ScaleOutError(f"a Ray {role} actor died while {what}:\n"
+                            + ANSI_COLOUR.sub("", str(error))) from None
+    except ray.exceptions.RayTaskError as error:
+        raise ScaleOutError(f"a Ray {role} actor failed while {what}:\n"
+                            + ANSI_COLOUR.sub("", str(error))) from None
+
+
+def start_actors(actor_class: type, count: int, config: Config, spec, role: str) -> list:
+    """`count` Ray actors of `actor_class(config, spec)`, each reserving `ray_actor_cpus`, once
+    all of them answer; a cluster without the free CPUs is an error, not a wait."""
+    ray = import_ray()
+    cpus = config.ray_actor_cpus
+    free = ray.available_resources().get("CPU", 0.0)
+    if count * cpus > free:
+        raise ScaleOutError(
+            f"{count} {role} actors of {cpus:g} CPUs need {count * cpus:g} CPUs; the Ray cluster "
+            f"has {free:g} free of {ray.cluster_resources().get('CPU', 0):g} (lower "
+            f"ray_reanalysis_actors or ray_actor_cpus, or add machines)")
+    remote_class = ray.remote(num_cpus=cpus, max_restarts=0, max_task_retries=0)(actor_class)
+    actors = [remote_class.remote(config, spec) for _ in range(count)]
+    try:
+        wait([actor.ready.remote() for actor in actors], f"starting the {role} actors", config,
+             role)
+    except ScaleOutError:
+        for actor in actors:
+            ray.kill(actor)
+        raise
+    return actors
+
+
+def answering_head(address: str) -> str:
+    """The head's host:port for `ray_address` ('auto': the cluster `ray start` began on this
+    machine, as Ray finds it), once a connection to it opens: Ray itself would retry a silent
+    address for minutes."""
+    if address == "auto":
+        address = os.environ.get("RAY_ADDRESS", "")
+        if not address and os.path.exists(RAY_CURRENT_CLUSTER):
+            with open(RAY_CURRENT_CLUSTER) as file:
+                address = file.read().strip()
+        if not address:
+            raise ScaleOutError("ray_address=auto: no cluster started by `ray start` on this "
+                                "machine (start one, or give the head's host:port)")
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=HEAD_PROBE_SECONDS).close()
+    except (OSError, ValueError):
+        raise ScaleOutError(f"no Ray cluster answers at '{address}' (ray_address; start one "
+                            f"with `ray start --head`)") from None
+    return address
+
+
 class ReanalysisActor:
     """One reanalysis worker (a Ray actor): a target model, its weights' version, and
     `targets.reanalyze`."""
@@ -88,8 +170,7 @@ class ReanalysisActor:
     def __init__(self, config: Config, spec):
         from learner import worker_network
 
-        threads = config.intra_op_threads or max(1, int(config.ray_actor_cpus))
-        self.config = dataclasses.replace(config, intra_op_threads=threads)
+        self.config = _actor_config(config)
         self.model = worker_network(self.config, spec)
         self.version = -1
 
@@ -128,32 +209,17 @@ class RayTargets:
 
 
 class RayReanalysisPool:
-    """W reanalysis actors (`ray_reanalysis_actors`) with the target model's weights. `submit`
-    sends batch k to actor k mod W; `set_weights` sends new weights to every actor, behind the
-    batches already sent; `close` stops the actors (and Ray, if this pool started it)."""
+    """W reanalysis actors (`ray_reanalysis_actors`) with the target model's weights, on the Ray
+    instance this process is connected to (`start_ray`). `submit` sends batch k to actor k mod W;
+    `set_weights` sends new weights to every actor, behind the batches already sent; `close` stops
+    the actors."""
 
     def __init__(self, config: Config, spec, weights: list[np.ndarray]):
-        ray = import_ray()
-        self._ray, self.config = ray, config
-        self._own_ray = start_ray(config.ray_address)
-        self.actors, self._weight_replies, self.version = [], [], -1
-        try:
-            count, cpus = config.ray_reanalysis_actors, config.ray_actor_cpus
-            free = ray.available_resources().get("CPU", 0.0)
-            if count * cpus > free:
-                raise ScaleOutError(
-                    f"{count} reanalysis actors of {cpus:g} CPUs need {count * cpus:g} CPUs; the "
-                    f"Ray cluster has {free:g} free of {ray.cluster_resources().get('CPU', 0):g} "
-                    f"(lower ray_reanalysis_actors or ray_actor_cpus, or add machines)")
-            actor_class = ray.remote(num_cpus=cpus, max_restarts=0,
-                                     max_task_retries=0)(ReanalysisActor)
-            self.actors = [actor_class.remote(config, spec) for _ in range(count)]
-            self.wait([actor.ready.remote() for actor in self.actors],
-                      "starting the reanalysis actors")
-            self.set_weights(weights)
-        except BaseException:
-            self.close()
-            raise
+        self._ray, self.config = import_ray(), config
+        self._weight_replies, self.version = [], -1
+        self.actors = start_actors(ReanalysisActor, config.ray_reanalysis_actors, config, spec,
+                                   "reanalysis")
+        self.set_weights(weights)
 
     def submit(self, batch, updates: int) -> RayTargets:
         """Reanalyse the batch of update `updates` + 1 on actor `updates` mod W."""
@@ -168,28 +234,89 @@ class RayReanalysisPool:
                                 for actor in self.actors]
 
     def wait(self, references, what: str):
-        """`ray.get(references)`, with every failure turned into one ScaleOutError."""
-        exceptions = self._ray.exceptions
-        try:
-            if self._weight_replies:       # a failed refresh must not pass unseen
-                replies, self._weight_replies = self._weight_replies, []
-                self.wait(replies, "setting the target weights")
-            return self._ray.get(references, timeout=self.config.ray_timeout_seconds)
-        except exceptions.GetTimeoutError:
-            raise ScaleOutError(f"no answer from the Ray reanalysis actors in "
-                                f"{self.config.ray_timeout_seconds:g} s while {what} "
-                                f"(ray_timeout_seconds)") from None
-        except exceptions.RayActorError as error:
-            raise ScaleOutError(f"a Ray reanalysis actor died while {what}:\n"
-                                + ANSI_COLOUR.sub("", str(error))) from None
-        except exceptions.RayTaskError as error:
-            raise ScaleOutError(f"a Ray reanalysis actor failed while {what}:\n"
-                                + ANSI_COLOUR.sub("", str(error))) from None
+        """The answers to `references`; a failed weight refresh before them is not passed over."""
+        if self._weight_replies:
+            replies, self._weight_replies = self._weight_replies, []
+            wait(replies, "setting the target weights", self.config)
+        return wait(references, what, self.config)
 
     def close(self) -> None:
         for actor in self.actors:
             self._ray.kill(actor)
         self.actors = []
-        if self._own_ray:
-            self._ray.shutdown()
-            self._own_ray = False
+
+
+class EvaluationActor:
+    """The evaluation worker (a Ray actor): greedy games (`evaluate.play_episodes`) played by a
+    network that takes a snapshot of the online weights."""
+
+    def __init__(self, config: Config, spec):
+        from learner import worker_network
+
+        self.config = _actor_config(config)
+        self.model = worker_network(self.config, spec)
+
+    def ready(self) -> int:
+        return os.getpid()
+
+    def evaluate(self, weights: list[np.ndarray], seed: int):
+        """(evaluate.EpisodeResults, seconds) of `eval_episodes` games from `seed` on."""
+        from evaluate import play_episodes
+
+        start = time.perf_counter()
+        self.model.set_weights(weights)
+        result = play_episodes(self.model, self.config, self.config.env_id,
+                               self.config.eval_episodes, seed=seed)
+        return result, time.perf_counter() - start
+
+
+class Evaluation(NamedTuple):
+    """A finished evaluation of the weights taken at `updates` and `env_steps`."""
+    updates: int
+    env_steps: int
+    result: object                 # evaluate.EpisodeResults
+    seconds: float
+
+
+class RayEvaluator:
+    """One evaluation actor (`ray_eval_actor`), off the learner's path: `submit` a snapshot of the
+    online weights taken at an update; `finished` gives the evaluations done so far and `drain`
+    all of them, each in the order submitted; `pending` are the snapshots still out."""
+
+    def __init__(self, config: Config, spec):
+        self._ray, self.config = import_ray(), config
+        [self.actor] = start_actors(EvaluationActor, 1, config, spec, "evaluation")
+        self._out: deque = deque()           # (updates, env_steps, reference)
+
+    @property
+    def pending(self) -> list[tuple[int, int]]:
+        return [(updates, env_steps) for updates, env_steps, _ in self._out]
+
+    def submit(self, weights: list[np.ndarray], seed: int, updates: int, env_steps: int) -> None:
+        self._out.append((updates, env_steps, self.actor.evaluate.remote(weights, seed)))
+
+    def finished(self) -> list[Evaluation]:
+        done = []
+        while self._out and self._ray.wait([self._out[0][2]], timeout=0)[0]:
+            done.append(self._take())
+        return done
+
+    def drain(self) -> list[Evaluation]:
+        return [self._take() for _ in range(len(self._out))]
+
+    def drain_older_than(self, updates: int) -> list[Evaluation]:
+        """Wait for the evaluations of weights taken before update `updates`."""
+        done = []
+        while self._out and self._out[0][0] < updates:
+            done.append(self._take())
+        return done
+
+    def _take(self) -> Evaluation:
+        updates, env_steps, reference = self._out.popleft()
+        result, seconds = wait(reference, f"evaluating the weights of update {updates}",
+                               self.config, "evaluation")
+        return Evaluation(updates, env_steps, result, seconds)
+
+    def close(self) -> None:
+        self._ray.kill(self.actor)
+        self._out.clear()

@@ -42,7 +42,7 @@ from buffer import ReplayBuffer  # noqa: E402
 from config import Config  # noqa: E402
 from evaluate import play_episodes, search_to_act, summarize  # noqa: E402
 from learner import Learner, configure_tensorflow, machine_description  # noqa: E402
-from ray_actors import REANALYSIS_STREAM, ScaleOutError  # noqa: E402
+from ray_actors import REANALYSIS_STREAM, Evaluation, ScaleOutError, start_ray  # noqa: E402
 from target_pipeline import TargetPipeline  # noqa: E402
 
 # TensorFlow (keras, networks.py) is imported inside the functions that build networks: it takes
@@ -304,6 +304,14 @@ class Trainer:
             weights = self.online.get_weights()
             self.selfplay_model.set_weights(weights)
             self.target_model.set_weights(weights)
+        # Ray, when an actor is asked for: started here, stopped by close().
+        self.owns_ray = bool(config.ray_reanalysis_actors or config.ray_eval_actor) and \
+            start_ray(config.ray_address)
+        self.evaluator = None
+        if config.ray_eval_actor:
+            from ray_actors import RayEvaluator
+
+            self.evaluator = RayEvaluator(config, self.spec)
         self.pipeline = TargetPipeline(
             config, lambda rng: self.buffer.sample(config.batch_size, rng), self.target_model,
             self.rng, self.reanalysis_rng, self.spec)
@@ -322,6 +330,8 @@ class Trainer:
         self.warned_clipping = False
         # Root frames of the first logged batch: the fixed batch of diagnostics/bn_*_gap.
         self.fixed_frames: np.ndarray | None = None
+        if resume_from is not None and resume_from.state.get("pending_evaluation"):
+            self.evaluate()                   # the evaluation the checkpoint left in flight
 
     # -- checkpoints --
     def _restore(self, checkpoint: checkpoints.Checkpoint) -> None:
@@ -347,13 +357,20 @@ class Trainer:
 
     def save_checkpoint(self) -> str:
         self.pipeline.discard()
+        # An evaluation of these very weights may stay in flight: the resumed run replays it.
+        pending = False
+        if self.evaluator is not None:
+            for evaluation in self.evaluator.drain_older_than(self.updates):
+                self._record_evaluation(evaluation)
+            pending = bool(self.evaluator.pending)
         arrays = {"online": self.online.get_weights(),
                   "selfplay": self.selfplay_model.get_weights(),
                   "target": self.target_model.get_weights(), **self.learner.variables_to_save()}
         state = {"env_steps": self.env_steps, "updates": self.updates, "games": self.games,
                  "best_eval": self.best_eval, "last_eval": self.last_eval,
                  "numpy_rng": self.rng.bit_generator.state,
-                 "reanalysis_rng": self.reanalysis_rng.bit_generator.state}
+                 "reanalysis_rng": self.reanalysis_rng.bit_generator.state,
+                 "pending_evaluation": pending}
         return checkpoints.save_checkpoint(
             os.path.join(self.run_dir, "checkpoints"), self.updates, arrays, state, self.config,
             self.buffer.save, self.config.keep_checkpoints)
@@ -470,10 +487,22 @@ class Trainer:
         self.logger.log(scalars, self.updates, self.env_steps)
 
     def evaluate(self) -> None:
+        """Greedy games of the online weights as they are now: played here, or sent to the
+        evaluation actor (`ray_eval_actor`) and recorded when they finish."""
+        seed = self.config.seed + EVAL_SEED_OFFSET
+        if self.evaluator is not None:
+            self.evaluator.submit(self.online.get_weights(), seed, self.updates, self.env_steps)
+            return
         start = time.perf_counter()
         result = play_episodes(self.online, self.config, self.config.env_id,
-                               self.config.eval_episodes,
-                               seed=self.config.seed + EVAL_SEED_OFFSET)
+                               self.config.eval_episodes, seed=seed)
+        self._record_evaluation(Evaluation(self.updates, self.env_steps, result,
+                                           time.perf_counter() - start))
+
+    def _record_evaluation(self, evaluation: Evaluation) -> None:
+        """Log an evaluation at the update and env step of the weights it played; write
+        eval/eval-<updates>.json."""
+        result, updates, env_steps = evaluation.result, evaluation.updates, evaluation.env_steps
         summary = summarize(self.config.env_id, result.returns)
         self.last_eval = summary["mean"]
         if self.best_eval is None or summary["mean"] > self.best_eval:
@@ -483,17 +512,20 @@ class Trainer:
         scalars["eval/best_mean"] = self.best_eval
         scalars["eval/initial_value"] = float(np.mean(result.initial_values))
         scalars["eval/initial_discounted_return"] = float(np.mean(result.discounted_returns))
-        scalars["perf/eval_seconds"] = time.perf_counter() - start
-        self.logger.log(scalars, self.updates, self.env_steps)
+        scalars["perf/eval_seconds"] = evaluation.seconds
+        self.logger.log(scalars, updates, env_steps)
         eval_dir = os.path.join(self.run_dir, "eval")
         os.makedirs(eval_dir, exist_ok=True)
-        with open(os.path.join(eval_dir, f"eval-{self.updates:08d}.json"), "w") as file:
-            json.dump({"updates": self.updates, "env_steps": self.env_steps, **summary,
+        with open(os.path.join(eval_dir, f"eval-{updates:08d}.json"), "w") as file:
+            json.dump({"updates": updates, "env_steps": env_steps, **summary,
                        "returns": result.returns, "lengths": result.lengths,
                        "initial_values": result.initial_values,
                        "discounted_returns": result.discounted_returns}, file, indent=1)
 
     def _after_update(self) -> None:
+        if self.evaluator is not None:
+            for evaluation in self.evaluator.finished():
+                self._record_evaluation(evaluation)
         if self.updates % self.config.eval_interval == 0:
             self.evaluate()
         if self.updates % self.config.checkpoint_interval == 0:
@@ -527,8 +559,15 @@ class Trainer:
                                  f"left untouched and the last good state saved to {path}")
 
     def close(self) -> None:
-        """Stop the reanalysis worker thread and process, if any."""
+        """Stop the reanalysis workers and the evaluation actor, if any, and Ray if started here."""
         self.pipeline.close()
+        if self.evaluator is not None:
+            self.evaluator.close()
+        if self.owns_ray:
+            import ray
+
+            ray.shutdown()
+            self.owns_ray = False
 
     def run(self) -> None:
         config = self.config
@@ -547,6 +586,9 @@ class Trainer:
                 progress.update(1)
         if self.updates % config.eval_interval != 0:
             self.evaluate()
+        if self.evaluator is not None:
+            for evaluation in self.evaluator.drain():
+                self._record_evaluation(evaluation)
         if self.updates % config.checkpoint_interval != 0:
             self.save_checkpoint()
         self.logger.close()

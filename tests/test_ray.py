@@ -114,6 +114,32 @@ def test_runs_with_actors_repeat_and_resume_exactly_with_batches_in_flight(tmp_p
     resumed.close()
 
 
+def test_the_evaluation_actor_plays_as_this_process_and_a_checkpoint_keeps_it_in_flight(
+        tmp_path):
+    """An evaluation sent to the actor plays the games `evaluate.play_episodes` plays here; the
+    checkpoint taken at its update keeps it in flight, and the resumed run plays it again."""
+    import train
+    from evaluate import play_episodes
+
+    trainer = _trainer(tmp_path / "run", ray_reanalysis_actors=0, ray_eval_actor=True,
+                       eval_episodes=2)
+    assert trainer.update_once()
+    trainer.evaluate()
+    path = trainer.save_checkpoint()
+    assert trainer.evaluator.pending == [(1, trainer.env_steps)]
+    expected = play_episodes(trainer.online, trainer.config, trainer.config.env_id, 2,
+                             seed=trainer.config.seed + train.EVAL_SEED_OFFSET)
+    [evaluation] = trainer.evaluator.drain()
+    assert evaluation.result == expected and evaluation.updates == 1
+    resumed = train.Trainer(trainer.config, str(tmp_path / "run"),
+                            checkpoints.load_checkpoint(path))
+    assert resumed.evaluator.pending == [(1, trainer.env_steps)]
+    [again] = resumed.evaluator.drain()
+    assert again.result == expected
+    trainer.close()
+    resumed.close()
+
+
 def test_a_failing_actor_gives_its_traceback_and_a_dead_or_silent_one_a_clear_error(tmp_path):
     from ray_actors import RayReanalysisPool, ScaleOutError
 
@@ -162,6 +188,22 @@ def test_missing_ray_and_bad_ray_settings_exit_with_one_line(tmp_path, monkeypat
         assert expected in line, line
 
 
+def test_a_silent_cluster_address_is_an_error_within_seconds(tmp_path, monkeypatch):
+    """Ray would retry a silent head for minutes; the run stops at once with one line."""
+    from ray_actors import ScaleOutError, answering_head
+
+    port = _free_port()                                  # nothing listens there
+    with pytest.raises(ScaleOutError, match=f"no Ray cluster answers at '127.0.0.1:{port}'"):
+        answering_head(f"127.0.0.1:{port}")
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    with pytest.raises(ScaleOutError, match="no Ray cluster answers"):
+        answering_head("auto")
+    line = assert_one_line_usage_error(run_script(
+        "train.py", "--config", "smoke", "--run-dir", str(tmp_path / "run"),
+        "--set", "ray_eval_actor=true", "--set", f"ray_address=127.0.0.1:{port}"))
+    assert "no Ray cluster answers" in line
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -171,22 +213,24 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_a_run_joins_a_cluster_started_by_ray_start(tmp_path):
     """`ray start --head` (a cluster of one node), then `train.py --set ray_address=...`: the run
-    sends its actors there and ends normally, and the cluster keeps running after it."""
+    sends its reanalysis and evaluation actors there and ends with every evaluation recorded, and
+    the cluster keeps running after it."""
     port = _free_port()
     ray_cli = [sys.executable, "-c", "from ray.scripts.scripts import main; main()"]
     environment = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     head = subprocess.Popen(
-        [*ray_cli, "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+        [*ray_cli, "start", "--head", "--block", f"--port={port}", "--num-cpus=3",
          "--include-dashboard=false"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment,
         start_new_session=True)
     try:
         run_dir = tmp_path / "run"
         result = run_script("train.py", "--config", "smoke", "--run-dir", str(run_dir),
-                            "--set", "ray_reanalysis_actors=2",
+                            "--set", "ray_reanalysis_actors=2", "--set", "ray_eval_actor=true",
                             "--set", f"ray_address=127.0.0.1:{port}")
         assert result.returncode == 0, result.stderr[-3000:]
-        assert (run_dir / "metrics.csv").exists()
+        assert sorted(os.listdir(run_dir / "eval")) == ["eval-00000100.json",
+                                                         "eval-00000184.json"]
         assert head.poll() is None
     finally:
         os.killpg(head.pid, signal.SIGTERM)
