@@ -548,6 +548,7 @@ def bench_ray() -> dict:
     import config as config_module
     from learner import configure_tensorflow
     from ray_actors import import_ray, start_ray
+    from targets import reanalyze
     from train import Trainer
 
     start_ray(num_cpus=max(os.cpu_count(), max(RAY_ACTOR_COUNTS)))
@@ -565,7 +566,11 @@ def bench_ray() -> dict:
                 trainer.start_games(list(range(config.num_envs)))
                 while len(trainer.buffer) < config.start_transitions:
                     trainer.selfplay_step()
-                parts = _timed_full_updates(trainer, PRESET_UPDATES)   # traces; bare = learner
+                batch = trainer.buffer.sample(config.batch_size, trainer.rng)
+                trainer.learner.update(batch, reanalyze(batch, trainer.target_model,
+                                                        config=config, updates=0, rng=trainer.rng),
+                                       0)                                   # traces the update
+                parts = _timed_full_updates(trainer, PRESET_UPDATES)   # bare: the learner part
                 full_ms = _online_ms_per_update(trainer)
                 bare_ms = 1000 * float(np.median(parts["learner"]))
                 entry = {"full_ms": full_ms, "bare_ms": bare_ms,
