@@ -45,8 +45,8 @@ split and projection for the `pendulum`, `dmc_cpu` and `dmc` presets (the last t
 settings, projected on this machine).
 
 ray: reanalysis on W = 0..4 Ray actors for the `classic` and `minatar` presets: full and bare
-update, Ray's own cost per batch, and (with `update` and `selfplay` stored) an atari100k run's
-projected hours on 2 to 32 cores without a GPU.
+update and Ray's own cost per batch; `projection` then adds an atari100k run's hours on 2 to 32
+cores without a GPU, reanalysis on Ray actors.
 """
 
 from __future__ import annotations
@@ -338,8 +338,11 @@ def bench_memory() -> dict:
 
 
 def bench_projection() -> dict:
-    """Hours of the full Breakout 100K run on this machine,
-    from the stored update/selfplay results."""
+    """Hours of the full Breakout 100K run on this machine, from the stored update/selfplay
+    results; with the `ray` section stored too, on C cores without a GPU with reanalysis on Ray
+    actors: the learner keeps LEARNER_CORES, each actor ACTOR_CORES (at this machine's speed per
+    core), and an update takes max(sample + bare, reanalysis / W) + Ray's cost per batch (measured
+    on MinAtar batches)."""
     stored = _load_results()
     missing = [name for name in ("update", "selfplay") if _section_key(name) not in stored]
     if missing:
@@ -352,10 +355,22 @@ def bench_projection() -> dict:
     selfplay_hours = BREAKOUT_ENV_STEPS / env_steps_per_second / 3600
     update_hours = BREAKOUT_UPDATES * update_seconds / 3600
     eval_hours = BREAKOUT_EVALUATIONS * EVAL_GAME_STEPS * acting_ms / 1000 / 3600
-    return {"projection": {"selfplay_hours": selfplay_hours, "update_hours": update_hours,
-                           "eval_hours": eval_hours,
-                           "total_hours": selfplay_hours + update_hours + eval_hours,
-                           "total_days": (selfplay_hours + update_hours + eval_hours) / 24}}
+    results = {"projection": {"selfplay_hours": selfplay_hours, "update_hours": update_hours,
+                              "eval_hours": eval_hours,
+                              "total_hours": selfplay_hours + update_hours + eval_hours,
+                              "total_days": (selfplay_hours + update_hours + eval_hours) / 24}}
+    if "ray" in stored:
+        full = stored[_section_key("update")]["full"]
+        bare = stored[_section_key("update")]["bare"]["seconds"]
+        ray_seconds = stored["ray"]["minatar W=1"]["ray_ms_per_batch"] / 1000
+        for cores in (2, 4, 8, 16, 32):
+            actors = max(0, (cores - LEARNER_CORES) // ACTOR_CORES)
+            update = (update_seconds if actors == 0 else
+                      max(full["sample_s"] + bare, full["reanalysis_s"] / actors) + ray_seconds)
+            results[f"ray {cores} cores"] = {
+                "actors": actors, "seconds_per_update": update, "full_over_bare": update / bare,
+                "hours": selfplay_hours + BREAKOUT_UPDATES * update / 3600 + eval_hours}
+    return results
 
 
 MINATAR_ENV = "MinAtar/Breakout-v1"
@@ -539,10 +554,7 @@ def bench_ray() -> dict:
     """Reanalysis on W Ray actors (`ray_reanalysis_actors`, ray_actors.py) for the `classic`
     (CartPole) and `minatar` (Breakout) presets: the full update (ms per update of the online loop,
     self-play included, as `_bench_preset`'s run) against the bare one (the learner alone) for
-    W = 0 (the preset's own thread or process) to 4, and Ray's own cost per batch. With the
-    `update` and `selfplay` sections stored, an atari100k run's hours on C cores without a GPU,
-    projected: the learner keeps LEARNER_CORES, each actor ACTOR_CORES (at this machine's speed per
-    core), and an update takes max(sample + bare, reanalysis / W) + Ray's cost."""
+    W = 0 (the preset's own thread or process) to 4, and Ray's own cost per batch."""
     import dataclasses
 
     import config as config_module
@@ -580,23 +592,6 @@ def bench_ray() -> dict:
                 results[f"{name} W={actors}"] = entry
                 trainer.close()
     import_ray().shutdown()
-    stored = _load_results()
-    if _section_key("update") in stored and _section_key("selfplay") in stored:
-        full = stored[_section_key("update")]["full"]
-        bare = stored[_section_key("update")]["bare"]["seconds"]
-        ray_seconds = results["minatar W=1"]["ray_ms_per_batch"] / 1000
-        selfplay_hours = BREAKOUT_ENV_STEPS / stored[_section_key("selfplay")]["selfplay"][
-            "env_steps_per_second"] / 3600
-        for cores in (2, 4, 8, 16, 32):
-            actors = max(0, (cores - LEARNER_CORES) // ACTOR_CORES)
-            update = (full["seconds"] if actors == 0 else
-                      max(full["sample_s"] + bare, full["reanalysis_s"] / actors) + ray_seconds)
-            results[f"atari100k {cores} cores"] = {
-                "actors": actors, "seconds_per_update": update, "full_over_bare": update / bare,
-                "hours": selfplay_hours + BREAKOUT_UPDATES * update / 3600}
-    else:
-        print("note: python bench.py update selfplay first, for the atari100k projection",
-              file=sys.stderr)
     return results
 
 
