@@ -360,8 +360,7 @@ class Trainer:
         # An evaluation of these very weights may stay in flight: the resumed run replays it.
         pending = False
         if self.evaluator is not None:
-            for evaluation in self.evaluator.drain_older_than(self.updates):
-                self._record_evaluation(evaluation)
+            self._record_evaluations(self.evaluator.drain_older_than(self.updates))
             pending = bool(self.evaluator.pending)
         arrays = {"online": self.online.get_weights(),
                   "selfplay": self.selfplay_model.get_weights(),
@@ -499,6 +498,10 @@ class Trainer:
         self._record_evaluation(Evaluation(self.updates, self.env_steps, result,
                                            time.perf_counter() - start))
 
+    def _record_evaluations(self, evaluations: list[Evaluation]) -> None:
+        for evaluation in evaluations:
+            self._record_evaluation(evaluation)
+
     def _record_evaluation(self, evaluation: Evaluation) -> None:
         """Log an evaluation at the update and env step of the weights it played; write
         eval/eval-<updates>.json."""
@@ -524,8 +527,7 @@ class Trainer:
 
     def _after_update(self) -> None:
         if self.evaluator is not None:
-            for evaluation in self.evaluator.finished():
-                self._record_evaluation(evaluation)
+            self._record_evaluations(self.evaluator.finished())
         if self.updates % self.config.eval_interval == 0:
             self.evaluate()
         if self.updates % self.config.checkpoint_interval == 0:
@@ -587,8 +589,7 @@ class Trainer:
         if self.updates % config.eval_interval != 0:
             self.evaluate()
         if self.evaluator is not None:
-            for evaluation in self.evaluator.drain():
-                self._record_evaluation(evaluation)
+            self._record_evaluations(self.evaluator.drain())
         if self.updates % config.checkpoint_interval != 0:
             self.save_checkpoint()
         self.logger.close()
