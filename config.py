@@ -291,6 +291,12 @@ class Config:
     ray_timeout_seconds: float = _f("longest wait for a Ray actor's answer: past it the run stops "
                                     "with an error instead of hanging", 600.0, _POSITIVE,
                                     kind=SPEED)
+    learner_replicas: int = _f("devices the learner's update is split over (tf.distribute's "
+                               "MirroredStrategy on that many GPUs): each takes batch_size / R "
+                               "samples, BatchNorm and the observation normaliser use the whole "
+                               "batch's statistics, and the gradients are summed before they are "
+                               "clipped; the same numbers up to float rounding", 1, _POSITIVE,
+                               kind=SPEED)
 
     # --- prioritized replay ----------------------------------------------------------------------
     use_priority: bool = _f("prioritized replay (else uniform sampling)", True, kind=SWITCH)
@@ -347,6 +353,8 @@ class Config:
                      (self.num_channels // 2) % self.group_norm_groups == 0, "group_norm_groups",
                      "a divisor of num_channels and num_channels / 2", self.group_norm_groups)
         _require(self.num_channels % 2 == 0, "num_channels", "even", self.num_channels)
+        _require(self.batch_size % self.learner_replicas == 0, "learner_replicas",
+                 "a divisor of batch_size", self.learner_replicas)
         if self.ray_reanalysis_actors:
             _require(self.pipelined_reanalysis, "pipelined_reanalysis",
                      "true with ray_reanalysis_actors (the actors prepare batches ahead)",

@@ -19,6 +19,7 @@ Shapes: `B` batch, `K` unroll steps, `A` actions, `S` frame_stack.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
@@ -103,6 +104,23 @@ def worker_network(config: Config, spec):
     return build_network(config, spec)
 
 
+def distribution_strategy(config: Config):
+    """None for one learner replica; else a `tf.distribute.MirroredStrategy` over the first
+    `learner_replicas` GPUs, or, on a machine without that many, over as many logical CPU devices if
+    the process has made them (a test of the code path, no faster than one device)."""
+    replicas = config.learner_replicas
+    if replicas == 1:
+        return None
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    devices = gpus if len(gpus) >= replicas else tf.config.list_logical_devices("CPU")
+    if len(devices) < replicas:
+        raise ValueError(f"config key 'learner_replicas' must be at most the GPUs TensorFlow "
+                         f"sees ({len(gpus)}), got {replicas}")
+    return tf.distribute.MirroredStrategy([device.name for device in devices[:replicas]])
+
+
 def precision_policy(config: Config, on_gpu: bool) -> str:
     """The Keras dtype policy: float32, or with `mixed_precision` float16 compute on a GPU and
     bfloat16 compute on a CPU (the CPU's matrix units take bfloat16, not float16)."""
@@ -181,6 +199,14 @@ def squashed_entropy(mean, std, noise, clip: float):
     return -tf.reduce_mean(squashed_log_prob(mean, std, actions), axis=0)
 
 
+class RandomDraws(NamedTuple):
+    """An update's draws from the augmentation generator (`Learner._random_draws`)."""
+    augmentation: tuple             # images with `augmentation`: online shifts [B, 2] (int32) and
+                                    # intensity noise [B, 1, 1, 1], then the targets' two; else ()
+    entropy: object                 # continuous actions: [B, K+1, N, D] normal noise of the
+                                    # entropy estimate at each position; else ()
+
+
 class UpdateResult(NamedTuple):
     finite: bool                    # False: a non-finite loss, nothing changed (the run must stop).
                                     # A float16 step skipped for overflowing gradients is finite:
@@ -192,7 +218,8 @@ class UpdateResult(NamedTuple):
 class Learner:
     """The online network, its optimiser (SGD or Adam) and the `tf.function` update step."""
 
-    def __init__(self, config: Config, net, observation_shape: tuple, num_actions: int):
+    def __init__(self, config: Config, net, observation_shape: tuple, num_actions: int,
+                 strategy=None):
         import keras
         import tensorflow as tf
 
@@ -203,8 +230,11 @@ class Learner:
         self._tf = tf
         self._stack = lambda frames: stack_frames(frames, config.frame_stack)
         self._value_support, self._reward_support = net.value_support, net.reward_support
-        self.optimizer = build_optimizer(config)
-        self.optimizer.build(net.trainable_variables)
+        # With `learner_replicas` > 1: a tf.distribute strategy under which `net` was built.
+        self.strategy = strategy
+        with self._scope():
+            self.optimizer = build_optimizer(config)
+            self.optimizer.build(net.trainable_variables)
         self.augment_rng = tf.random.Generator.from_seed(config.seed + AUGMENT_SEED_OFFSET)
         self.is_image = len(observation_shape) == 3
         # float16 compute (mixed precision on a GPU): a dynamic loss scale keeps its gradients
@@ -238,7 +268,9 @@ class Learner:
             tf.TensorSpec([config.batch_size], tf.float32),            # importance weights
         ]
         # The traced loss and gradients of one batch (public for docs/probes/network_flops.py).
-        self.gradients = tf.function(self._compute_gradients, input_signature=signature)
+        self.gradients = tf.function(
+            self._compute_gradients if strategy is None else self._distributed_gradients,
+            input_signature=signature)
         self._apply = tf.function(self._apply_gradients)
         self._root_outputs_graph = tf.function(self._root_outputs_both_modes)
 
@@ -248,30 +280,50 @@ class Learner:
     # uint8 rows and columns at clamped indices, which is exactly replicate padding followed by a
     # crop, and costs a quarter of the memory of floats; the intensity factor is applied after
     # preprocessing, one observation at a time.
-    def _augment(self, observations):
-        """uint8 [B, P, H, W, C] -> (shifted uint8 [B, P, H, W, C], intensity [B, 1, 1, 1]): one
-        shift and one intensity factor per sample, shared by its P observations."""
+    def _random_draws(self, batch: int) -> RandomDraws:
+        """The update's draws from the augmentation generator, for a batch of `batch`, in the
+        order the loss uses them. They are drawn before the loss, over the whole batch, so that a
+        distributed update (`learner_replicas`) uses the numbers a single device does."""
+        tf, config = self._tf, self.config
+        augmentation = ()
+        if self.is_image and config.augmentation:
+            pad = config.shift_pad
+            for _ in ("online", "targets"):
+                shifts = self.augment_rng.uniform([batch, 2], -pad, pad + 1, dtype=tf.int32)
+                noise = tf.clip_by_value(self.augment_rng.normal([batch, 1, 1, 1]), -2.0, 2.0)
+                augmentation += (shifts, noise)
+        entropy = ()
+        if self.action_dims:
+            entropy = tf.stack([self.augment_rng.normal([config.entropy_samples, batch,
+                                                         self.action_dims])
+                                for _ in range(config.unroll_steps + 1)], axis=2)
+            entropy = tf.transpose(entropy, [1, 2, 0, 3])                 # [B, K+1, N, D]
+        return RandomDraws(augmentation, entropy)
+
+    def _augment(self, observations, shifts, noise):
+        """uint8 [B, P, H, W, C], shifts (dy, dx) [B, 2] and noise [B, 1, 1, 1] -> (shifted uint8
+        [B, P, H, W, C], intensity [B, 1, 1, 1]): one shift and one intensity factor per sample,
+        shared by its P observations."""
         tf = self._tf
-        batch, _, height, width, _ = observations.shape
-        pad = self.config.shift_pad
-        shifts = self.augment_rng.uniform([batch, 2], -pad, pad + 1, dtype=tf.int32)  # (dy, dx)
+        _, _, height, width, _ = observations.shape
         rows = tf.clip_by_value(tf.range(height)[None] + shifts[:, :1], 0, height - 1)  # [B, H]
         columns = tf.clip_by_value(tf.range(width)[None] + shifts[:, 1:], 0, width - 1)  # [B, W]
         shifted = tf.gather(observations, rows, axis=2, batch_dims=1)
         shifted = tf.gather(shifted, columns, axis=3, batch_dims=1)
-        noise = tf.clip_by_value(self.augment_rng.normal([batch, 1, 1, 1]), -2.0, 2.0)
         return shifted, 1.0 + self.config.intensity_sigma * noise
 
-    def _network_inputs(self, frames):
+    def _network_inputs(self, frames, augmentation: tuple):
         """Single frames [B, S+K, *frame] -> a function k -> float32 network input of o_{t+k}
         [B, *obs], augmented (images, `augmentation`): o_t with one draw, o_{t+1..t+K} with
-        another."""
+        another (`RandomDraws.augmentation`)."""
         net = self.net
         observations = self._stack(frames)                              # [B, K+1, ...] as stored
-        if not (self.is_image and self.config.augmentation):
+        if not augmentation:
             return lambda k: net.preprocess(observations[:, k])
-        online, online_intensity = self._augment(observations[:, :1])
-        targets, target_intensity = self._augment(observations[:, 1:])
+        online_shifts, online_noise, target_shifts, target_noise = augmentation
+        online, online_intensity = self._augment(observations[:, :1], online_shifts, online_noise)
+        targets, target_intensity = self._augment(observations[:, 1:], target_shifts,
+                                                  target_noise)
 
         def inputs_at(k):
             if k == 0:
@@ -279,7 +331,7 @@ class Learner:
             return net.preprocess(targets[:, k - 1]) * target_intensity
         return inputs_at
 
-    def _policy_terms(self, policy_output, policy_targets, k: int):
+    def _policy_terms(self, policy_output, policy_targets, k: int, entropy_noise):
         """The policy loss [B] and the policy's entropy [B] at position k: the cross-entropy to
         the improved policy over all actions and the softmax's entropy; for continuous actions
         (policy_output the head's raw [B, 2A]) the loss of Eq. 6 or 7 and a Monte Carlo entropy."""
@@ -299,24 +351,79 @@ class Learner:
         loss = continuous_policy_loss(mean, std, candidates, improved, best,
                                       full=config.full_policy_loss(self.action_dims),
                                       clip=config.action_clip)
-        noise = self.augment_rng.normal([config.entropy_samples, *mean.shape])
+        noise = tf.transpose(entropy_noise[:, k], [1, 0, 2])              # [N, B, D]
         return loss, squashed_entropy(mean, std, noise, config.action_clip)
 
     def _compute_gradients(self, frames, actions, reward_targets, value_targets,
                            policy_targets, transition_masks, value_masks, weights):
-        """The EfficientZero V2 loss of one batch and its gradients (EfficientZero V2).
+        """The EfficientZero V2 loss of one batch and its gradients on one device: (gradients,
+        priorities [B], scalars)."""
+        self.trace_count += 1
+        draws = self._random_draws(self.config.batch_size)
+        return self._loss_and_gradients(frames, actions, reward_targets, value_targets,
+                                        policy_targets, transition_masks, value_masks, weights,
+                                        draws)
+
+    def _distributed_gradients(self, *inputs):
+        """`_compute_gradients` split over the strategy's R replicas (`learner_replicas`): the
+        random draws are made here for the whole batch, replica i takes samples
+        [i B/R, (i+1) B/R) of every input, and the replicas' gradients and loss sums are
+        all-reduced before the gradients are clipped."""
+        tf = self._tf
+        self.trace_count += 1
+        replicas = self.strategy.num_replicas_in_sync
+        share = self.config.batch_size // replicas
+
+        def replica_step(*replica_inputs):
+            index = tf.get_static_value(
+                tf.distribute.get_replica_context().replica_id_in_sync_group)
+            own = tf.nest.map_structure(lambda x: x[index * share:(index + 1) * share],
+                                        replica_inputs)
+            return self._loss_and_gradients(*own)
+
+        gradients, priorities, scalars = self.strategy.run(
+            replica_step, args=(*inputs, self._random_draws(self.config.batch_size)))
+        first = lambda value: self.strategy.experimental_local_results(value)[0]  # noqa: E731
+        return (tf.nest.map_structure(first, gradients),
+                tf.concat(self.strategy.experimental_local_results(priorities), axis=0),
+                tf.nest.map_structure(first, scalars))
+
+    def _loss_and_gradients(self, frames, actions, reward_targets, value_targets,
+                            policy_targets, transition_masks, value_masks, weights,
+                            draws: RandomDraws):
+        """The EfficientZero V2 loss of one batch and its gradients (EfficientZero V2), on this
+        replica's part of the batch when the update is distributed.
 
         Unroll step k = 1..K predicts o_{t+k} from a_{t+k-1}: its value-prefix and consistency
         losses count while that action is real (transition_masks[:, k-1]); the policy loss at
         position k while o_{t+k} has an acting policy (transition_masks[:, k]); the value loss at k
         where value_masks[:, k] (a terminal o_T's
         absorbing 0 included, a truncated o_T excluded)."""
+        from networks import replicas
+
         tf, config, net = self._tf, self.config, self.net
-        self.trace_count += 1
         K = config.unroll_steps
-        batch = config.batch_size
+        batch = frames.shape[0]                             # this replica's share of batch_size
         value_support, reward_support = self._value_support, self._reward_support
-        inputs_at = self._network_inputs(frames)
+        inputs_at = self._network_inputs(frames, draws.augmentation)
+        context = tf.distribute.get_replica_context()
+        distributed = replicas() > 1
+
+        def across_replicas(value):
+            """The sum of `value` over the replicas."""
+            return context.all_reduce(tf.distribute.ReduceOp.SUM, value) if distributed else value
+
+        def largest(value):
+            """The largest of a scalar `value` over the replicas."""
+            return tf.reduce_max(context.all_gather(value[None], axis=0)) if distributed \
+                else value
+
+        def batch_mean(x):
+            """The mean of x [B, ...] over the whole batch, all replicas' samples included."""
+            if not distributed:
+                return tf.reduce_mean(x)
+            return across_replicas(tf.reduce_sum(x)) / tf.cast(
+                config.batch_size * tf.reduce_prod(tf.shape(x)[1:]), x.dtype)
 
         def cross_entropy(logits, target_probs):
             return -tf.reduce_sum(target_probs * tf.nn.log_softmax(logits), axis=-1)   # [B]
@@ -331,7 +438,8 @@ class Learner:
             predicted_root_value = value_support.to_scalar(value_logits)   # [B], for priorities
             value_loss = cross_entropy(value_logits, value_support.two_hot(value_targets[:, 0])) \
                 * value_masks[:, 0]
-            policy_loss, entropy = self._policy_terms(policy_logits, policy_targets, 0)
+            policy_loss, entropy = self._policy_terms(policy_logits, policy_targets, 0,
+                                                      draws.entropy)
             policy_loss *= transition_masks[:, 0]
             entropy *= transition_masks[:, 0]
             reward_loss = tf.zeros([batch])
@@ -365,7 +473,8 @@ class Learner:
                                             value_support.two_hot(value_targets[:, k])) \
                     * value_masks[:, k]
                 step_policy_loss, step_entropy = self._policy_terms(policy_logits,
-                                                                    policy_targets, k)
+                                                                    policy_targets, k,
+                                                                    draws.entropy)
                 policy_loss += step_policy_loss * transition_masks[:, k]
                 entropy += step_entropy * transition_masks[:, k]
             per_sample = (config.reward_loss_coeff * reward_loss
@@ -373,27 +482,33 @@ class Learner:
                           + config.value_loss_coeff * value_loss
                           + config.consistency_loss_coeff * consistency_loss
                           - config.entropy_loss_coeff * entropy)
-            loss = tf.reduce_mean(weights * per_sample) / K
+            if distributed:             # this replica's share of the mean over the whole batch
+                loss = tf.reduce_sum(weights * per_sample) / (config.batch_size * K)
+            else:
+                loss = tf.reduce_mean(weights * per_sample) / K
             scaled_loss = loss * self.loss_scale
-        gradients = tape.gradient(scaled_loss, net.trainable_variables)
+        gradients = across_replicas(tape.gradient(scaled_loss, net.trainable_variables))
+        loss = across_replicas(loss)
         gradients = [g / self.loss_scale for g in gradients]
         gradients, grad_norm = tf.clip_by_global_norm(gradients, config.max_grad_norm)
         priorities = tf.abs(predicted_root_value - value_targets[:, 0]) + config.priority_epsilon
         # Value targets beyond the categorical support are clipped by the two-hot encoding.
         clipped = tf.cast(tf.abs(value_targets) > value_support.bound, tf.float32)
+        masked_targets = across_replicas(tf.reduce_sum(value_masks))
         scalars = {
             "losses/total": loss,
-            "losses/reward": tf.reduce_mean(reward_loss) / K,
-            "losses/policy": tf.reduce_mean(policy_loss) / K,
-            "losses/value": tf.reduce_mean(value_loss) / K,
-            "losses/consistency": tf.reduce_mean(consistency_loss) / K,
-            "losses/policy_entropy": tf.reduce_mean(entropy) / K,
+            "losses/reward": batch_mean(reward_loss) / K,
+            "losses/policy": batch_mean(policy_loss) / K,
+            "losses/value": batch_mean(value_loss) / K,
+            "losses/consistency": batch_mean(consistency_loss) / K,
+            "losses/policy_entropy": batch_mean(entropy) / K,
             "losses/grad_norm": grad_norm,
-            "targets/mean_value_target": tf.reduce_mean(value_targets[:, 0]),
-            "targets/clipped_fraction": tf.reduce_sum(clipped * value_masks)
-                                        / tf.maximum(tf.reduce_sum(value_masks), 1.0),
-            "targets/max_abs_value_target": tf.reduce_max(tf.abs(value_targets) * value_masks),
-            "targets/mean_predicted_value": tf.reduce_mean(predicted_root_value),
+            "targets/mean_value_target": batch_mean(value_targets[:, 0]),
+            "targets/clipped_fraction": across_replicas(tf.reduce_sum(clipped * value_masks))
+                                        / tf.maximum(masked_targets, 1.0),
+            "targets/max_abs_value_target": largest(tf.reduce_max(tf.abs(value_targets)
+                                                                  * value_masks)),
+            "targets/mean_predicted_value": batch_mean(predicted_root_value),
         }
         return gradients, priorities, scalars
 
@@ -428,6 +543,10 @@ class Learner:
         decayed = [g + self.config.weight_decay * v for g, v in zip(gradients, variables)]
         self.optimizer.apply_gradients(zip(decayed, variables))
 
+    def _scope(self):
+        """The distribution strategy's scope (`learner_replicas` > 1), else no scope."""
+        return contextlib.nullcontext() if self.strategy is None else self.strategy.scope()
+
     def update(self, batch, targets, updates: int) -> UpdateResult:
         statistics = [v.numpy() for v in self._statistics]
         gradients, priorities, scalars = self.gradients(
@@ -453,6 +572,8 @@ class Learner:
             return UpdateResult(False, priorities.numpy(), scalars)
         rate = learning_rate_at(self.config, updates)
         self.optimizer.learning_rate = rate
+        # Outside the strategy's scope Keras applies the gradients to every replica's copy of the
+        # variables as given (inside it, it would sum them over the replicas once more).
         self._apply(gradients)
         if self.dynamic_loss_scale:
             self._finite_in_a_row += 1

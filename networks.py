@@ -211,6 +211,30 @@ def h_space_support(bound: float, bins: int, nonnegative: bool = False) -> Suppo
 
 # --- layers ---------------------------------------------------------------------------------------
 
+def replicas() -> int:
+    """How many replicas compute this call together: `learner_replicas` inside the learner's
+    distributed update (`tf.distribute`), else 1."""
+    context = tf.distribute.get_replica_context()
+    return 1 if context is None else context.num_replicas_in_sync
+
+
+def batch_moments(x, axes: list[int]):
+    """Mean and biased variance of x over `axes`, and the count of values they span: over this
+    call's batch, or, in the learner's distributed update, over the batches of all the replicas
+    (two all-reduces, the variance about the global mean)."""
+    count = tf.cast(tf.reduce_prod(tf.gather(tf.shape(x), axes)), tf.float32)
+    if replicas() == 1:
+        mean, variance = tf.nn.moments(x, axes=axes)
+        return mean, variance, count
+    context = tf.distribute.get_replica_context()
+    total, count = context.all_reduce(tf.distribute.ReduceOp.SUM,
+                                      [tf.reduce_sum(x, axis=axes), count])
+    mean = total / count
+    variance = context.all_reduce(tf.distribute.ReduceOp.SUM,
+                                  tf.reduce_sum(tf.square(x - mean), axis=axes)) / count
+    return mean, variance, count
+
+
 class BatchNorm(keras.layers.Layer):
     """BatchNorm over the last axis of [B, H, W, C] or [B, C] through TF's fused kernel (inference
     on [B, C]: a scale and an offset).
@@ -241,11 +265,13 @@ class BatchNorm(keras.layers.Layer):
                                      autocast=False)
         self.beta = self.add_weight(shape=(channels,), initializer="zeros", name="beta",
                                     autocast=False)
+        # Every replica computes the same statistics (`batch_moments`): the first one's are kept.
         self.moving_mean = self.add_weight(shape=(channels,), initializer="zeros",
-                                           name="moving_mean", trainable=False, autocast=False)
+                                           name="moving_mean", trainable=False, autocast=False,
+                                           aggregation="only_first_replica")
         self.moving_variance = self.add_weight(shape=(channels,), initializer="ones",
                                                name="moving_variance", trainable=False,
-                                               autocast=False)
+                                               autocast=False, aggregation="only_first_replica")
 
     def call(self, x, training=False):
         flat = len(x.shape) == 2
@@ -259,25 +285,42 @@ class BatchNorm(keras.layers.Layer):
         if flat:
             x = x[:, None, None, :]                       # [B, C] -> [B, 1, 1, C]
                                                           # for the 4-D kernel
-        if training:
-            scale, offset = self.gamma, self.beta
-            if self.renorm:
-                # y = (x̂ r + d) γ + β = x̂ (γ r) + (γ d + β), x̂ normalised by the batch statistics.
-                batch_mean, batch_variance = tf.nn.moments(tf.cast(x, tf.float32), axes=[0, 1, 2])
-                moving_std = tf.sqrt(self.moving_variance + NORM_EPSILON)
-                r = tf.stop_gradient(tf.sqrt(batch_variance + NORM_EPSILON) / moving_std)
-                d = tf.stop_gradient((batch_mean - self.moving_mean) / moving_std)
-                scale, offset = self.gamma * r, self.gamma * d + self.beta
-            y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-                x, scale, offset, epsilon=NORM_EPSILON, is_training=True)
-            self.moving_mean.assign(NORM_MOMENTUM * self.moving_mean + (1 - NORM_MOMENTUM) * mean)
-            self.moving_variance.assign(NORM_MOMENTUM * self.moving_variance
-                                        + (1 - NORM_MOMENTUM) * variance)
-        else:
+        if not training:
             y, _, _ = tf.compat.v1.nn.fused_batch_norm(
                 x, self.gamma, self.beta, mean=self.moving_mean, variance=self.moving_variance,
                 epsilon=NORM_EPSILON, is_training=False)
+        elif replicas() > 1:
+            y, mean, variance = self._normalize_across_replicas(x)
+        else:
+            scale, offset = self.gamma, self.beta
+            if self.renorm:
+                batch_mean, batch_variance = tf.nn.moments(tf.cast(x, tf.float32), axes=[0, 1, 2])
+                scale, offset = self._renorm_scale_offset(batch_mean, batch_variance)
+            y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+                x, scale, offset, epsilon=NORM_EPSILON, is_training=True)
+        if training:
+            self.moving_mean.assign(NORM_MOMENTUM * self.moving_mean + (1 - NORM_MOMENTUM) * mean)
+            self.moving_variance.assign(NORM_MOMENTUM * self.moving_variance
+                                        + (1 - NORM_MOMENTUM) * variance)
         return y[:, 0, 0, :] if flat else y
+
+    def _renorm_scale_offset(self, batch_mean, batch_variance):
+        """y = (x̂ r + d) γ + β = x̂ (γ r) + (γ d + β), x̂ normalised by the batch statistics."""
+        moving_std = tf.sqrt(self.moving_variance + NORM_EPSILON)
+        r = tf.stop_gradient(tf.sqrt(batch_variance + NORM_EPSILON) / moving_std)
+        d = tf.stop_gradient((batch_mean - self.moving_mean) / moving_std)
+        return self.gamma * r, self.gamma * d + self.beta
+
+    def _normalize_across_replicas(self, x):
+        """The training forward of the fused kernel, with statistics over the whole batch of every
+        replica (`learner_replicas`): (y, mean, unbiased variance), x [B, H, W, C]."""
+        mean, variance, count = batch_moments(tf.cast(x, tf.float32), axes=[0, 1, 2])
+        scale, offset = self.gamma, self.beta
+        if self.renorm:
+            scale, offset = self._renorm_scale_offset(mean, variance)
+        y = (tf.cast(x, tf.float32) - mean) * (tf.math.rsqrt(variance + NORM_EPSILON) * scale) \
+            + offset
+        return tf.cast(y, x.dtype), mean, variance * count / tf.maximum(count - 1.0, 1.0)
 
 
 def _normalization(config: Config, width: int):
@@ -842,19 +885,22 @@ class RunningMeanStd(keras.layers.Layer):
 
     def build(self, input_shape):
         width = input_shape[-1]
+        # Every replica computes the same moments (`batch_moments`): the first one's are kept.
         self.mean = self.add_weight(shape=(width,), initializer="zeros", name="mean",
-                                    trainable=False, autocast=False)
+                                    trainable=False, autocast=False,
+                                    aggregation="only_first_replica")
         self.var = self.add_weight(shape=(width,), initializer="ones", name="var",
-                                   trainable=False, autocast=False)
+                                   trainable=False, autocast=False,
+                                   aggregation="only_first_replica")
         self.count = self.add_weight(shape=(), initializer=keras.initializers.Constant(
-            self.START_COUNT), name="count", dtype="float64", trainable=False, autocast=False)
+            self.START_COUNT), name="count", dtype="float64", trainable=False, autocast=False,
+            aggregation="only_first_replica")
 
     def call(self, x, training=False):
         mean, var = self.mean, self.var
         if training:
-            batch_mean, batch_var = tf.nn.moments(x, axes=[0])
+            batch_mean, batch_var, batch = batch_moments(x, axes=[0])
             count = tf.cast(self.count, tf.float32)
-            batch = tf.cast(tf.shape(x)[0], tf.float32)
             total = count + batch
             delta = batch_mean - mean
             mean = mean + delta * batch / total

@@ -21,6 +21,7 @@ The self-play model is refreshed every `selfplay_update_interval` updates, the t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime
 import json
@@ -41,7 +42,12 @@ import envs  # noqa: E402
 from buffer import ReplayBuffer  # noqa: E402
 from config import Config  # noqa: E402
 from evaluate import play_episodes, search_to_act, summarize  # noqa: E402
-from learner import Learner, configure_tensorflow, machine_description  # noqa: E402
+from learner import (  # noqa: E402
+    Learner,
+    configure_tensorflow,
+    distribution_strategy,
+    machine_description,
+)
 from ray_actors import REANALYSIS_STREAM, Evaluation, ScaleOutError, start_ray  # noqa: E402
 from target_pipeline import TargetPipeline  # noqa: E402
 
@@ -287,10 +293,13 @@ class Trainer:
         self.config, self.run_dir = config, run_dir
         self.spec = envs.env_spec(config.env_id, config)
         shape, actions = self.spec.observation_shape, self.spec.num_actions
-        self.online = build_network(config, self.spec)
+        # With `learner_replicas` > 1 the online network's variables live on every device.
+        strategy = distribution_strategy(config)
+        with contextlib.nullcontext() if strategy is None else strategy.scope():
+            self.online = build_network(config, self.spec)
         self.selfplay_model = build_network(config, self.spec)
         self.target_model = build_network(config, self.spec)
-        self.learner = Learner(config, self.online, shape, actions)
+        self.learner = Learner(config, self.online, shape, actions, strategy)
         self.rng = np.random.default_rng(config.seed)
         self.reanalysis_rng = np.random.default_rng((config.seed, REANALYSIS_STREAM))
         self.env_steps = self.updates = self.games = 0
