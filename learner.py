@@ -12,7 +12,8 @@ sample
 masked at episode ends, weighted by the importance weights, averaged over the batch and divided by
 K; then gradient clipping, weight decay, SGD with momentum (or Adam), the learning-rate schedule,
 and the dynamic loss scale of float16 training. Also here: the Keras precision policy (float32, or
-mixed bfloat16 on a CPU / float16 on a GPU) and the BatchNorm train/inference gap diagnostic.
+mixed bfloat16 on a CPU / float16 on a GPU), the update split over several GPUs
+(`learner_replicas`, `distribution_strategy`) and the BatchNorm train/inference gap diagnostic.
 
 Shapes: `B` batch, `K` unroll steps, `A` actions, `S` frame_stack.
 """
