@@ -288,11 +288,7 @@ class Learner:
         tf, config = self._tf, self.config
         augmentation = ()
         if self.is_image and config.augmentation:
-            pad = config.shift_pad
-            for _ in ("online", "targets"):
-                shifts = self.augment_rng.uniform([batch, 2], -pad, pad + 1, dtype=tf.int32)
-                noise = tf.clip_by_value(self.augment_rng.normal([batch, 1, 1, 1]), -2.0, 2.0)
-                augmentation += (shifts, noise)
+            augmentation = self._augmentation_draws(batch) + self._augmentation_draws(batch)
         entropy = ()
         if self.action_dims:
             entropy = tf.stack([self.augment_rng.normal([config.entropy_samples, batch,
@@ -300,6 +296,14 @@ class Learner:
                                 for _ in range(config.unroll_steps + 1)], axis=2)
             entropy = tf.transpose(entropy, [1, 2, 0, 3])                 # [B, K+1, N, D]
         return RandomDraws(augmentation, entropy)
+
+    def _augmentation_draws(self, batch: int) -> tuple:
+        """One shift (dy, dx) [B, 2] in [−shift_pad, shift_pad] and one intensity noise
+        [B, 1, 1, 1], clipped to ±2, per sample."""
+        tf, pad = self._tf, self.config.shift_pad
+        shifts = self.augment_rng.uniform([batch, 2], -pad, pad + 1, dtype=tf.int32)
+        noise = tf.clip_by_value(self.augment_rng.normal([batch, 1, 1, 1]), -2.0, 2.0)
+        return shifts, noise
 
     def _augment(self, observations, shifts, noise):
         """uint8 [B, P, H, W, C], shifts (dy, dx) [B, 2] and noise [B, 1, 1, 1] -> (shifted uint8

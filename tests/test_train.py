@@ -332,7 +332,7 @@ def test_augmentation_is_one_replicate_padded_shift_per_sample():
     rng = np.random.default_rng(0)
     B, P, H, W, C = 16, 3, 12, 10, 2
     images = rng.integers(0, 256, size=(B, P, H, W, C), dtype=np.uint8)
-    shifted, intensity = learner._augment(images)
+    shifted, intensity = learner._augment(images, *learner._augmentation_draws(B))
     shifted, intensity = shifted.numpy(), intensity.numpy().reshape(B)
     pad = config.shift_pad
     padded = np.pad(images, [(0, 0), (0, 0), (pad, pad), (pad, pad), (0, 0)], mode="edge")
@@ -429,7 +429,7 @@ def test_online_input_and_consistency_targets_are_augmented_independently():
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, size=(32, 1, 16, 16, 3), dtype=np.uint8)
     frames = np.repeat(image, 1 + config.unroll_steps, axis=1)       # o_t = o_{t+1} = ... pixelwise
-    inputs_at = learner._network_inputs(frames)
+    inputs_at = learner._network_inputs(frames, learner._random_draws(32).augmentation)
     online, first, second = (inputs_at(k).numpy() for k in (0, 1, 2))
     np.testing.assert_array_equal(first, second)              # the targets share one transform
     differs = [not np.allclose(online[b], first[b]) for b in range(32)]
