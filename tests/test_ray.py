@@ -81,12 +81,13 @@ def test_the_actors_reanalyse_as_this_process_does_across_a_target_refresh(tmp_p
 
 
 def test_runs_with_actors_repeat_and_resume_exactly_with_batches_in_flight(tmp_path):
-    """Two batches in flight (W = 2): two runs from the same seed hold the same weights after the
-    same updates, and a run resumed from a checkpoint taken mid-way continues as the uninterrupted
-    one does, to the last bit."""
+    """Two batches in flight (one actor, depth 2): two runs from the same seed hold the same
+    weights after the same updates, and a run resumed from a checkpoint taken mid-way continues as
+    the uninterrupted one does, to the last bit."""
     import train
 
-    first = _trainer(tmp_path / "first")
+    in_flight = {"ray_reanalysis_actors": 1, "ray_pipeline_depth": 2}
+    first = _trainer(tmp_path / "first", **in_flight)
     for _ in range(3):
         assert first.update_once()
     assert len(first.pipeline.prepared) == 2
@@ -95,7 +96,7 @@ def test_runs_with_actors_repeat_and_resume_exactly_with_batches_in_flight(tmp_p
     for _ in range(3):
         assert first.update_once()
 
-    second = _trainer(tmp_path / "second")
+    second = _trainer(tmp_path / "second", **in_flight)
     for _ in range(3):
         assert second.update_once()
     second.save_checkpoint()
