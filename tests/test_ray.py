@@ -160,6 +160,7 @@ def test_a_failing_actor_gives_its_traceback_and_a_dead_or_silent_one_a_clear_er
     pool.close()
 
     silent = RayReanalysisPool(config, trainer.spec, weights)
+    silent.wait([], "receiving the first weights")       # then only the batch can time out
     silent.config = dataclasses.replace(config, ray_timeout_seconds=1e-3)   # a batch takes longer
     with pytest.raises(ScaleOutError, match=r"no answer .* in 0.001 s while reanalysing batch 0 "
                                             r"\(ray_timeout_seconds\)"):
