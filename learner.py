@@ -200,6 +200,11 @@ def squashed_entropy(mean, std, noise, clip: float):
     return -tf.reduce_mean(squashed_log_prob(mean, std, actions), axis=0)
 
 
+def strategy_scope(strategy):
+    """The scope of a `distribution_strategy` (`learner_replicas` > 1), else no scope."""
+    return contextlib.nullcontext() if strategy is None else strategy.scope()
+
+
 class RandomDraws(NamedTuple):
     """An update's draws from the augmentation generator (`Learner._random_draws`)."""
     augmentation: tuple             # images with `augmentation`: online shifts [B, 2] (int32) and
@@ -233,7 +238,7 @@ class Learner:
         self._value_support, self._reward_support = net.value_support, net.reward_support
         # With `learner_replicas` > 1: a tf.distribute strategy under which `net` was built.
         self.strategy = strategy
-        with self._scope():
+        with strategy_scope(strategy):
             self.optimizer = build_optimizer(config)
             self.optimizer.build(net.trainable_variables)
         self.augment_rng = tf.random.Generator.from_seed(config.seed + AUGMENT_SEED_OFFSET)
@@ -547,10 +552,6 @@ class Learner:
         # Weight decay as PyTorch's SGD and Adam apply it: g + wd * w, added after clipping.
         decayed = [g + self.config.weight_decay * v for g, v in zip(gradients, variables)]
         self.optimizer.apply_gradients(zip(decayed, variables))
-
-    def _scope(self):
-        """The distribution strategy's scope (`learner_replicas` > 1), else no scope."""
-        return contextlib.nullcontext() if self.strategy is None else self.strategy.scope()
 
     def update(self, batch, targets, updates: int) -> UpdateResult:
         statistics = [v.numpy() for v in self._statistics]

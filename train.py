@@ -21,7 +21,6 @@ The self-play model is refreshed every `selfplay_update_interval` updates, the t
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import datetime
 import json
@@ -47,6 +46,7 @@ from learner import (  # noqa: E402
     configure_tensorflow,
     distribution_strategy,
     machine_description,
+    strategy_scope,
 )
 from ray_actors import REANALYSIS_STREAM, Evaluation, ScaleOutError, start_ray  # noqa: E402
 from target_pipeline import TargetPipeline  # noqa: E402
@@ -295,7 +295,7 @@ class Trainer:
         shape, actions = self.spec.observation_shape, self.spec.num_actions
         # With `learner_replicas` > 1 the online network's variables live on every device.
         strategy = distribution_strategy(config)
-        with contextlib.nullcontext() if strategy is None else strategy.scope():
+        with strategy_scope(strategy):
             self.online = build_network(config, self.spec)
         self.selfplay_model = build_network(config, self.spec)
         self.target_model = build_network(config, self.spec)
