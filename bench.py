@@ -296,7 +296,7 @@ def bench_selfplay() -> dict:
         search_seconds = sum(trainer.selfplay_step() for _ in range(SELFPLAY_STEPS))
         seconds = time.perf_counter() - start
         timed = TimedModel(trainer.selfplay_model)
-        observations = trainer.stacker.observations()
+        observations = trainer.players.stacker.observations()
         start = time.perf_counter()
         for _ in range(SELFPLAY_STEPS):
             search_actions(timed, observations, config.search_options(), trainer.rng,
@@ -415,13 +415,13 @@ def _bench_preset(config) -> dict:
         trainer.start_games(list(range(config.num_envs)))
         trainer.selfplay_step()                                         # traces the inference
         timed = TimedModel(trainer.selfplay_model)
-        trainer.selfplay_model = timed
+        trainer.players.model = timed
         search = 0.0
         start = time.perf_counter()
         for _ in range(PRESET_SELFPLAY_STEPS):
             search += trainer.selfplay_step()
         selfplay, network = time.perf_counter() - start, timed.seconds
-        trainer.selfplay_model = timed.model          # updates refresh its weights
+        trainer.players.model = timed.model           # updates refresh its weights
         while len(trainer.buffer) < config.start_transitions:
             trainer.selfplay_step()
         batch = trainer.buffer.sample(config.batch_size, trainer.rng)
@@ -526,6 +526,7 @@ def bench_continuous() -> dict:
 
 RAY_ACTOR_COUNTS = (0, 1, 2, 3, 4)     # W of `bench.py ray`
 RAY_ROUND_TRIPS = 5                    # batches sent one at a time to time Ray's own cost
+RAY_SELFPLAY_STEPS = 50                # timed lockstep decisions of `bench.py ray`'s self-play
 LEARNER_CORES = 2                      # the projection's learner keeps this many cores...
 ACTOR_CORES = 2                        # ...and gives each reanalysis actor this many
 
@@ -550,11 +551,42 @@ def _ray_round_trip_ms(config, trainer) -> float:
     return 1000 * float(np.median(overheads[1:]))
 
 
+def _selfplay_env_steps_per_second(config, spec, weights: list) -> float:
+    """Env steps/s of lockstep self-play (selfplay.py) over RAY_SELFPLAY_STEPS decisions, games
+    restarted as they end: in this process, or on `ray_selfplay_actors` Ray actors."""
+    from networks import build_network
+    from ray_actors import RaySelfPlay
+    from selfplay import LockstepGames
+
+    seeds = list(range(config.num_envs))
+    if config.ray_selfplay_actors:
+        players = RaySelfPlay(config, spec, seeds, weights)
+    else:
+        model = build_network(config, spec)
+        model.set_weights(weights)
+        rng = np.random.default_rng(0)
+        players = LockstepGames(config, spec, model, 0, seeds, lambda decision: rng)
+    players.start(seeds, seeds)
+    start = 0.0
+    for decision in range(RAY_SELFPLAY_STEPS + 1):
+        if decision == 1:                      # the first step traces the search's networks
+            start = time.perf_counter()
+        step = players.step(decision)
+        ended = np.flatnonzero(step.terminated | step.truncated).tolist()
+        if ended:
+            players.start(ended, [decision * config.num_envs + i for i in ended])
+    seconds = time.perf_counter() - start
+    if config.ray_selfplay_actors:
+        players.close()
+    return RAY_SELFPLAY_STEPS * config.num_envs * config.steps_per_transition / seconds
+
+
 def bench_ray() -> dict:
     """Reanalysis on W Ray actors (`ray_reanalysis_actors`, ray_actors.py) for the `classic`
     (CartPole) and `minatar` (Breakout) presets: the full update (ms per update of the online loop,
     self-play included, as `_bench_preset`'s run) against the bare one (the learner alone) for
-    W = 0 (the preset's own thread or process) to 4, and Ray's own cost per batch."""
+    W = 0 (the preset's own thread or process) to 4, and Ray's own cost per batch; and self-play's
+    env steps/s on A = 0 (this process) to 4 self-play actors (`ray_selfplay_actors`)."""
     import dataclasses
 
     import config as config_module
@@ -590,7 +622,11 @@ def bench_ray() -> dict:
                 if actors == 1:
                     entry["ray_ms_per_batch"] = _ray_round_trip_ms(config, trainer)
                 results[f"{name} W={actors}"] = entry
+                weights = trainer.selfplay_model.get_weights()
                 trainer.close()
+        for actors in RAY_ACTOR_COUNTS:
+            results[f"{name} A={actors}"] = {"env_steps_per_second": _selfplay_env_steps_per_second(
+                dataclasses.replace(preset, ray_selfplay_actors=actors), trainer.spec, weights)}
     import_ray().shutdown()
     return results
 

@@ -279,6 +279,11 @@ class Config:
     ray_pipeline_depth: int = _f("batches sampled and in reanalysis ahead of the learner with Ray "
                                  "actors (0: one per actor); batch k is drawn during update "
                                  "k - depth", 0, _NON_NEGATIVE, kind=SWITCH)
+    ray_selfplay_actors: int = _f("A: Ray actors that play the self-play games, each a contiguous "
+                                  "A-th of the num_envs envs with its own self-play model (0: in "
+                                  "this process). Actor a's search at decision d then draws its "
+                                  "noise from the stream (seed, a, d)", 0, _NON_NEGATIVE,
+                                  kind=SWITCH)
     ray_eval_actor: bool = _f("play the evaluation games on a Ray actor, off the learner's path, "
                               "from a snapshot of the weights logged at its update", False,
                               kind=SPEED)
@@ -355,6 +360,8 @@ class Config:
         _require(self.num_channels % 2 == 0, "num_channels", "even", self.num_channels)
         _require(self.batch_size % self.learner_replicas == 0, "learner_replicas",
                  "a divisor of batch_size", self.learner_replicas)
+        _require(self.ray_selfplay_actors <= self.num_envs, "ray_selfplay_actors",
+                 "at most num_envs (each actor plays at least one env)", self.ray_selfplay_actors)
         if self.ray_reanalysis_actors:
             _require(self.pipelined_reanalysis, "pipelined_reanalysis",
                      "true with ray_reanalysis_actors (the actors prepare batches ahead)",

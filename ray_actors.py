@@ -1,16 +1,21 @@
 """Scale-out on Ray: reanalysis actors that prepare the learner's targets in other processes, on
 this machine or on a cluster (the official code's "batch workers", ez/worker/batch_worker.py,
-made deterministic), and an evaluation actor that plays the evaluation games off the learner's
-path (its "eval worker", ez/worker/eval_worker.py).
+made deterministic), self-play actors that play the games between them (its "data workers",
+ez/worker/data_worker.py, kept in lockstep with the learner), and an evaluation actor that plays the
+evaluation games off the learner's path (its "eval worker", ez/worker/eval_worker.py).
 
 `RayReanalysisPool` holds W actors (`ray_reanalysis_actors`), each with its own copy of the target
 model; `target_pipeline.TargetPipeline` keeps `ray_pipeline_depth` batches in flight with it.
-`RayEvaluator` (`ray_eval_actor`) evaluates snapshots of the online weights. The replay buffer,
-sampling, priorities, the learner and checkpoints stay in the trainer's process.
+`RaySelfPlay` holds A actors (`ray_selfplay_actors`), each playing a contiguous A-th of the envs
+with its own self-play model (selfplay.LockstepGames). `RayEvaluator` (`ray_eval_actor`) evaluates
+snapshots of the online weights. The replay buffer, sampling, priorities, the learner, the game
+counter and checkpoints stay in the trainer's process.
 
 Reproducible by construction, not by timing:
 - batch k (the batch of update k + 1) goes to actor k mod W and draws its noise from the stream
   `batch_rng(seed, k)`; it is sampled in the trainer, in update order;
+- self-play actor a searches at decision d with the stream `selfplay_rng(seed, a, d)`; the trainer
+  waits for every actor's step and seeds each new game from its game counter;
 - the weights travel as one `ray.put` per refresh. A Ray actor runs one caller's calls in the order
   they were sent, so every batch is reanalysed with the weights sent before it, whatever the
   timing. On a CPU the same seed, W and depth give the same run, bit for bit;
@@ -38,6 +43,8 @@ from config import Config
 # The reanalysis random stream is seeded by (seed, REANALYSIS_STREAM) in one process, and batch k's
 # by (seed, REANALYSIS_STREAM, k) with Ray actors: apart from the stream of sampling and self-play.
 REANALYSIS_STREAM = 1
+# Self-play actor a draws the search noise of decision d from (seed, SELFPLAY_STREAM, a, d).
+SELFPLAY_STREAM = 2
 # The terminal colours Ray puts into the error messages it relays.
 ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 # Where `ray start` leaves the address of the cluster it began on this machine (Ray's default
@@ -56,6 +63,12 @@ def batch_rng(seed: int, batch_number: int) -> np.random.Generator:
     """The reanalysis random stream of batch `batch_number` (the batch of update number
     `batch_number` + 1) with Ray actors: keyed by the counter, so no timing can change it."""
     return np.random.default_rng((seed, REANALYSIS_STREAM, batch_number))
+
+
+def selfplay_rng(seed: int, actor: int, decision: int) -> np.random.Generator:
+    """The acting search's random stream of self-play actor `actor` at lockstep decision
+    `decision`: keyed by the counters, so no timing can change it."""
+    return np.random.default_rng((seed, SELFPLAY_STREAM, actor, decision))
 
 
 def import_ray():
@@ -119,9 +132,11 @@ def wait(references, what: str, config: Config, role: str = "reanalysis"):
                             + ANSI_COLOUR.sub("", str(error))) from None
 
 
-def start_actors(actor_class: type, count: int, config: Config, spec, role: str) -> list:
-    """`count` Ray actors of `actor_class(config, spec)`, each reserving `ray_actor_cpus`, once
-    all of them answer; a cluster without the free CPUs is an error, not a wait."""
+def start_actors(actor_class: type, count: int, config: Config, spec, role: str,
+                 arguments: list[tuple] | None = None) -> list:
+    """`count` Ray actors of `actor_class(config, spec, *arguments[k])`, each reserving
+    `ray_actor_cpus`, once all of them answer; a cluster without the free CPUs is an error, not a
+    wait."""
     ray = import_ray()
     cpus = config.ray_actor_cpus
     free = ray.available_resources().get("CPU", 0.0)
@@ -129,9 +144,10 @@ def start_actors(actor_class: type, count: int, config: Config, spec, role: str)
         raise ScaleOutError(
             f"{count} {role} actors of {cpus:g} CPUs need {count * cpus:g} CPUs; the Ray cluster "
             f"has {free:g} free of {ray.cluster_resources().get('CPU', 0):g} (lower "
-            f"ray_reanalysis_actors or ray_actor_cpus, or add machines)")
+            f"the ray_*_actors or ray_actor_cpus, or add machines)")
     remote_class = ray.remote(num_cpus=cpus, max_restarts=0, max_task_retries=0)(actor_class)
-    actors = [remote_class.remote(config, spec) for _ in range(count)]
+    actors = [remote_class.remote(config, spec, *(arguments[k] if arguments else ()))
+              for k in range(count)]
     try:
         wait([actor.ready.remote() for actor in actors], f"starting the {role} actors", config,
              role)
@@ -239,6 +255,88 @@ class RayReanalysisPool:
             replies, self._weight_replies = self._weight_replies, []
             wait(replies, "setting the target weights", self.config)
         return wait(references, what, self.config)
+
+    def close(self) -> None:
+        for actor in self.actors:
+            self._ray.kill(actor)
+        self.actors = []
+
+
+class SelfPlayActor:
+    """One self-play worker (a Ray actor): envs `first_env` .. of the run with their frame stacks
+    and a self-play model (selfplay.LockstepGames), searching with the stream `selfplay_rng`."""
+
+    def __init__(self, config: Config, spec, actor: int, first_env: int, seeds: list[int]):
+        from learner import worker_network
+        from selfplay import LockstepGames
+
+        self.config = _actor_config(config)
+        self.games = LockstepGames(
+            self.config, spec, worker_network(self.config, spec), first_env, seeds,
+            lambda decision: selfplay_rng(config.seed, actor, decision))
+
+    def ready(self) -> int:
+        return os.getpid()
+
+    def set_weights(self, weights: list[np.ndarray]) -> None:
+        self.games.set_weights(weights)
+
+    def start(self, env_indices: list[int], seeds: list[int]) -> np.ndarray:
+        return self.games.start(env_indices, seeds)
+
+    def step(self, decision: int):
+        return self.games.step(decision)
+
+
+class RaySelfPlay:
+    """A self-play actors (`ray_selfplay_actors`) that play the run's envs between them, actor a
+    a contiguous range of them, in lockstep: the interface of selfplay.LockstepGames for all the
+    envs. Weights sent by `set_weights` reach every actor before its next step."""
+
+    def __init__(self, config: Config, spec, seeds: list[int], weights: list[np.ndarray]):
+        self._ray, self.config = import_ray(), config
+        ranges = np.array_split(np.arange(config.num_envs), config.ray_selfplay_actors)
+        self.first_envs = [int(envs[0]) for envs in ranges]
+        self.actors = start_actors(
+            SelfPlayActor, len(ranges), config, spec, "self-play",
+            [(a, int(envs[0]), [seeds[i] for i in envs]) for a, envs in enumerate(ranges)])
+        self._weight_replies: list = []
+        self.set_weights(weights)
+
+    def set_weights(self, weights: list[np.ndarray]) -> None:
+        reference = self._ray.put(weights)
+        self._weight_replies = [actor.set_weights.remote(reference) for actor in self.actors]
+
+    def _actor_of(self, env_index: int) -> int:
+        return int(np.searchsorted(self.first_envs, env_index, side="right")) - 1
+
+    def _wait(self, references, what: str):
+        if self._weight_replies:
+            replies, self._weight_replies = self._weight_replies, []
+            wait(replies, "setting the self-play weights", self.config, "self-play")
+        return wait(references, what, self.config, "self-play")
+
+    def start(self, env_indices: list[int], seeds: list[int]) -> np.ndarray:
+        """First frames [len(env_indices), *frame] of new games in those envs, in that order."""
+        by_actor: dict[int, tuple[list, list]] = {}
+        for index, seed in zip(env_indices, seeds):
+            indices, actor_seeds = by_actor.setdefault(self._actor_of(index), ([], []))
+            indices.append(index)
+            actor_seeds.append(seed)
+        actors = sorted(by_actor)
+        frames = self._wait([self.actors[a].start.remote(*by_actor[a]) for a in actors],
+                            f"starting games in envs {list(env_indices)}")
+        frame_of = {index: frame for a, actor_frames in zip(actors, frames)
+                    for index, frame in zip(by_actor[a][0], actor_frames)}
+        return np.stack([frame_of[index] for index in env_indices])
+
+    def step(self, decision: int):
+        """One decision of every env: selfplay.SelfPlayStep of all of them, in env order."""
+        from selfplay import concatenate_steps
+
+        return concatenate_steps(self._wait([actor.step.remote(decision)
+                                             for actor in self.actors],
+                                            f"playing decision {decision}"))
 
     def close(self) -> None:
         for actor in self.actors:

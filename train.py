@@ -40,7 +40,7 @@ import config as config_module  # noqa: E402
 import envs  # noqa: E402
 from buffer import ReplayBuffer  # noqa: E402
 from config import Config  # noqa: E402
-from evaluate import play_episodes, search_to_act, summarize  # noqa: E402
+from evaluate import play_episodes, summarize  # noqa: E402
 from learner import (  # noqa: E402
     Learner,
     configure_tensorflow,
@@ -49,6 +49,7 @@ from learner import (  # noqa: E402
     strategy_scope,
 )
 from ray_actors import REANALYSIS_STREAM, Evaluation, ScaleOutError, start_ray  # noqa: E402
+from selfplay import LockstepGames  # noqa: E402
 from target_pipeline import TargetPipeline  # noqa: E402
 
 # TensorFlow (keras, networks.py) is imported inside the functions that build networks: it takes
@@ -314,8 +315,8 @@ class Trainer:
             self.selfplay_model.set_weights(weights)
             self.target_model.set_weights(weights)
         # Ray, when an actor is asked for: started here, stopped by close().
-        self.owns_ray = bool(config.ray_reanalysis_actors or config.ray_eval_actor) and \
-            start_ray(config.ray_address)
+        self.owns_ray = bool(config.ray_reanalysis_actors or config.ray_selfplay_actors
+                             or config.ray_eval_actor) and start_ray(config.ray_address)
         self.evaluator = None
         if config.ray_eval_actor:
             from ray_actors import RayEvaluator
@@ -324,10 +325,14 @@ class Trainer:
         self.pipeline = TargetPipeline(
             config, lambda rng: self.buffer.sample(config.batch_size, rng), self.target_model,
             self.rng, self.reanalysis_rng, self.spec)
-        self.envs = [envs.make_env(config.env_id, self.game_seed(i), True, config)
-                     for i in range(config.num_envs)]
-        self.stacker = envs.FrameStacker(config.num_envs, self.spec.frame_shape, config.frame_stack,
-                                         self.spec.frame_dtype)
+        seeds = [self.game_seed(i) for i in range(config.num_envs)]
+        if config.ray_selfplay_actors:
+            from ray_actors import RaySelfPlay
+
+            self.players = RaySelfPlay(config, self.spec, seeds, self.selfplay_model.get_weights())
+        else:
+            self.players = LockstepGames(config, self.spec, self.selfplay_model, 0, seeds,
+                                         lambda decision: self.rng)
         self.logger = MetricsLogger(run_dir, self.updates if resume_from is not None else None)
         record_machine(run_dir, self.env_steps, self.updates)
         self.logger.log_settings(config)
@@ -389,48 +394,28 @@ class Trainer:
         return self.config.seed + GAME_SEED_STRIDE * self.games + env_index
 
     def start_games(self, env_ids: list[int]) -> None:
-        first_frames = []
-        for i in env_ids:
-            frame, _ = self.envs[i].reset(seed=self.game_seed(i))
-            self.stacker.reset(i, frame)
-            first_frames.append(frame)
-        self.buffer.begin_episodes(np.asarray(env_ids), np.stack(first_frames))
+        frames = self.players.start(env_ids, [self.game_seed(i) for i in env_ids])
+        self.buffer.begin_episodes(np.asarray(env_ids), frames)
 
     def selfplay_step(self) -> float:
-        """One lockstep step of all envs, acting by Gumbel search; returns the search seconds."""
+        """One lockstep step of all envs, acting by the search (selfplay.py, here or on the
+        self-play actors); returns the search seconds."""
         config = self.config
-        start = time.perf_counter()
-        search = search_to_act(self.selfplay_model, self.stacker.observations(), config, self.rng,
-                               training=True)
-        search_seconds = time.perf_counter() - start
-        count = config.num_envs
-        rewards = np.zeros(count, np.float32)
-        terminated = np.zeros(count, bool)
-        truncated = np.zeros(count, bool)
-        next_frames = []
-        for i, env in enumerate(self.envs):
-            frame, reward, terminated[i], truncated[i], info = env.step(
-                search.action[i] if self.spec.action_dims else int(search.action[i]))
-            rewards[i] = reward
-            next_frames.append(frame)
-            if "game_return" in info:
-                self.games += 1
-                self.recent_returns = (self.recent_returns + [info["game_return"]])[-10:]
-                self.logger.log({"charts/episode_return": info["game_return"],
-                                 "charts/episode_length": info["game_length"]},
-                                self.updates, self.env_steps + i + 1)
-        stored_policies = (np.zeros((count, 0), np.float32) if self.spec.action_dims
-                           else search.improved_policy)
-        self.buffer.add_step(search.action, rewards, np.stack(next_frames), terminated, truncated,
-                             search.root_value, stored_policies, self.env_steps)
-        self.env_steps += count * config.steps_per_transition
-        ended = [i for i in range(count) if terminated[i] or truncated[i]]
-        for i in range(count):
-            if i not in ended:
-                self.stacker.push(i, next_frames[i])
+        decision = self.env_steps // (config.num_envs * config.steps_per_transition)
+        step = self.players.step(decision)
+        for game in step.ended:
+            self.games += 1
+            self.recent_returns = (self.recent_returns + [game.game_return])[-10:]
+            self.logger.log({"charts/episode_return": game.game_return,
+                             "charts/episode_length": game.game_length},
+                            self.updates, self.env_steps + game.env_index + 1)
+        self.buffer.add_step(step.action, step.reward, step.next_frame, step.terminated,
+                             step.truncated, step.root_value, step.improved_policy, self.env_steps)
+        self.env_steps += config.num_envs * config.steps_per_transition
+        ended = np.flatnonzero(step.terminated | step.truncated).tolist()
         if ended:
             self.start_games(ended)
-        return search_seconds
+        return step.search_seconds
 
     # -- learning --
     def update_once(self) -> bool:
@@ -452,7 +437,10 @@ class Trainer:
         self.buffer.update_priorities(batch.indices, result.priorities, batch.collected_at)
         self.updates += 1
         if self.updates % config.selfplay_update_interval == 0:
-            self.selfplay_model.set_weights(self.online.get_weights())
+            weights = self.online.get_weights()
+            self.selfplay_model.set_weights(weights)
+            if config.ray_selfplay_actors:
+                self.players.set_weights(weights)
         if self.updates % config.target_update_interval == 0:
             self.pipeline.set_target_weights(self.online.get_weights())
         self._warn_once_about_clipping(result)
@@ -570,8 +558,11 @@ class Trainer:
                                  f"left untouched and the last good state saved to {path}")
 
     def close(self) -> None:
-        """Stop the reanalysis workers and the evaluation actor, if any, and Ray if started here."""
+        """Stop the reanalysis workers and the self-play and evaluation actors, if any, and Ray if
+        started here."""
         self.pipeline.close()
+        if self.config.ray_selfplay_actors:
+            self.players.close()
         if self.evaluator is not None:
             self.evaluator.close()
         if self.owns_ray:

@@ -25,7 +25,7 @@ ray = pytest.importorskip("ray")
 def ray_instance():
     from ray_actors import start_ray
 
-    assert start_ray(num_cpus=4)
+    assert start_ray(num_cpus=6)
     yield
     ray.shutdown()
 
@@ -80,38 +80,113 @@ def test_the_actors_reanalyse_as_this_process_does_across_a_target_refresh(tmp_p
     trainer.close()
 
 
+def test_selfplay_actors_play_as_lockstep_games_here_do_with_their_streams(tmp_path):
+    """Three envs on two actors (envs 0-1 and 2): each game start, step and weight refresh gives
+    what selfplay.LockstepGames gives in this process for the same envs, weights and streams
+    `selfplay_rng(seed, actor, decision)`, bit for bit; a step plays with the weights sent before
+    it."""
+    import envs
+    from networks import build_network
+    from ray_actors import RaySelfPlay, selfplay_rng
+    from selfplay import LockstepGames, SelfPlayStep, concatenate_steps
+
+    config = dataclasses.replace(cfg.classic(), num_envs=3, num_simulations=4,
+                                 ray_selfplay_actors=2)
+    spec = envs.env_spec(config.env_id, config)
+    model = build_network(config, spec)
+    old = model.get_weights()
+    new = [w + np.float32(0.05) for w in old]
+    seeds = [7, 8, 9]
+    actors = RaySelfPlay(config, spec, seeds, old)
+    here = [LockstepGames(config, spec, model, 0, seeds[:2],
+                          lambda decision: selfplay_rng(config.seed, 0, decision)),
+            LockstepGames(config, spec, model, 2, seeds[2:],
+                          lambda decision: selfplay_rng(config.seed, 1, decision))]
+
+    def start_here(indices, game_seeds):
+        frames = {}
+        for games in here:
+            mine = [(i, seed) for i, seed in zip(indices, game_seeds)
+                    if games.first_env <= i < games.first_env + len(games.envs)]
+            if mine:
+                started = games.start([i for i, _ in mine], [seed for _, seed in mine])
+                frames.update({i: frame for (i, _), frame in zip(mine, started)})
+        return np.stack([frames[i] for i in indices])
+
+    np.testing.assert_array_equal(actors.start([2, 0, 1], [9, 7, 8]),
+                                  start_here([2, 0, 1], [9, 7, 8]))
+    games = 0
+    for decision in range(40):
+        if decision == 20:
+            actors.set_weights(new)
+            model.set_weights(new)
+        got = actors.step(decision)
+        expected = concatenate_steps([games.step(decision) for games in here])
+        for name in SelfPlayStep._fields[:7]:
+            np.testing.assert_array_equal(getattr(got, name), getattr(expected, name), name)
+        assert got.ended == expected.ended
+        ended = np.flatnonzero(got.terminated | got.truncated).tolist()
+        if ended:
+            restart_seeds = [100 + games + i for i in ended]
+            games += len(ended)
+            np.testing.assert_array_equal(actors.start(ended, restart_seeds),
+                                          start_here(ended, restart_seeds))
+    assert games >= 2                     # CartPole games of an untrained net end within 40 steps
+    actors.close()
+
+
+def _metrics(run_dir) -> list[tuple]:
+    """metrics.csv's rows as (updates, env_steps, key, value), wall times and timings left out,
+    sorted (an evaluation actor's results are written when they arrive)."""
+    with open(os.path.join(run_dir, "metrics.csv")) as file:
+        rows = [line.strip().split(",") for line in file.readlines()[1:]]
+    return sorted((u, e, key, value) for u, e, _, key, value in rows
+                  if not key.startswith("perf/"))
+
+
 def test_runs_with_actors_repeat_and_resume_exactly_with_batches_in_flight(tmp_path):
-    """Two batches in flight (one actor, depth 2): two runs from the same seed hold the same
-    weights after the same updates, and a run resumed from a checkpoint taken mid-way continues as
-    the uninterrupted one does, to the last bit."""
+    """Two reanalysis actors with three batches in flight, the games on two self-play actors and
+    an evaluation actor: two runs from the same seed log the same metrics and hold the same weights
+    after the same steps and updates, and a run resumed from a checkpoint taken mid-way continues
+    as the uninterrupted one does, to the last bit."""
     import train
 
-    in_flight = {"ray_reanalysis_actors": 1, "ray_pipeline_depth": 2}
-    first = _trainer(tmp_path / "first", **in_flight)
-    for _ in range(3):
-        assert first.update_once()
-    assert len(first.pipeline.prepared) == 2
-    checkpoint = checkpoints.load_checkpoint(first.save_checkpoint())
-    assert not first.pipeline.prepared
-    for _ in range(3):
-        assert first.update_once()
+    actors = {"ray_reanalysis_actors": 2, "ray_pipeline_depth": 3, "ray_selfplay_actors": 2,
+              "ray_eval_actor": True, "eval_interval": 2, "eval_episodes": 2,
+              "selfplay_update_interval": 1}
 
-    second = _trainer(tmp_path / "second", **in_flight)
-    for _ in range(3):
-        assert second.update_once()
-    second.save_checkpoint()
-    for _ in range(3):
-        assert second.update_once()
-    assert _same_weights(first.online.get_weights(), second.online.get_weights())
-    second.close()                                       # frees its actors' CPUs
+    def run(folder):
+        trainer = _trainer(folder, **actors)
+        for _ in range(3):
+            trainer.selfplay_step()
+            trainer.learn_once()
+        assert len(trainer.pipeline.prepared) == 3
+        checkpoint = checkpoints.load_checkpoint(trainer.save_checkpoint())
+        assert not trainer.pipeline.prepared
+        for _ in range(3):
+            trainer.learn_once()
+        trainer._record_evaluations(trainer.evaluator.drain())
+        weights = trainer.online.get_weights(), trainer.target_model.get_weights()
+        played = trainer.env_steps, trainer.games
+        trainer.close()                                # frees its actors' CPUs
+        return checkpoint, weights, played, _metrics(folder)
 
-    resumed = train.Trainer(first.config, str(tmp_path / "first"), checkpoint)
+    checkpoint, (online, target), played, metrics = run(tmp_path / "first")
+    _, (online_again, _), played_again, metrics_again = run(tmp_path / "second")
+    assert [row[0] for row in metrics if row[2] == "eval/mean"] == ["2", "4", "6"]
+    assert any(row[2] == "charts/episode_return" for row in metrics)
+    assert metrics_again == metrics and played_again == played
+    assert _same_weights(online_again, online)
+
+    # Only updates follow, so the resumed run needs no self-play or evaluation actors.
+    resumed = train.Trainer(dataclasses.replace(checkpoint.config, ray_selfplay_actors=0,
+                                                ray_eval_actor=False),
+                            str(tmp_path / "first"), checkpoint)
     assert resumed.updates == 3
     for _ in range(3):
         assert resumed.update_once()
-    assert _same_weights(resumed.online.get_weights(), first.online.get_weights())
-    assert _same_weights(resumed.target_model.get_weights(), first.target_model.get_weights())
-    first.close()
+    assert _same_weights(resumed.online.get_weights(), online)
+    assert _same_weights(resumed.target_model.get_weights(), target)
     resumed.close()
 
 
@@ -167,7 +242,7 @@ def test_a_failing_actor_gives_its_traceback_and_a_dead_or_silent_one_a_clear_er
         silent.submit(batch, 0).result()
     silent.close()
     with pytest.raises(ScaleOutError, match=r"1000 reanalysis actors of 1 CPUs need 1000 CPUs; "
-                                            r"the Ray cluster has [0-4] free of 4"):
+                                            r"the Ray cluster has [0-6] free of 6"):
         RayReanalysisPool(dataclasses.replace(config, ray_reanalysis_actors=1000), trainer.spec,
                           weights)
     trainer.close()
