@@ -40,6 +40,10 @@ _ANY_POSITIVE = (lambda v: all(x > 0 for x in v), "a list of values > 0 (may be 
 PAPER, SWITCH, SPEED = "paper", "switch", "speed"
 # The gymnasium ids of the Control Suite's tasks begin so (as shimmy registers them).
 DMC_PREFIX = "dm_control/"
+# Speed settings that are gone; the config.json of an older run may still hold them. They changed no
+# number, so a loaded config drops them. reanalysis_process: the pipelined reanalysis in a home-made
+# child process, replaced by the Ray actors (ray_reanalysis_actors).
+REMOVED_SPEED_KEYS = ("reanalysis_process",)
 
 
 def _f(text: str, default, rule=None, kind: str = PAPER):
@@ -211,10 +215,6 @@ class Config:
                                     "learner updates on this one; its priorities then reach the "
                                     "sampler one update late, as in the official asynchronous "
                                     "batch workers", True, kind=SWITCH)
-    reanalysis_process: bool = _f("pipelined reanalysis in a second process instead of a thread: "
-                                  "the interpreter lock then no longer makes it take turns with "
-                                  "the learner; the same targets (no effect unless "
-                                  "pipelined_reanalysis)", False, kind=SPEED)
     reanalyze_ratio: float = _f("fraction of policy targets recomputed by a fresh target-model "
                                 "search (the rest use the stored acting policy)", 1.0, _FRACTION,
                                 kind=SWITCH)
@@ -272,8 +272,8 @@ class Config:
 
     # --- scale-out on Ray (ray_actors.py) --------------------------------------------------------
     ray_reanalysis_actors: int = _f("W: Ray actors that reanalyse the coming batches, each with "
-                                    "its own target model (0: reanalysis in this process, as "
-                                    "pipelined_reanalysis and reanalysis_process say). Batch k "
+                                    "its own target model (0: reanalysis in this process, in a "
+                                    "second thread with pipelined_reanalysis). Batch k "
                                     "then draws its noise from the stream (seed, k)",
                                     0, _NON_NEGATIVE, kind=SWITCH)
     ray_pipeline_depth: int = _f("batches sampled and in reanalysis ahead of the learner with Ray "
@@ -379,6 +379,7 @@ class Config:
         if not isinstance(data, dict):
             raise ValueError("config JSON must be an object of key: value pairs")
         known = {f.name: f for f in dataclasses.fields(cls)}
+        data = {k: v for k, v in data.items() if k not in REMOVED_SPEED_KEYS}
         unknown = sorted(set(data) - set(known))
         if unknown:
             raise ValueError(f"unknown config key '{unknown[0]}'")
@@ -542,7 +543,9 @@ def classic() -> Config:
         value_loss_coeff=1.0,        # at 0.25 the value saw ~90 steps ahead of a 500-step game
         td_steps=30,                 # with 5, one seed of five stalled at a first value near 100
         # speed only: the same numbers up to float rounding (docs/performance.md)
-        xla_inference=True, intra_op_threads=1, inter_op_threads=1, reanalysis_process=True)
+        xla_inference=True, intra_op_threads=1, inter_op_threads=1,
+        # reanalysis on one Ray actor, off the interpreter lock (streams: docs/design.md)
+        ray_reanalysis_actors=1)
 
 
 def acrobot() -> Config:

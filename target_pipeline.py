@@ -8,21 +8,13 @@ update's batch and reanalyses it in a worker thread while the learner updates on
 official code's batch workers prepare batches while its learner trains. In a thread that overlap is
 limited by Python's interpreter lock, which the search's tree and the many small network calls hold
 much of the time; with the `classic` preset's small MLPs the two partly take turns (MinAtar's
-convolutions fill both cores either way). With `reanalysis_process` the thread hands the batch to
-`ReanalysisProcess`, a child process with its own copy of the target model.
-
-The child computes what `targets.reanalyze` computes in the parent: the same graph on the same
-weights, batch and random stream. The parent's reanalysis random stream travels with each batch
-and comes back advanced, so a run's streams (and its checkpoints) are those of the thread version,
-and on a CPU, whose kernels are deterministic here, the targets are the same bit for bit
-(`tests/test_train.py`).
+convolutions fill both cores either way). With `ray_reanalysis_actors` the batches go to Ray actors
+in other processes (ray_actors.py), `ray_pipeline_depth` of them in flight.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import time
-import traceback
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, NamedTuple
@@ -30,7 +22,6 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from config import Config
-from learner import worker_network
 from targets import reanalyze
 
 
@@ -62,7 +53,7 @@ class TargetPipeline:
                  spec):
         self.config, self.sample, self.target_model = config, sample, target_model
         self.rng, self.reanalysis_rng = rng, reanalysis_rng
-        self.thread = self.process = self.pool = None
+        self.thread = self.pool = None
         self.depth = 1 if config.pipelined_reanalysis else 0
         if config.ray_reanalysis_actors:
             from ray_actors import RayReanalysisPool
@@ -71,8 +62,6 @@ class TargetPipeline:
             self.depth = config.ray_pipeline_depth or config.ray_reanalysis_actors
         elif config.pipelined_reanalysis:
             self.thread = ThreadPoolExecutor(1)
-            if config.reanalysis_process:
-                self.process = ReanalysisProcess(config, spec, target_model.get_weights())
         self.prepared: deque[PreparedTargets] = deque()
 
     def next(self, updates: int, following: int) -> PreparedTargets:
@@ -101,24 +90,19 @@ class TargetPipeline:
             targets = Future()
             targets.set_result(reanalyze(batch, self.target_model, config=self.config,
                                          updates=updates, rng=self.rng))
-        elif self.process is not None:
-            targets = self.thread.submit(self.process.reanalyze, batch, updates=updates,
-                                         rng=self.reanalysis_rng)
         else:
             targets = self.thread.submit(reanalyze, batch, self.target_model, config=self.config,
                                          updates=updates, rng=self.reanalysis_rng)
         return PreparedTargets(batch, targets, sample_seconds, rng_state, reanalysis_rng_state)
 
     def set_target_weights(self, weights: list[np.ndarray]) -> None:
-        """The target model (and its copies in the child or the actors) takes `weights`, after the
-        batches in flight have been reanalysed with the old ones."""
+        """The target model (and its copies on the actors) takes `weights`, after the batches in
+        flight have been reanalysed with the old ones."""
         if self.pool is not None:
             self.pool.set_weights(weights)              # queued behind them on every actor
         else:
             for prepared in self.prepared:
                 prepared.targets.result()
-            if self.process is not None:
-                self.process.set_weights(weights)
         self.target_model.set_weights(weights)
 
     def discard(self) -> None:
@@ -133,91 +117,6 @@ class TargetPipeline:
     def close(self) -> None:
         if self.thread is not None:
             self.thread.shutdown()
-        if self.process is not None:
-            self.process.close()
         if self.pool is not None:
             self.pool.close()
 
-
-class ReanalysisProcess:
-    """A child process holding a target model. `reanalyze` and `set_weights` block until the child
-    answers; one request at a time (`TargetPipeline` reanalyses from its worker thread and waits for
-    the batch in flight before it refreshes the weights)."""
-
-    def __init__(self, config: Config, spec, weights: list[np.ndarray]):
-        # A fresh interpreter (spawn): a forked copy of a process that runs TensorFlow is unsafe.
-        context = multiprocessing.get_context("spawn")
-        self._connection, child_connection = context.Pipe()
-        self._process = context.Process(
-            target=_serve, args=(child_connection, config, spec),
-            name="reanalysis", daemon=True)
-        self._process.start()
-        child_connection.close()
-        self.set_weights(weights)
-
-    def _request(self, message):
-        try:
-            self._connection.send(message)
-            status, answer = self._connection.recv()
-        except (EOFError, OSError):            # the child has gone, or close() was called
-            self._process.join(timeout=5)
-            raise RuntimeError(f"the reanalysis process stopped (exit code "
-                               f"{self._process.exitcode})") from None
-        if status == "error":
-            raise RuntimeError(f"the reanalysis process failed:\n{answer}")
-        return answer
-
-    def set_weights(self, weights: list[np.ndarray]) -> None:
-        """Give the child's target model these weights (the parent's target model refreshed)."""
-        self._request(("weights", weights))
-
-    def reanalyze(self, batch, *, updates: int, rng: np.random.Generator):
-        """`targets.reanalyze(batch, target_model, updates=updates, rng=rng)`, computed in the
-        child; `rng` advances as if it had been drawn from here."""
-        targets, rng_state = self._request(("reanalyze", (batch, updates,
-                                                          rng.bit_generator.state)))
-        rng.bit_generator.state = rng_state
-        return targets
-
-    def close(self) -> None:
-        if self._process.is_alive():
-            try:
-                self._connection.send(None)
-            except OSError:
-                pass
-            self._process.join(timeout=10)
-        if self._process.is_alive():
-            self._process.terminate()
-        self._connection.close()
-
-
-def _serve(connection, config: Config, spec) -> None:
-    """The child: build a target model as the parent's, then answer requests until told to stop
-    (None) or the parent goes away."""
-    try:
-        model = worker_network(config, spec)
-    except Exception:                       # answered to the first request, which then raises
-        connection.recv()
-        connection.send(("error", traceback.format_exc()))
-        return
-    rng = np.random.default_rng()
-    while True:
-        try:
-            message = connection.recv()
-        except EOFError:
-            return
-        if message is None:
-            return
-        kind, payload = message
-        try:
-            if kind == "weights":
-                model.set_weights(payload)
-                answer = None
-            else:
-                batch, updates, rng_state = payload
-                rng.bit_generator.state = rng_state
-                targets = reanalyze(batch, model, config=config, updates=updates, rng=rng)
-                answer = (targets, rng.bit_generator.state)
-            connection.send(("ok", answer))
-        except Exception:                                   # reported to the parent, which raises
-            connection.send(("error", traceback.format_exc()))

@@ -1,6 +1,7 @@
 """EfficientZero V2 training: self-play, reanalysis, the compiled update, evaluation, checkpoints.
 
-One process (with `reanalysis_process`, the reanalysis in a second one), read top to bottom:
+One process (with Ray actors, ray_actors.py, reanalysis, self-play and evaluation in others), read
+top to bottom:
     envs (num_envs, lockstep) -> self-play Gumbel search (mcts.py, blog topic ①) -> replay buffer
     buffer.sample -> reanalysis with the target model (policy targets, SVE / TD values) -> update
     update: unroll K steps of the dynamics, value-prefix / policy / value cross-entropies and the

@@ -50,7 +50,8 @@ ADDED_LATER = {"sampled_prior": "uniform", "ray_reanalysis_actors": 0, "ray_pipe
 
 def todays_preset(run_config: dict) -> bool:
     """Whether a run's settings are its preset's of today, for its task and seed."""
-    run_config = {**ADDED_LATER, **run_config}
+    run_config = {k: v for k, v in {**ADDED_LATER, **run_config}.items()
+                  if k not in config_module.REMOVED_SPEED_KEYS}
     name = run_config.get("preset")
     if name not in config_module.PRESETS:
         return False

@@ -310,7 +310,7 @@ def test_same_seed_gives_the_same_first_losses(tmp_path):
         config = dataclasses.replace(cfg.classic(), env_steps=160, start_transitions=120,
                                      batch_size=16, num_simulations=4, log_interval=5,
                                      eval_interval=10_000, checkpoint_interval=10_000,
-                                     reanalysis_process=False)
+                                     ray_reanalysis_actors=0)
         trainer = train.Trainer(config, str(folder), None)
         trainer.start_games(list(range(config.num_envs)))
         while len(trainer.buffer) < config.start_transitions:
@@ -647,7 +647,7 @@ def _trainer_with_data(folder, **changes):
     config = dataclasses.replace(cfg.classic(), **{
         "env_steps": 400, "start_transitions": 120, "batch_size": 16, "num_simulations": 4,
         "log_interval": 1000, "eval_interval": 10_000, "checkpoint_interval": 10_000,
-        "reanalysis_process": False, **changes})
+        "ray_reanalysis_actors": 0, **changes})
     trainer = train.Trainer(config, str(folder), None)
     trainer.start_games(list(range(config.num_envs)))
     while len(trainer.buffer) < config.start_transitions:
@@ -694,7 +694,7 @@ def test_updates_follow_the_replay_ratio_from_start_transitions_in_endless_games
         "env_id": "EndlessGame-v0", "num_envs": 4, "env_steps": 400, "start_transitions": 200,
         "updates_per_env_step": 0.5, "batch_size": 16, "num_simulations": 4,
         "max_episode_steps": 10_000, "replay_open_games": open_games, "pipelined_reanalysis": False,
-        "reanalysis_process": False, "log_interval": 1000, "eval_interval": 10_000,
+        "ray_reanalysis_actors": 0, "log_interval": 1000, "eval_interval": 10_000,
         "checkpoint_interval": 10_000})
     trainer = train.Trainer(config, str(tmp_path), None)
     trainer.start_games(list(range(config.num_envs)))
@@ -723,19 +723,17 @@ def test_selfplay_and_target_models_take_the_online_weights_at_their_intervals(t
         assert same(trainer.target_model) == (updates % 3 == 0), updates
 
 
-@pytest.mark.parametrize("in_process", [False, True], ids=["thread", "process"])
 def test_pipelined_reanalysis_prepares_the_next_batch_with_the_target_model_of_its_time(
-        tmp_path, in_process):
+        tmp_path):
     """The batch of update 3 is drawn during update 2, before its priorities, and reanalysed in the
-    second thread (or the second process) with the target model as it was then (the refresh after
+    second thread with the target model as it was then (the refresh after
     update 2 waits for it): the targets and the advanced random stream are those of reanalysing it
     here, to the last bit; a checkpoint discards it and rewinds both random streams."""
     from networks import EfficientZeroNet
     from targets import reanalyze
 
-    trainer = _trainer_with_data(tmp_path, target_update_interval=2, pipelined_reanalysis=True,
-                                 reanalysis_process=in_process)
-    assert (trainer.pipeline.process is not None) == in_process
+    trainer = _trainer_with_data(tmp_path, target_update_interval=2, pipelined_reanalysis=True)
+    assert trainer.pipeline.thread is not None
     before_refresh = EfficientZeroNet(trainer.config, trainer.spec.observation_shape,
                                       trainer.spec.num_actions)
     before_refresh.set_weights(trainer.target_model.get_weights())
@@ -758,17 +756,6 @@ def test_pipelined_reanalysis_prepares_the_next_batch_with_the_target_model_of_i
     assert trainer.rng.bit_generator.state == prepared.rng_state
     assert trainer.reanalysis_rng.bit_generator.state == prepared.reanalysis_rng_state
     trainer.close()
-
-
-def test_a_failing_reanalysis_process_raises_with_its_traceback_and_keeps_serving(tmp_path):
-    trainer = _trainer_with_data(tmp_path, pipelined_reanalysis=True, reanalysis_process=True)
-    worker = trainer.pipeline.process
-    with pytest.raises(RuntimeError, match="the reanalysis process failed:(.|\n)*Traceback"):
-        worker.reanalyze(None, updates=0, rng=np.random.default_rng(0))
-    assert trainer.update_once() and trainer.update_once()
-    trainer.close()
-    with pytest.raises(RuntimeError, match="the reanalysis process stopped"):
-        worker.set_weights(trainer.target_model.get_weights())
 
 
 def test_a_resumed_run_computes_the_same_next_updates_as_the_uninterrupted_one(tmp_path):
