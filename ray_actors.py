@@ -51,6 +51,8 @@ ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 # temporary folder), and how long a silent head is given to accept a connection.
 RAY_CURRENT_CLUSTER = "/tmp/ray/ray_current_cluster"
 HEAD_PROBE_SECONDS = 5.0
+# How long actors just stopped (ray.kill returns at once) are given to hand back their CPUs.
+RELEASE_SECONDS = 5.0
 # What a cluster's workers need not receive of the repository (ray_address set).
 UPLOAD_EXCLUDES = [".git", "runs", "docs/runs", "docs/figures", ".venv"]
 
@@ -135,11 +137,15 @@ def wait(references, what: str, config: Config, role: str = "reanalysis"):
 def start_actors(actor_class: type, count: int, config: Config, spec, role: str,
                  arguments: list[tuple] | None = None) -> list:
     """`count` Ray actors of `actor_class(config, spec, *arguments[k])`, each reserving
-    `ray_actor_cpus`, once all of them answer; a cluster without the free CPUs is an error, not a
-    wait."""
+    `ray_actor_cpus`, once all of them answer; a cluster without the free CPUs (after
+    RELEASE_SECONDS for those of stopped actors) is an error, not a wait."""
     ray = import_ray()
     cpus = config.ray_actor_cpus
+    deadline = time.monotonic() + RELEASE_SECONDS
     free = ray.available_resources().get("CPU", 0.0)
+    while count * cpus > free and time.monotonic() < deadline:
+        time.sleep(0.1)
+        free = ray.available_resources().get("CPU", 0.0)
     if count * cpus > free:
         raise ScaleOutError(
             f"{count} {role} actors of {cpus:g} CPUs need {count * cpus:g} CPUs; the Ray cluster "
