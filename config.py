@@ -529,7 +529,7 @@ def _vector_task() -> Config:
 
 
 def classic() -> Config:
-    """CartPole-v1 in about 10 minutes of a 2-core CPU, held by five of five seeds. Why:
+    """CartPole-v1 in about 10 minutes of a 2-core CPU, held by four seeds of five. Why:
     docs/experiments.md, "Why the presets differ from `atari100k`", `classic`."""
     return dataclasses.replace(
         _vector_task(), preset="classic", env_id="CartPole-v1",
