@@ -191,7 +191,13 @@ class RunClock:
         return online_left + offline_left * per_update
 
 
-def prepare_run_dir(path: str) -> None:
+def prepare_run_dir(path: str, resuming: bool) -> None:
+    """Make the run folder and check that it is writable; a new run never writes into a folder that
+    holds another run's settings or checkpoints."""
+    if not resuming and any(os.path.exists(os.path.join(path, name))
+                            for name in ("config.json", "checkpoints")):
+        raise UsageError(f"run folder '{path}' already holds a run: continue it with --resume "
+                         f"{path}, or choose another --run-dir")
     try:
         os.makedirs(path, exist_ok=True)
         probe = os.path.join(path, ".write-test")
@@ -648,7 +654,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = envs.env_spec(config.env_id, config)   # unknown env ids fail here, before work
         if spec.action_dims:
             check_continuous(config, spec)
-        prepare_run_dir(run_dir)
+        prepare_run_dir(run_dir, resuming=resume_from is not None)
         if resume_from is None:
             with open(os.path.join(run_dir, "config.json"), "w") as file:
                 file.write(config.to_json())

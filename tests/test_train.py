@@ -199,6 +199,20 @@ def test_unwritable_run_dir_is_a_usage_error(tmp_path):
     assert "cannot write run folder" in line
 
 
+def test_a_new_run_in_the_folder_of_another_is_a_usage_error(tmp_path):
+    """Its checkpoints, metrics and evaluations would mix with the other run's."""
+    for marker in ("config.json", "checkpoints"):
+        run_dir = tmp_path / marker.replace(".", "-")
+        (run_dir / "checkpoints").mkdir(parents=True)
+        if marker == "config.json":
+            os.rmdir(run_dir / "checkpoints")
+            (run_dir / marker).write_text("{}")
+        line = assert_one_line_usage_error(run_script("train.py", "--config", "smoke",
+                                                      "--run-dir", str(run_dir)))
+        assert f"run folder '{run_dir}' already holds a run: continue it with --resume" in line
+        assert sorted(os.listdir(run_dir)) == [marker]
+
+
 def test_missing_checkpoint_is_a_usage_error(tmp_path):
     assert "does not exist" in assert_one_line_usage_error(
         run_script("evaluate.py", "--checkpoint", str(tmp_path / "nothing")))
