@@ -22,6 +22,9 @@ reanalysis and the mixed value rule.
 - Mixed value rule (`search_value_mask`): the TD target while fewer than
   `sve_start_updates` (T1) updates are done or the sample is among the newest
   `td_newest_transitions` (T2), the SVE otherwise.
+- Diagnostics logged while a run goes: the reanalysis search's (`search_diagnostics`: the prior's
+  entropy, the root Q gap, ...) and the model's on a sampled batch (`model_diagnostics`: the
+  dynamics' action difference, the reward accuracy on the steps that score).
 
 Shapes: `B` batch, `K` unroll steps, `n` td_steps, `A` actions.
 """
@@ -120,15 +123,18 @@ class InferenceWindows(NamedTuple):
 
 
 def _one_window(config: Config) -> bool:
-    """Whether the roots t..t+K and the bootstraps from t+n overlap or touch (n <= K+1), so that
-    reanalysis infers all K+n+1 sampled positions as one window per sample."""
-    return config.td_steps <= config.unroll_steps + 1
+    """Whether reanalysis infers all K+n+1 sampled positions as one window per sample: when that
+    costs no more than K+1 bootstraps per sample and K+1 roots per searched sample (the roots
+    t..t+K and the bootstraps from t+n overlap or touch, n <= K+1, and most samples are
+    searched)."""
+    K = config.unroll_steps
+    return K + config.td_steps + 1 <= (K + 1) * (1.0 + config.reanalyze_ratio)
 
 
 def initial_inferences_per_sample(config: Config) -> float:
     """How many positions of a sample reanalysis infers on average (`_inference_windows`): all
-    K+n+1 when the roots and the bootstraps overlap or touch, else K+1 bootstraps and, for the
-    `reanalyze_ratio` share of the samples that are searched, K+1 roots."""
+    K+n+1 as one window, or K+1 bootstraps and, for the `reanalyze_ratio` share of the samples that
+    are searched, K+1 roots."""
     K = config.unroll_steps
     if _one_window(config):
         return float(K + config.td_steps + 1)
@@ -140,11 +146,12 @@ def _inference_windows(batch, config: Config, reanalysed: np.ndarray) -> Inferen
     bootstraps of every sample and the roots of the `reanalysed` ones ([B] bool).
 
     The roots are positions 0..K; the bootstrap of target k is position min(k + n, T - t), so the
-    bootstraps lie in the K+1 positions from min(n, T - t) (the first target's bootstrap). With
-    n <= K+1 the two windows overlap or touch and all K+n+1 positions form one window per sample;
-    with n > K+1 each sample gives a window of K+1 bootstrap positions and each reanalysed sample
-    one of K+1 roots, at most 2(K+1) < K+n+1 inferences, which is what makes a long TD horizon
-    cost what a short one does (and a sample that is not reanalysed costs only its bootstraps).
+    bootstraps lie in the K+1 positions from min(n, T - t) (the first target's bootstrap). When
+    `_one_window` (n <= K+1 and most samples searched) all K+n+1 positions form one window per
+    sample; else each sample gives a window of K+1 bootstrap positions and each reanalysed sample
+    one of K+1 roots, which is what makes a long TD horizon cost what a short one does (and a
+    sample that is not reanalysed costs only its bootstraps). The two ways give the same
+    targets (`tests/test_buffer.py`).
     Frames past the episode's end are already clamped to o_T by the buffer, so every window lies
     inside the sampled frames."""
     K, S = config.unroll_steps, config.frame_stack
@@ -246,6 +253,11 @@ def reanalyze(batch, model, *, config: Config, updates: int, rng: np.random.Gene
 
 # Probabilities are floored here before a logarithm (a 0 term then contributes 0 · log floor = 0).
 PROBABILITY_FLOOR = 1e-30
+# model_diagnostics: a predicted reward counts as right within this of the true one (rewards of
+# the image tasks are whole numbers: clipped Atari rewards, MinAtar's 0 and 1); and the floor of
+# the latent's size it divides by (a latent of zeros would divide by 0).
+REWARD_ACCURACY_TOLERANCE = 0.5
+LATENT_SIZE_FLOOR = 1e-8
 
 
 def _entropy(probabilities: np.ndarray) -> np.ndarray:
@@ -272,6 +284,55 @@ def search_diagnostics(prior_logits: np.ndarray, improved_policy: np.ndarray,
                 float((improved_policy * (log_improved - log_prior)).sum(axis=-1).mean()),
             "diagnostics/root_q_gap": float((ordered_q[:, -1] - ordered_q[:, -2]).mean())
             if completed_q.shape[-1] > 1 else 0.0}
+
+
+def step_rewards(reward_targets: np.ndarray, config: Config) -> np.ndarray:
+    """The inverse of `value_prefix_targets`: the targets of unroll steps 1..K [B, K] -> the
+    rewards u_t..u_{t+K-1} [B, K]."""
+    if not config.value_prefix:
+        return reward_targets.astype(np.float32)
+    previous = np.concatenate([np.zeros_like(reward_targets[:, :1]), reward_targets[:, :-1]], 1)
+    restarts = np.arange(reward_targets.shape[1]) % config.lstm_horizon_len == 0
+    return (reward_targets - np.where(restarts, 0.0, previous)).astype(np.float32)
+
+
+def model_diagnostics(model, batch, config: Config) -> dict:
+    """What shows whether the model learns while a run goes, on a sampled batch (discrete actions),
+    by `model`'s inference at the roots o_t:
+
+    - `diagnostics/action_difference`: how far apart the dynamics puts the actions, in % of the
+      latent's size: the largest mean |g(s, a) − g(s, b)| over action pairs divided by the mean
+      |g(s, a)|, averaged over the roots. Near 0, g has let go of the action and the search cannot
+      tell the actions apart;
+    - `diagnostics/reward_hit_accuracy`: over the unroll steps along the batch's actions whose
+      reward is not 0 (a brick hit in Breakout), the share whose predicted reward (a difference of
+      value prefixes) lies within 0.5 of it; left out when the batch holds no such step;
+    - `diagnostics/reward_zero_accuracy`: the same over the steps whose reward is 0."""
+    roots = model.initial_inference_sequence(batch.frames[:, :config.frame_stack])
+    count, num_actions = len(batch.actions), roots.policy_logits.shape[-1]
+    latents = [model.recurrent_inference(roots.state, np.full(count, a, np.int32)).state[0]
+               .reshape(count, -1) for a in range(num_actions)]
+    largest = np.zeros(count)
+    for a in range(num_actions):
+        for b in range(a + 1, num_actions):
+            largest = np.maximum(largest, np.abs(latents[a] - latents[b]).mean(-1))
+    size = np.mean([np.abs(latent).mean(-1) for latent in latents], axis=0)
+    state, predicted = roots.state, []
+    for k in range(config.unroll_steps):
+        output = model.recurrent_inference(state, batch.actions[:, k])
+        state = output.state
+        predicted.append(output.reward)
+    rewards = step_rewards(batch.reward_targets, config)
+    correct = np.abs(np.stack(predicted, 1) - rewards) < REWARD_ACCURACY_TOLERANCE
+    real = batch.transition_masks[:, :config.unroll_steps] > 0
+    hit, zero = real & (rewards != 0), real & (rewards == 0)
+    scalars = {"diagnostics/action_difference":
+               float(100 * np.mean(largest / np.maximum(size, LATENT_SIZE_FLOOR)))}
+    if hit.any():
+        scalars["diagnostics/reward_hit_accuracy"] = float(correct[hit].mean())
+    if zero.any():
+        scalars["diagnostics/reward_zero_accuracy"] = float(correct[zero].mean())
+    return scalars
 
 
 def sampled_search_diagnostics(policy_std: np.ndarray, candidates: np.ndarray,

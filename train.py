@@ -52,6 +52,7 @@ from learner import (  # noqa: E402
 from ray_actors import REANALYSIS_STREAM, Evaluation, ScaleOutError, start_ray  # noqa: E402
 from selfplay import LockstepGames  # noqa: E402
 from target_pipeline import TargetPipeline  # noqa: E402
+from targets import model_diagnostics  # noqa: E402
 
 # TensorFlow (keras, networks.py) is imported inside the functions that build networks: it takes
 # seconds to load, and the command line answers --help and usage errors before it is needed.
@@ -481,6 +482,8 @@ class Trainer:
         scalars = dict(result.scalars)
         scalars.update(targets.diagnostics)
         scalars.update(self.learner.normalization_gap(self.fixed_frames))
+        if not self.spec.action_dims:
+            scalars.update(model_diagnostics(self.online, batch, config))
         scalars["targets/sve_fraction"] = targets.sve_fraction
         scalars["perf/sample_ms"] = 1000 * prepared.sample_seconds
         scalars["perf/reanalyze_ms"] = 1000 * (targets.network_seconds + targets.tree_seconds)

@@ -9,7 +9,14 @@ import config as cfg
 import mcts
 from buffer import Batch, ReplayBuffer
 from networks import NetworkOutput, stack_frames
-from targets import reanalyze, search_diagnostics, search_value_mask, value_prefix_targets
+from targets import (
+    model_diagnostics,
+    reanalyze,
+    search_diagnostics,
+    search_value_mask,
+    step_rewards,
+    value_prefix_targets,
+)
 
 A = 3
 
@@ -181,6 +188,35 @@ def test_reanalysis_targets(terminated, td_steps):
         * batch.transition_masks
     np.testing.assert_allclose(late.values, expected, rtol=1e-5)
     assert late.sve_fraction == pytest.approx(sve.mean())
+
+
+@pytest.mark.parametrize("terminated", [True, False])
+def test_split_windows_give_the_one_windows_targets(monkeypatch, terminated):
+    """n = 3 <= K+1 with a quarter of the samples searched: the bootstraps of every sample and the
+    roots of the searched ones ((K+1) x 1.25 = 7.5 per sample on average) cost less than one
+    window of K+n+1 = 9, so reanalysis infers them apart, and the targets are those of one
+    window."""
+    import targets as targets_module
+
+    config = make_config(gumbel_scale=1.0, td_steps=3, reanalyze_ratio=0.25,
+                         td_newest_transitions=0)
+    assert not targets_module._one_window(config)
+    assert targets_module._one_window(make_config(td_steps=3))          # every sample searched
+    buffer = ReplayBuffer(config, (1,), np.float32, A, 1)
+    fill(buffer, [(9, terminated), (6, terminated)])
+    batch = buffer.sample(16, np.random.default_rng(1))
+    split_model = IndexModel()
+    split = reanalyze(batch, split_model, config=config, updates=10_000,
+                      rng=np.random.default_rng(2))
+    monkeypatch.setattr(targets_module, "_one_window", lambda config: True)
+    whole = reanalyze(batch, IndexModel(), config=config, updates=10_000,
+                      rng=np.random.default_rng(2))
+    K = config.unroll_steps
+    searched = split_model.rows[0] // (K + 1) - 16
+    assert 0 < searched < 16 and split_model.rows == [(16 + searched) * (K + 1)]
+    np.testing.assert_array_equal(split.values, whole.values)
+    np.testing.assert_array_equal(split.policies, whole.policies)
+    assert split.sve_fraction == whole.sve_fraction > 0
 
 
 def test_bootstrap_windows_of_image_frames():
@@ -373,6 +409,54 @@ def test_without_value_prefix_the_reward_targets_are_the_rewards():
         np.testing.assert_allclose(batch.reward_targets[b], expected)
     prefix = value_prefix_targets(np.array([rewards[:5]], np.float32), make_config())
     np.testing.assert_allclose(prefix, [[0.5, -0.5, 2.0, 2.0, 3.0]])   # restarts every 2 steps
+
+
+class ScaledActionModel:
+    """The root latent is the observation's newest frame s; g(s, a) = s · (1 + a/4), and the
+    predicted reward of action 0, 1, 2 is 0, 1, 0.4."""
+
+    def initial_inference_sequence(self, frames):
+        B = len(frames)
+        return NetworkOutput((frames[:, -1].astype(np.float32),), np.zeros(B, np.float32),
+                             np.zeros(B, np.float32), np.zeros((B, A), np.float32))
+
+    def recurrent_inference(self, state, actions):
+        B = len(actions)
+        return NetworkOutput((state[0] * (1 + actions[:, None] / 4),),
+                             np.array([0.0, 1.0, 0.4], np.float32)[actions],
+                             np.zeros(B, np.float32), np.zeros((B, A), np.float32))
+
+
+def test_model_diagnostics_match_closed_forms():
+    """Action difference: the pair (0, 2) is |s|/2 apart against a mean size of 1.25 |s|: 40%.
+    Rewards: the true ones come back from the value prefixes (restarts every 2 steps); of the 3
+    real steps that score, predictions 1, 0.4 and 1 get 2 right; of the 5 real steps that do not,
+    0, 0.4, 1, 1 and 0 get 3 right (row 1 ends after 3 steps)."""
+    config = make_config()
+    K = config.unroll_steps
+    rewards = np.array([[1, 0, 0, 1, 0], [0, 1, 0, 0, 0]], np.float32)
+    prefixes = value_prefix_targets(rewards, config)
+    np.testing.assert_array_equal(step_rewards(prefixes, config), rewards)
+    frames = np.zeros((2, S - 1 + K + config.td_steps + 1, 2), np.float32)
+    frames[:, S - 1] = [[2.0, -2.0], [4.0, 0.0]]
+    zeros = np.zeros((2, K + 1), np.float32)
+    batch = Batch(frames=frames, actions=np.array([[1, 0, 2, 2, 1], [1, 1, 0, 0, 0]], np.int32),
+                  reward_targets=prefixes,
+                  transition_masks=np.array([[1] * 6, [1, 1, 1, 0, 0, 0]], np.float32),
+                  value_masks=zeros, importance_weights=np.ones(2, np.float32),
+                  indices=np.arange(2), stored_policies=np.zeros((2, K + 1, A), np.float32),
+                  td_rewards=zeros, bootstrap_positions=zeros.astype(int),
+                  bootstrap_discounts=zeros, collected_at=np.arange(2), newest_env_step=0)
+    diagnostics = model_diagnostics(ScaledActionModel(), batch, config)
+    assert diagnostics.keys() == {"diagnostics/action_difference",
+                                  "diagnostics/reward_hit_accuracy",
+                                  "diagnostics/reward_zero_accuracy"}
+    np.testing.assert_allclose(diagnostics["diagnostics/action_difference"], 40.0, rtol=1e-6)
+    np.testing.assert_allclose(diagnostics["diagnostics/reward_hit_accuracy"], 2 / 3)
+    np.testing.assert_allclose(diagnostics["diagnostics/reward_zero_accuracy"], 3 / 5)
+    no_hits = batch._replace(reward_targets=np.zeros_like(prefixes))
+    assert "diagnostics/reward_hit_accuracy" not in model_diagnostics(ScaledActionModel(),
+                                                                      no_hits, config)
 
 
 def test_wrap_around_removes_the_positions_whose_frames_are_overwritten():

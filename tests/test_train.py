@@ -52,7 +52,8 @@ def test_smoke_run_writes_everything_a_user_relies_on(smoke_run):
                 "losses/value", "losses/grad_norm", "losses/lr", "targets/sve_fraction",
                 "eval/mean", "eval/human_normalized", "eval/initial_value",
                 "eval/initial_discounted_return", "perf/env_steps_per_second",
-                "perf/update_ms", "charts/episode_return"):
+                "perf/update_ms", "charts/episode_return", "diagnostics/root_q_gap",
+                "diagnostics/action_difference", "diagnostics/reward_zero_accuracy"):
         assert key in keys, key
     newest = checkpoints.resolve_checkpoint(run_dir)
     loaded = checkpoints.load_checkpoint(newest)
