@@ -164,8 +164,8 @@ def _inference_windows(batch, config: Config, reanalysed: np.ndarray) -> Inferen
                                 bootstrap_rows=rows + batch.bootstrap_positions)
     W = K + 1
     first = batch.bootstrap_positions[:, :1]                                # [B, 1] min(n, T-t)
-    frame_index = (first + np.arange(S - 1 + W)).reshape(B, -1, *[1] * (batch.frames.ndim - 2))
-    bootstrap_frames = np.take_along_axis(batch.frames, frame_index, axis=1)
+    # Whole frames by (row, position): ~100x faster than take_along_axis on image frames.
+    bootstrap_frames = batch.frames[np.arange(B)[:, None], first + np.arange(S - 1 + W)]
     root_frames = batch.frames[reanalysed, :S - 1 + W]
     R = len(root_frames)
     return InferenceWindows(frames=np.concatenate([root_frames, bootstrap_frames]), positions=W,
