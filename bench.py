@@ -559,11 +559,11 @@ def _selfplay_env_steps_per_second(config, spec, weights: list) -> float:
     from selfplay import LockstepGames
 
     seeds = list(range(config.num_envs))
+    model = build_network(config, spec)
+    model.set_weights(weights)
     if config.ray_selfplay_actors:
-        players = RaySelfPlay(config, spec, seeds, weights)
+        players = RaySelfPlay(config, spec, seeds, model)
     else:
-        model = build_network(config, spec)
-        model.set_weights(weights)
         rng = np.random.default_rng(0)
         players = LockstepGames(config, spec, model, 0, seeds, lambda decision: rng)
     players.start(seeds, seeds)
@@ -576,8 +576,7 @@ def _selfplay_env_steps_per_second(config, spec, weights: list) -> float:
         if ended:
             players.start(ended, [decision * config.num_envs + i for i in ended])
     seconds = time.perf_counter() - start
-    if config.ray_selfplay_actors:
-        players.close()
+    players.close()
     return RAY_SELFPLAY_STEPS * config.num_envs * config.steps_per_transition / seconds
 
 

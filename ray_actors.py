@@ -230,17 +230,39 @@ class RayTargets:
         return self._value
 
 
-class RayReanalysisPool:
+class _ActorsWithWeights:
+    """Ray actors of one `role` that hold a model whose weights this process sends them: `wait`
+    for their answers (a failed weight refresh before them is not passed over), `close` stops
+    them."""
+
+    def __init__(self, config: Config, actors: list, role: str, weights_name: str):
+        self._ray, self.config, self.actors = import_ray(), config, actors
+        self.role, self.weights_name = role, weights_name
+        self._weight_replies: list = []
+
+    def wait(self, references, what: str):
+        if self._weight_replies:
+            replies, self._weight_replies = self._weight_replies, []
+            wait(replies, f"setting the {self.weights_name} weights", self.config, self.role)
+        return wait(references, what, self.config, self.role)
+
+    def close(self) -> None:
+        for actor in self.actors:
+            self._ray.kill(actor)
+        self.actors = []
+
+
+class RayReanalysisPool(_ActorsWithWeights):
     """W reanalysis actors (`ray_reanalysis_actors`) with the target model's weights, on the Ray
     instance this process is connected to (`start_ray`). `submit` sends batch k to actor k mod W;
     `set_weights` sends new weights to every actor, behind the batches already sent; `close` stops
     the actors."""
 
     def __init__(self, config: Config, spec, weights: list[np.ndarray]):
-        self._ray, self.config = import_ray(), config
-        self._weight_replies, self.version = [], -1
-        self.actors = start_actors(ReanalysisActor, config.ray_reanalysis_actors, config, spec,
-                                   "reanalysis")
+        super().__init__(config, start_actors(ReanalysisActor, config.ray_reanalysis_actors,
+                                              config, spec, "reanalysis"),
+                         "reanalysis", "target")
+        self.version = -1
         self.set_weights(weights)
 
     def submit(self, batch, updates: int) -> RayTargets:
@@ -254,18 +276,6 @@ class RayReanalysisPool:
         reference = self._ray.put(weights)
         self._weight_replies = [actor.set_weights.remote(self.version, reference)
                                 for actor in self.actors]
-
-    def wait(self, references, what: str):
-        """The answers to `references`; a failed weight refresh before them is not passed over."""
-        if self._weight_replies:
-            replies, self._weight_replies = self._weight_replies, []
-            wait(replies, "setting the target weights", self.config)
-        return wait(references, what, self.config)
-
-    def close(self) -> None:
-        for actor in self.actors:
-            self._ray.kill(actor)
-        self.actors = []
 
 
 class SelfPlayActor:
@@ -294,33 +304,32 @@ class SelfPlayActor:
         return self.games.step(decision)
 
 
-class RaySelfPlay:
+class RaySelfPlay(_ActorsWithWeights):
     """A self-play actors (`ray_selfplay_actors`) that play the run's envs between them, actor a
     a contiguous range of them, in lockstep: the interface of selfplay.LockstepGames for all the
-    envs. Weights sent by `set_weights` reach every actor before its next step."""
+    envs. `model` is this process's copy of their weights (a checkpoint saves it); weights sent by
+    `set_weights` reach every actor before its next step."""
 
-    def __init__(self, config: Config, spec, seeds: list[int], weights: list[np.ndarray]):
-        self._ray, self.config = import_ray(), config
+    def __init__(self, config: Config, spec, seeds: list[int], model):
         ranges = np.array_split(np.arange(config.num_envs), config.ray_selfplay_actors)
-        self.first_envs = [int(envs[0]) for envs in ranges]
-        self.actors = start_actors(
+        super().__init__(config, start_actors(
             SelfPlayActor, len(ranges), config, spec, "self-play",
-            [(a, int(envs[0]), [seeds[i] for i in envs]) for a, envs in enumerate(ranges)])
-        self._weight_replies: list = []
-        self.set_weights(weights)
+            [(a, int(envs[0]), [seeds[i] for i in envs]) for a, envs in enumerate(ranges)]),
+            "self-play", "self-play")
+        self.model = model
+        self.first_envs = [int(envs[0]) for envs in ranges]
+        self._send(model.get_weights())
 
     def set_weights(self, weights: list[np.ndarray]) -> None:
+        self.model.set_weights(weights)
+        self._send(weights)
+
+    def _send(self, weights: list[np.ndarray]) -> None:
         reference = self._ray.put(weights)
         self._weight_replies = [actor.set_weights.remote(reference) for actor in self.actors]
 
     def _actor_of(self, env_index: int) -> int:
         return int(np.searchsorted(self.first_envs, env_index, side="right")) - 1
-
-    def _wait(self, references, what: str):
-        if self._weight_replies:
-            replies, self._weight_replies = self._weight_replies, []
-            wait(replies, "setting the self-play weights", self.config, "self-play")
-        return wait(references, what, self.config, "self-play")
 
     def start(self, env_indices: list[int], seeds: list[int]) -> np.ndarray:
         """First frames [len(env_indices), *frame] of new games in those envs, in that order."""
@@ -330,8 +339,8 @@ class RaySelfPlay:
             indices.append(index)
             actor_seeds.append(seed)
         actors = sorted(by_actor)
-        frames = self._wait([self.actors[a].start.remote(*by_actor[a]) for a in actors],
-                            f"starting games in envs {list(env_indices)}")
+        frames = self.wait([self.actors[a].start.remote(*by_actor[a]) for a in actors],
+                           f"starting games in envs {list(env_indices)}")
         frame_of = {index: frame for a, actor_frames in zip(actors, frames)
                     for index, frame in zip(by_actor[a][0], actor_frames)}
         return np.stack([frame_of[index] for index in env_indices])
@@ -340,14 +349,9 @@ class RaySelfPlay:
         """One decision of every env: selfplay.SelfPlayStep of all of them, in env order."""
         from selfplay import concatenate_steps
 
-        return concatenate_steps(self._wait([actor.step.remote(decision)
-                                             for actor in self.actors],
-                                            f"playing decision {decision}"))
-
-    def close(self) -> None:
-        for actor in self.actors:
-            self._ray.kill(actor)
-        self.actors = []
+        return concatenate_steps(self.wait([actor.step.remote(decision)
+                                            for actor in self.actors],
+                                           f"playing decision {decision}"))
 
 
 class EvaluationActor:

@@ -65,6 +65,10 @@ class LockstepGames:
     def set_weights(self, weights: list[np.ndarray]) -> None:
         self.model.set_weights(weights)
 
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
     def start(self, env_indices: list[int], seeds: list[int]) -> np.ndarray:
         """Start a game in each of the envs `env_indices` (the run's indices) with `seeds`; returns
         their first frames [len(env_indices), *frame_shape]."""

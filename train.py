@@ -337,7 +337,7 @@ class Trainer:
         if config.ray_selfplay_actors:
             from ray_actors import RaySelfPlay
 
-            self.players = RaySelfPlay(config, self.spec, seeds, self.selfplay_model.get_weights())
+            self.players = RaySelfPlay(config, self.spec, seeds, self.selfplay_model)
         else:
             self.players = LockstepGames(config, self.spec, self.selfplay_model, 0, seeds,
                                          lambda decision: self.rng)
@@ -445,10 +445,7 @@ class Trainer:
         self.buffer.update_priorities(batch.indices, result.priorities, batch.collected_at)
         self.updates += 1
         if self.updates % config.selfplay_update_interval == 0:
-            weights = self.online.get_weights()
-            self.selfplay_model.set_weights(weights)
-            if config.ray_selfplay_actors:
-                self.players.set_weights(weights)
+            self.players.set_weights(self.online.get_weights())     # sets self.selfplay_model
         if self.updates % config.target_update_interval == 0:
             self.pipeline.set_target_weights(self.online.get_weights())
         self._warn_once_about_clipping(result)
@@ -571,8 +568,7 @@ class Trainer:
         """Stop the reanalysis workers and the self-play and evaluation actors, if any, and Ray if
         started here."""
         self.pipeline.close()
-        if self.config.ray_selfplay_actors:
-            self.players.close()
+        self.players.close()
         if self.evaluator is not None:
             self.evaluator.close()
         if self.owns_ray:

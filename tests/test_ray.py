@@ -97,7 +97,9 @@ def test_selfplay_actors_play_as_lockstep_games_here_do_with_their_streams(tmp_p
     old = model.get_weights()
     new = [w + np.float32(0.05) for w in old]
     seeds = [7, 8, 9]
-    actors = RaySelfPlay(config, spec, seeds, old)
+    copy = build_network(config, spec)                  # the trainer's copy of the actors' model
+    copy.set_weights(old)
+    actors = RaySelfPlay(config, spec, seeds, copy)
     here = [LockstepGames(config, spec, model, 0, seeds[:2],
                           lambda decision: selfplay_rng(config.seed, 0, decision)),
             LockstepGames(config, spec, model, 2, seeds[2:],
@@ -120,6 +122,7 @@ def test_selfplay_actors_play_as_lockstep_games_here_do_with_their_streams(tmp_p
         if decision == 20:
             actors.set_weights(new)
             model.set_weights(new)
+            assert _same_weights(copy.get_weights(), new)
         got = actors.step(decision)
         expected = concatenate_steps([games.step(decision) for games in here])
         for name in SelfPlayStep._fields[:7]:
