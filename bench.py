@@ -1,7 +1,7 @@
 """Benchmarks of the pieces whose speed bounds training, and the projected cost of a full run.
 
 Usage: `python bench.py [all|search|buffer|update|selfplay|memory|projection|minatar|classic|
-continuous|ray] [--mixed-precision]`
+continuous|ray|atari_cpu] [--mixed-precision]`
 prints a table per section and merges the results into `bench-results.json` (keyed by section, so
 sections can be re-run one at a time). With `--mixed-precision` the networks compute as `train.py
 --set mixed_precision=true` would on this machine (bfloat16 on a CPU, float16 on a GPU) and the
@@ -389,7 +389,7 @@ def _online_ms_per_update(trainer) -> float:
     return 1000 * (time.perf_counter() - start) / (trainer.updates - first_update)
 
 
-def _bench_preset(config) -> dict:
+def _bench_preset(config, online_loop: bool = True) -> dict:
     """Self-play and updates of a CPU preset, each split into where the time goes, and the
     projected minutes of the whole run (evaluations excluded).
 
@@ -398,8 +398,10 @@ def _bench_preset(config) -> dict:
     = sampling + reanalysis network calls + reanalysis tree + the learner's compiled update, one
     after the other (medians). Run: `Trainer.play_and_learn`, the loop of a run's online phase
     (self-play steps with their due updates, reanalysis pipelined when the preset pipelines), in ms
-    per update, self-play included; the projection uses it. The buffer is filled by self-play to
-    `start_transitions` first (an untrained network, so real frames and episode ends)."""
+    per update, self-play included; the projection uses it. Without `online_loop` (a preset whose
+    loop would take too long to time) the run's ms per update is the sequential full update plus
+    its share of self-play. The buffer is filled by self-play to `start_transitions` first (an
+    untrained network, so real frames and episode ends)."""
     import dataclasses
 
     from learner import configure_tensorflow
@@ -430,11 +432,13 @@ def _bench_preset(config) -> dict:
         trainer.learner.update(batch, targets, 0)                       # traces the update
         parts = _timed_full_updates(trainer, PRESET_UPDATES)
         del parts["reanalysis"]                       # reported as its network and tree parts
-        run_ms = _online_ms_per_update(trainer)
+        run_ms = _online_ms_per_update(trainer) if online_loop else None
         trainer.close()
     steps = PRESET_SELFPLAY_STEPS
     step_ms = 1000 * selfplay / steps
     update_ms = {name: 1000 * float(np.median(values)) for name, values in parts.items()}
+    if run_ms is None:
+        run_ms = update_ms["total"] + step_ms / (config.num_envs * config.updates_per_env_step)
     selfplay_minutes = config.start_transitions / (steps * config.num_envs / selfplay) / 60
     update_minutes = config.total_updates * run_ms / 1000 / 60
     return {"selfplay": {"env_steps_per_second":
@@ -443,12 +447,111 @@ def _bench_preset(config) -> dict:
                          "tree_ms": 1000 * (search - network) / steps,
                          "envs_and_buffer_ms": 1000 * (selfplay - search) / steps},
             "update": {f"{name}_ms": value for name, value in update_ms.items()},
-            "run": {"pipelined": config.pipelined_reanalysis, "ms_per_update": run_ms,
+            "run": {"pipelined": config.pipelined_reanalysis and online_loop,
+                    "ms_per_update": run_ms,
                     "updates_per_second": 1000 / run_ms},
             "projection": {"env_steps": config.env_steps, "updates": config.total_updates,
                            "first_selfplay_minutes": selfplay_minutes,
                            "online_minutes": update_minutes,
                            "total_minutes": selfplay_minutes + update_minutes}}
+
+
+def _graph_flops(function, *signature) -> int:
+    """Floating-point operations of one call of `function` traced for `signature` (static shapes),
+    counted by TensorFlow's profiler."""
+    import tensorflow as tf
+
+    graph = tf.function(function).get_concrete_function(*signature).graph
+    options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+    options["output"] = "none"
+    return tf.compat.v1.profiler.profile(graph, options=options).total_float_ops
+
+
+def preset_flops(config) -> dict:
+    """What one update of `config` costs in floating-point operations (discrete actions): an
+    initial and a recurrent inference per state, the learner's update (forward and backward, one
+    batch), and from them a full update: the reanalysis of a batch plus the update plus its share
+    of self-play searches."""
+    import tensorflow as tf
+
+    import envs
+    from learner import Learner
+    from networks import EfficientZeroNet
+    from targets import initial_inferences_per_sample
+
+    spec = envs.env_spec(config.env_id, config)
+    net = EfficientZeroNet(config, spec.observation_shape, spec.num_actions)
+    obs_dtype = tf.uint8 if net.is_image else tf.float32
+    initial = _graph_flops(net.initial_graph,
+                           tf.TensorSpec([1, *spec.observation_shape], obs_dtype))
+    state = net.initial_inference(np.zeros((1, *spec.observation_shape),
+                                           obs_dtype.as_numpy_dtype)).state
+    state_spec = [tf.TensorSpec([1, *s.shape[1:]], s.dtype) for s in state]
+    recurrent = _graph_flops(lambda *state: net.recurrent_graph(state[:-1], state[-1]),
+                             *state_spec, tf.TensorSpec([1], tf.int32))
+    learner = Learner(config, net, spec.observation_shape, spec.num_actions)
+    learner_flops = _graph_flops(learner.gradients.python_function,
+                                 *learner.gradients.input_signature)
+    K, B = config.unroll_steps, config.batch_size
+    # Reanalysis infers the bootstraps and the roots of the reanalysed share of the samples, and
+    # searches those roots; a search makes num_simulations recurrent steps per root.
+    reanalysis = (B * initial_inferences_per_sample(config) * initial
+                  + config.num_simulations * config.reanalyze_ratio * B * (K + 1) * recurrent)
+    selfplay = (initial + config.num_simulations * recurrent) / config.updates_per_env_step
+    return {"initial_mflop_per_state": initial / 1e6,
+            "recurrent_mflop_per_state": recurrent / 1e6,
+            "learner_gflop_per_update": learner_flops / 1e9,
+            "reanalysis_gflop_per_update": reanalysis / 1e9,
+            "selfplay_gflop_per_update": selfplay / 1e9,
+            "total_gflop_per_update": (reanalysis + learner_flops + selfplay) / 1e9}
+
+
+# One GPU, projected (docs/performance.md, "What the full Breakout 100K run costs"): a T4-class
+# GPU sustains about 4 TFLOP/s in float32 on these small convolutions (40-60% of its 8.1 peak), and
+# each network call costs about 1 ms of launch latency whatever its size; the tree, the sampling,
+# the envs and the buffer stay on the host at this machine's speed.
+GPU_FLOPS_PER_SECOND = 4e12
+GPU_CALL_SECONDS = 1e-3
+
+
+def _gpu_projection(config, measured: dict, flops: dict) -> dict:
+    """Minutes of `config`'s whole run on one GPU: its FLOPs at GPU_FLOPS_PER_SECOND, a launch
+    latency per network call, and the host's share measured here (`measured`: `_bench_preset`'s
+    result): the trees, the sampling, the envs and the buffer."""
+    updates = config.total_updates
+    decisions = config.env_steps / (config.num_envs * config.steps_per_transition)
+    calls = (decisions * (1 + config.num_simulations)              # self-play searches
+             + updates * (2 + config.num_simulations))             # reanalysis, the update
+    network = (updates * flops["total_gflop_per_update"] * 1e9 / GPU_FLOPS_PER_SECOND
+               + calls * GPU_CALL_SECONDS)
+    selfplay, update = measured["selfplay"], measured["update"]
+    host = (decisions * (selfplay["tree_ms"] + selfplay["envs_and_buffer_ms"])
+            + updates * (update["sample_ms"] + update["reanalysis_tree_ms"])) / 1000
+    return {"network_minutes": network / 60, "host_minutes": host / 60,
+            "total_minutes": (network + host) / 60}
+
+
+def bench_atari_cpu() -> dict:
+    """Breakout 100K: the `atari_cpu` preset (`_bench_preset`) and the full `atari100k` settings
+    (its split from sequential updates: its online loop alone would take half an hour), each
+    projected on this CPU and on one GPU (`_gpu_projection`), with the FLOPs of an update
+    (`preset_flops`). Both compute in bfloat16 where the preset says so (atari_cpu) or
+    `--mixed-precision` asks."""
+    import dataclasses
+
+    import config as config_module
+
+    results = {}
+    for name, preset, online_loop in (
+            ("atari_cpu", config_module.atari_cpu(), True),
+            ("atari100k", dataclasses.replace(config_module.atari100k(),
+                                              mixed_precision=mixed_precision), False)):
+        measured = _bench_preset(preset, online_loop)
+        flops = preset_flops(preset)
+        parts = {**measured, "flops": flops,
+                 "gpu_projection": _gpu_projection(preset, measured, flops)}
+        results.update({f"{name} {part}": values for part, values in parts.items()})
+    return results
 
 
 def bench_minatar() -> dict:
@@ -633,7 +736,7 @@ def bench_ray() -> dict:
 SECTIONS = {"search": bench_search, "buffer": bench_buffer, "update": bench_update,
             "selfplay": bench_selfplay, "memory": bench_memory, "projection": bench_projection,
             "minatar": bench_minatar, "classic": bench_classic, "continuous": bench_continuous,
-            "ray": bench_ray}
+            "ray": bench_ray, "atari_cpu": bench_atari_cpu}
 
 
 def _load_results() -> dict:

@@ -273,7 +273,7 @@ class Learner:
             tf.TensorSpec([config.batch_size, K + 1], tf.float32),     # value masks
             tf.TensorSpec([config.batch_size], tf.float32),            # importance weights
         ]
-        # The traced loss and gradients of one batch (public for docs/probes/network_flops.py).
+        # The traced loss and gradients of one batch (public for bench.preset_flops).
         self.gradients = tf.function(
             self._compute_gradients if strategy is None else self._distributed_gradients,
             input_signature=signature)

@@ -69,7 +69,7 @@ PROJECTION_UPDATES = 50
 # TensorBoard's text tab).
 HEADLINE_SETTINGS = ("preset", "env_id", "seed", "env_steps", "num_envs", "updates_per_env_step",
                      "batch_size", "num_simulations")
-CPU_PRESETS = "atari1h, minatar, classic, acrobot, smoke"
+CPU_PRESETS = "atari_cpu, minatar, classic, acrobot, smoke"
 # Seeds derived from config.seed: self-play game g of env i plays seed + GAME_SEED_STRIDE * g + i;
 # evaluation games use seed + EVAL_SEED_OFFSET + episode (disjoint from every self-play game).
 GAME_SEED_STRIDE = 1000
@@ -85,10 +85,11 @@ class UsageError(Exception):
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Train EfficientZero V2 (TensorFlow/Keras).")
     parser.add_argument("--config", default="atari100k", choices=sorted(config_module.PRESETS),
-                        help="preset: atari100k (full settings), atari1h (reduced, one hour on "
-                             "CPU), smoke (one minute), classic (MLP, vector tasks; CartPole-v1), "
-                             "acrobot (classic with Acrobot-v1's budget), minatar (MinAtar games, "
-                             "an hour on CPU)")
+                        help="preset: atari100k (full settings), atari_cpu (Breakout 100K at "
+                             "reduced sizes, 3 hours on CPU), smoke (one minute), classic (MLP, "
+                             "vector tasks; CartPole-v1), acrobot (classic with Acrobot-v1's "
+                             "budget), minatar (MinAtar games, an hour on CPU), pendulum, dmc_cpu, "
+                             "dmc (continuous control)")
     parser.add_argument("--env", default=None,
                         help="environment: 'Breakout' (default of Atari presets), "
                              "'MinAtar/Asterix-v1' or e.g. CartPole-v1")

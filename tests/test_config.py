@@ -57,7 +57,7 @@ def test_bad_overrides_raise_one_line_value_errors(override, message):
 
 def test_unknown_preset_names_the_choices():
     with pytest.raises(ValueError,
-                       match="unknown config preset .tiny.*atari100k, atari1h, smoke, classic"):
+                       match="unknown config preset .tiny.*atari100k, atari_cpu, smoke, classic"):
         cfg.get_config("tiny")
 
 

@@ -656,10 +656,18 @@ def test_learning_rate_schedule_warms_up_linearly_then_steps_down():
         assert learning_rate_at(config, updates) == pytest.approx(rate, rel=1e-12), updates
 
 
-def _trainer_with_data(folder, **changes):
+# The atari_cpu preset (Breakout: 96x96 RGB frames, four stacked, augmentation, lives, bfloat16)
+# at smoke's network sizes.
+TINY_ATARI = {name: getattr(cfg.smoke(), name) for name in (
+    "num_channels", "reduced_channels", "head_hidden_sizes", "lstm_hidden_size",
+    "projection_hidden_size", "projection_output_size", "prediction_head_hidden_size",
+    "num_envs", "replay_capacity", "max_episode_steps")}
+
+
+def _trainer_with_data(folder, preset=cfg.classic, **changes):
     import train
 
-    config = dataclasses.replace(cfg.classic(), **{
+    config = dataclasses.replace(preset(), **{
         "env_steps": 400, "start_transitions": 120, "batch_size": 16, "num_simulations": 4,
         "log_interval": 1000, "eval_interval": 10_000, "checkpoint_interval": 10_000,
         "ray_reanalysis_actors": 0, **changes})
@@ -773,10 +781,15 @@ def test_pipelined_reanalysis_prepares_the_next_batch_with_the_target_model_of_i
     trainer.close()
 
 
-def test_a_resumed_run_computes_the_same_next_updates_as_the_uninterrupted_one(tmp_path):
+@pytest.mark.parametrize("preset, changes", [(cfg.classic, {}), (cfg.atari_cpu, TINY_ATARI)],
+                         ids=["classic", "atari_cpu"])
+def test_a_resumed_run_computes_the_same_next_updates_as_the_uninterrupted_one(tmp_path, preset,
+                                                                               changes):
     """Weights, BatchNorm statistics, optimiser momentum, the sampling and augmentation generators,
     the priorities and the counters all come back from a checkpoint: the next updates are equal to
-    the last bit."""
+    the last bit, on a vector task and on the Atari path."""
+    import keras
+
     import train
     from targets import reanalyze
 
@@ -792,13 +805,16 @@ def test_a_resumed_run_computes_the_same_next_updates_as_the_uninterrupted_one(t
             results.append((batch.indices.tolist(), result.scalars, result.priorities.tolist()))
         return results
 
-    trainer = _trainer_with_data(tmp_path / "run")
-    for _ in range(3):
-        trainer.update_once()
-    checkpoint = checkpoints.load_checkpoint(trainer.save_checkpoint())
-    resumed = train.Trainer(trainer.config, str(tmp_path / "run"), checkpoint)
-    assert resumed.updates == 3
-    assert next_updates(resumed) == next_updates(trainer)
+    try:
+        trainer = _trainer_with_data(tmp_path / "run", preset, **changes)
+        for _ in range(3):
+            trainer.update_once()
+        checkpoint = checkpoints.load_checkpoint(trainer.save_checkpoint())
+        resumed = train.Trainer(trainer.config, str(tmp_path / "run"), checkpoint)
+        assert resumed.updates == 3
+        assert next_updates(resumed) == next_updates(trainer)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")     # atari_cpu computes in bfloat16
 
 
 def test_float16_loss_scale_skips_overflowing_steps_halves_and_grows():
