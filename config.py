@@ -82,6 +82,11 @@ class Config:
                                 _POSITIVE)
     eval_max_episode_steps: int = _f("episode cap in evaluation (env steps; 27,000 = 108K frames)",
                                      27000, _POSITIVE)
+    interim_eval_max_episode_steps: int = _f(
+        "episode cap of the evaluations during training, all but the last (env steps; 0: "
+        "eval_max_episode_steps). The official eval worker has a 3,000-step option 'due to time "
+        "limitation': a greedy Breakout agent that never presses FIRE plays to the cap", 0,
+        _NON_NEGATIVE, kind=SWITCH)
     action_repeat: int = _f("Control Suite: control steps per agent step, rewards summed "
                             "(dmc2gym's frame_skip in the official code)", 2, _POSITIVE)
     continuous_action_bins: int = _f("0: a gymnasium task's continuous (Box) action, rescaled to "
@@ -509,10 +514,13 @@ def atari_cpu() -> Config:
         projection_output_size=256, prediction_head_hidden_size=64, num_simulations=8,
         batch_size=64, num_envs=16,  # a search costs about the same for 4 states or 16
         # budget: 11,760 updates (about 0.7 s each here); refreshes at Atari's rate per env step,
-        # T1 at 30% of the updates, lr decay at 80%; five evaluations of 30 games
+        # T1 at 30% of the updates, lr decay at 80%; five evaluations of 30 games, the ones before
+        # the last capped at training's 3,000 steps (a greedy agent that never presses FIRE plays
+        # each game to the cap: 27,000 lockstep searches); the last plays the protocol's 27,000
         updates_per_env_step=0.12, offline_updates=0, selfplay_update_interval=12,
         target_update_interval=24, sve_start_updates=3_528, lr_decay_updates=9_408,
         eval_interval=2_352, eval_episodes=30, checkpoint_interval=1_176,
+        interim_eval_max_episode_steps=3_000,
         # algorithm: the changes MinAtar's runs needed at this budget (docs/experiments.md)
         reanalyze_ratio=0.1,         # the updates a full reanalysis costs buy more
         optimizer="adam", learning_rate=1e-3, weight_decay=0.0,   # with SGD, or with the paper's

@@ -367,14 +367,16 @@ class EvaluationActor:
     def ready(self) -> int:
         return os.getpid()
 
-    def evaluate(self, weights: list[np.ndarray], seed: int):
-        """(evaluate.EpisodeResults, seconds) of `eval_episodes` games from `seed` on."""
+    def evaluate(self, weights: list[np.ndarray], seed: int, max_episode_steps: int):
+        """(evaluate.EpisodeResults, seconds) of `eval_episodes` games from `seed` on, each capped
+        at `max_episode_steps`."""
         from evaluate import play_episodes
 
         start = time.perf_counter()
         self.model.set_weights(weights)
-        result = play_episodes(self.model, self.config, self.config.env_id,
-                               self.config.eval_episodes, seed=seed)
+        config = dataclasses.replace(self.config, eval_max_episode_steps=max_episode_steps)
+        result = play_episodes(self.model, config, config.env_id, config.eval_episodes,
+                               seed=seed)
         return result, time.perf_counter() - start
 
 
@@ -400,8 +402,10 @@ class RayEvaluator:
     def pending(self) -> list[tuple[int, int]]:
         return [(updates, env_steps) for updates, env_steps, _ in self._out]
 
-    def submit(self, weights: list[np.ndarray], seed: int, updates: int, env_steps: int) -> None:
-        self._out.append((updates, env_steps, self.actor.evaluate.remote(weights, seed)))
+    def submit(self, weights: list[np.ndarray], seed: int, updates: int, env_steps: int,
+               max_episode_steps: int) -> None:
+        self._out.append((updates, env_steps,
+                          self.actor.evaluate.remote(weights, seed, max_episode_steps)))
 
     def finished(self) -> list[Evaluation]:
         done = []

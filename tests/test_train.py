@@ -817,6 +817,20 @@ def test_a_resumed_run_computes_the_same_next_updates_as_the_uninterrupted_one(t
         keras.mixed_precision.set_global_policy("float32")     # atari_cpu computes in bfloat16
 
 
+def test_evaluations_before_the_last_take_the_interim_cap(tmp_path):
+    """With interim_eval_max_episode_steps = 3, an evaluation during training stops every CartPole
+    game at 3 steps; the final one (at the run's last update) plays to the protocol's cap, and an
+    untrained CartPole game ends on its own after more than 3 steps."""
+    trainer = _trainer_with_data(tmp_path, interim_eval_max_episode_steps=3, eval_episodes=2)
+    trainer.evaluate()
+    interim = json.load(open(tmp_path / "eval" / "eval-00000000.json"))
+    assert interim["lengths"] == [3, 3]
+    trainer.updates = trainer.config.total_updates
+    trainer.evaluate()
+    final = json.load(open(tmp_path / "eval" / f"eval-{trainer.updates:08d}.json"))
+    assert 3 < min(final["lengths"]) <= max(final["lengths"]) < 500
+
+
 def test_float16_loss_scale_skips_overflowing_steps_halves_and_grows():
     """mixed_float16's dynamic loss scale: gradients that overflow float16 leave the weights as they
     were, count as finite (the run goes on) with lr logged 0, and halve the scale; 2,000 finite
