@@ -11,6 +11,7 @@ Gumbel noise, so the action is the argmax of logits + sigma(q) among the most-vi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -37,6 +38,15 @@ class EpisodeResults(NamedTuple):
     discounted_returns: list[float]   # Σ_t γ^t u_t of each game's training rewards u_t (clipped
                                       # where training clips): what an exact value would predict
                                       # at the first step, less what lies past a truncation
+
+
+def evaluation_config(config: Config, final: bool) -> Config:
+    """`config` with the episode cap of an evaluation during training (train.py): the protocol's
+    `eval_max_episode_steps` for the final one, `interim_eval_max_episode_steps` (if set) before."""
+    if final or not config.interim_eval_max_episode_steps:
+        return config
+    return dataclasses.replace(config,
+                               eval_max_episode_steps=config.interim_eval_max_episode_steps)
 
 
 def play_episodes(model, config: Config, env_id: str, num_episodes: int, seed: int,

@@ -367,14 +367,14 @@ class EvaluationActor:
     def ready(self) -> int:
         return os.getpid()
 
-    def evaluate(self, weights: list[np.ndarray], seed: int, max_episode_steps: int):
+    def evaluate(self, weights: list[np.ndarray], seed: int, final: bool):
         """(evaluate.EpisodeResults, seconds) of `eval_episodes` games from `seed` on, each capped
-        at `max_episode_steps`."""
-        from evaluate import play_episodes
+        as the run's `final` evaluation or one before it (evaluate.evaluation_config)."""
+        from evaluate import evaluation_config, play_episodes
 
         start = time.perf_counter()
         self.model.set_weights(weights)
-        config = dataclasses.replace(self.config, eval_max_episode_steps=max_episode_steps)
+        config = evaluation_config(self.config, final)
         result = play_episodes(self.model, config, config.env_id, config.eval_episodes,
                                seed=seed)
         return result, time.perf_counter() - start
@@ -403,9 +403,8 @@ class RayEvaluator:
         return [(updates, env_steps) for updates, env_steps, _ in self._out]
 
     def submit(self, weights: list[np.ndarray], seed: int, updates: int, env_steps: int,
-               max_episode_steps: int) -> None:
-        self._out.append((updates, env_steps,
-                          self.actor.evaluate.remote(weights, seed, max_episode_steps)))
+               final: bool) -> None:
+        self._out.append((updates, env_steps, self.actor.evaluate.remote(weights, seed, final)))
 
     def finished(self) -> list[Evaluation]:
         done = []

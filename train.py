@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import datetime
 import json
 import math
@@ -42,7 +41,7 @@ import config as config_module  # noqa: E402
 import envs  # noqa: E402
 from buffer import ReplayBuffer  # noqa: E402
 from config import Config  # noqa: E402
-from evaluate import play_episodes, summarize  # noqa: E402
+from evaluate import evaluation_config, play_episodes, summarize  # noqa: E402
 from learner import (  # noqa: E402
     Learner,
     configure_tensorflow,
@@ -75,15 +74,6 @@ CPU_PRESETS = "atari_cpu, minatar, classic, acrobot, smoke"
 # evaluation games use seed + EVAL_SEED_OFFSET + episode (disjoint from every self-play game).
 GAME_SEED_STRIDE = 1000
 EVAL_SEED_OFFSET = 10_000_000
-
-
-def evaluation_config(config: Config, final: bool) -> Config:
-    """`config` with the episode cap of an evaluation during training: the protocol's
-    `eval_max_episode_steps` for the final one, `interim_eval_max_episode_steps` (if set) before."""
-    if final or not config.interim_eval_max_episode_steps:
-        return config
-    return dataclasses.replace(config,
-                               eval_max_episode_steps=config.interim_eval_max_episode_steps)
 
 
 class UsageError(Exception):
@@ -504,11 +494,12 @@ class Trainer:
         """Greedy games of the online weights as they are now: played here, or sent to the
         evaluation actor (`ray_eval_actor`) and recorded when they finish."""
         seed = self.config.seed + EVAL_SEED_OFFSET
-        config = evaluation_config(self.config, final=self.updates >= self.config.total_updates)
+        final = self.updates >= self.config.total_updates
         if self.evaluator is not None:
             self.evaluator.submit(self.online.get_weights(), seed, self.updates, self.env_steps,
-                                  config.eval_max_episode_steps)
+                                  final)
             return
+        config = evaluation_config(self.config, final)
         start = time.perf_counter()
         result = play_episodes(self.online, config, config.env_id, config.eval_episodes,
                                seed=seed)

@@ -195,21 +195,24 @@ def test_runs_with_actors_repeat_and_resume_exactly_with_batches_in_flight(tmp_p
 
 def test_the_evaluation_actor_plays_as_this_process_and_a_checkpoint_keeps_it_in_flight(
         tmp_path):
-    """An evaluation sent to the actor plays the games `evaluate.play_episodes` plays here; the
-    checkpoint taken at its update keeps it in flight, and the resumed run plays it again."""
+    """An evaluation sent to the actor plays the games `evaluate.play_episodes` plays here, with
+    the cap of an evaluation before the last (3 steps); the checkpoint taken at its update keeps
+    it in flight, and the resumed run plays it again."""
     import train
-    from evaluate import play_episodes
+    from evaluate import evaluation_config, play_episodes
 
     trainer = _trainer(tmp_path / "run", ray_reanalysis_actors=0, ray_eval_actor=True,
-                       eval_episodes=2)
+                       eval_episodes=2, interim_eval_max_episode_steps=3)
     assert trainer.update_once()
     trainer.evaluate()
     path = trainer.save_checkpoint()
     assert trainer.evaluator.pending == [(1, trainer.env_steps)]
-    expected = play_episodes(trainer.online, trainer.config, trainer.config.env_id, 2,
+    expected = play_episodes(trainer.online, evaluation_config(trainer.config, final=False),
+                             trainer.config.env_id, 2,
                              seed=trainer.config.seed + train.EVAL_SEED_OFFSET)
     [evaluation] = trainer.evaluator.drain()
     assert evaluation.result == expected and evaluation.updates == 1
+    assert evaluation.result.lengths == [3, 3]
     resumed = train.Trainer(trainer.config, str(tmp_path / "run"),
                             checkpoints.load_checkpoint(path))
     assert resumed.evaluator.pending == [(1, trainer.env_steps)]
