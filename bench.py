@@ -518,10 +518,13 @@ def _gpu_projection(config, measured: dict, flops: dict) -> dict:
     """Minutes of `config`'s whole run on one GPU: its FLOPs at GPU_FLOPS_PER_SECOND, a launch
     latency per network call, and the host's share measured here (`measured`: `_bench_preset`'s
     result): the trees, the sampling, the envs and the buffer."""
+    from targets import initial_inference_calls
+
     updates = config.total_updates
     decisions = config.env_steps / (config.num_envs * config.steps_per_transition)
     calls = (decisions * (1 + config.num_simulations)              # self-play searches
-             + updates * (2 + config.num_simulations))             # reanalysis, the update
+             + updates * (initial_inference_calls(config)          # reanalysis
+                          + config.num_simulations + 1))           # ... and the update
     network = (updates * flops["total_gflop_per_update"] * 1e9 / GPU_FLOPS_PER_SECOND
                + calls * GPU_CALL_SECONDS)
     selfplay, update = measured["selfplay"], measured["update"]

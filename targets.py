@@ -31,6 +31,7 @@ Shapes: `B` batch, `K` unroll steps, `n` td_steps, `A` actions.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import NamedTuple
 
@@ -139,6 +140,17 @@ def initial_inferences_per_sample(config: Config) -> float:
     if _one_window(config):
         return float(K + config.td_steps + 1)
     return (K + 1) * (1.0 + config.reanalyze_ratio)
+
+
+def initial_inference_calls(config: Config) -> int:
+    """How many representation calls reanalysis makes a batch: its windows (`_inference_windows`)
+    go `reanalysis_chunk_size // positions` to a call."""
+    K, B = config.unroll_steps, config.batch_size
+    if _one_window(config):
+        windows, positions = B, K + config.td_steps + 1
+    else:
+        windows, positions = B + int(round(config.reanalyze_ratio * B)), K + 1
+    return math.ceil(windows / max(1, config.reanalysis_chunk_size // positions))
 
 
 def _inference_windows(batch, config: Config, reanalysed: np.ndarray) -> InferenceWindows:

@@ -10,6 +10,7 @@ import mcts
 from buffer import Batch, ReplayBuffer
 from networks import NetworkOutput, stack_frames
 from targets import (
+    initial_inference_calls,
     model_diagnostics,
     reanalyze,
     search_diagnostics,
@@ -208,10 +209,16 @@ def test_split_windows_give_the_one_windows_targets(monkeypatch, terminated):
     split_model = IndexModel()
     split = reanalyze(batch, split_model, config=config, updates=10_000,
                       rng=np.random.default_rng(2))
+    K = config.unroll_steps
+    three_windows = dataclasses.replace(config, reanalysis_chunk_size=3 * (K + 1),
+                                        batch_size=16)
+    chunked_model = IndexModel()
+    reanalyze(batch, chunked_model, config=three_windows, updates=10_000,
+              rng=np.random.default_rng(2))
+    assert len(chunked_model.rows) == initial_inference_calls(three_windows) == 7   # 20 windows
     monkeypatch.setattr(targets_module, "_one_window", lambda config: True)
     whole = reanalyze(batch, IndexModel(), config=config, updates=10_000,
                       rng=np.random.default_rng(2))
-    K = config.unroll_steps
     searched = split_model.rows[0] // (K + 1) - 16
     assert 0 < searched < 16 and split_model.rows == [(16 + searched) * (K + 1)]
     np.testing.assert_array_equal(split.values, whole.values)
@@ -262,6 +269,9 @@ def test_reanalysis_in_chunks_gives_the_same_targets():
                         rng=np.random.default_rng(2), updates=0)
     P = config.unroll_steps + config.td_steps + 1
     assert model.rows == [2 * P] * 8                   # 20 // P = 2 samples per call
+    sixteen = dataclasses.replace(config, batch_size=16)
+    assert initial_inference_calls(dataclasses.replace(sixteen, reanalysis_chunk_size=20)) == 8
+    assert initial_inference_calls(sixteen) == 1
     np.testing.assert_array_equal(chunked.values, whole.values)
     np.testing.assert_array_equal(chunked.policies, whole.policies)
 
