@@ -130,6 +130,11 @@ class Config:
                               "a/A, the official code) or 'one_hot' (A planes, 1 on plane a); "
                               "either goes through conv1x1, LayerNorm and ReLU",
                               "scalar", kind=SWITCH)
+    dynamics_global_channels: int = _f(
+        "channels of a global layer at the end of the conv dynamics: conv1x1 to this many, a Dense "
+        "over the whole grid, conv1x1 back, added to the state, so one step of g can move what it "
+        "sees anywhere on the grid (MinAtar Freeway: a collision sends the chicken to the bottom "
+        "row); 0 = none, the paper's g", 0, _NON_NEGATIVE, kind=SWITCH)
     head_hidden_sizes: tuple = _f("hidden layer sizes of the reward/value/policy MLPs", (32,),
                                   _ANY_POSITIVE)
     mlp_hidden_sizes: tuple = _f("hidden sizes of the MLP representation/dynamics (mlp)",

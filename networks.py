@@ -459,11 +459,39 @@ class ConvRepresentation(_Block):
         return x
 
 
+class GlobalLayer(_Block):
+    """A residual layer that reaches the whole grid: [B, H, W, C] -> [B, H, W, C]. conv1x1 -> G
+    channels, norm, ReLU; flatten; Dense H*W*G; back to [B, H, W, G]; conv1x1 -> C, norm; plus the
+    input, ReLU. Not in the paper (`dynamics_global_channels`)."""
+
+    def __init__(self, config: Config, **kwargs):
+        super().__init__(**kwargs)
+        self.global_channels = config.dynamics_global_channels
+        self.reduce = keras.layers.Conv2D(self.global_channels, 1, use_bias=False)
+        self.reduce_norm = _normalization(config, self.global_channels)
+        self.expand = keras.layers.Conv2D(config.num_channels, 1, use_bias=False)
+        self.expand_norm = _normalization(config, config.num_channels)
+
+    def build(self, input_shape):
+        _, height, width, _ = input_shape
+        self.grid = (height, width)
+        self.mix = keras.layers.Dense(height * width * self.global_channels)
+        self.built = True
+
+    def call(self, x, training=False):
+        reduced = tf.nn.relu(self.reduce_norm(self.reduce(x), training=training))
+        height, width = self.grid
+        mixed = self.mix(tf.reshape(reduced, [-1, height * width * self.global_channels]))
+        mixed = tf.reshape(mixed, [-1, height, width, self.global_channels])
+        return tf.nn.relu(x + self.expand_norm(self.expand(mixed), training=training))
+
+
 class ConvDynamics(_Block):
     """g's state transition: ([B, 6, 6, C], actions [B]) -> [B, 6, 6, C] (official DynamicsNetwork
     with action_embedding): the action as a plane of value a/A (or, with action_encoding='one_hot',
     as A planes, 1 on plane a) -> conv1x1 -> reduced_channels, LayerNorm, ReLU; concatenated with
-    the state; conv3x3 -> C, norm, plus the state, ReLU; num_blocks residual blocks."""
+    the state; conv3x3 -> C, norm, plus the state, ReLU; num_blocks residual blocks; with
+    `dynamics_global_channels` a GlobalLayer last."""
 
     def __init__(self, config: Config, num_actions: int, **kwargs):
         super().__init__(**kwargs)
@@ -475,6 +503,8 @@ class ConvDynamics(_Block):
                                         use_bias=False)
         self.norm = _normalization(config, config.num_channels)
         self.tower = [ResidualBlock(config, config.num_channels) for _ in range(config.num_blocks)]
+        if config.dynamics_global_channels:
+            self.tower.append(GlobalLayer(config))
 
     def call(self, state, actions, training=False):
         if self.one_hot:

@@ -533,6 +533,33 @@ def test_one_hot_action_planes_give_each_action_its_own_embedding():
     assert np.abs(after[1] - before[1]).max() > 0.01
 
 
+@pytest.mark.parametrize("global_channels", [0, 2])
+def test_only_the_global_layer_lets_one_step_of_g_reach_across_the_grid(global_channels):
+    """minatar's g on a 10x10 grid: a conv3x3 and one residual block reach 3 cells, so changing the
+    latent in cell (0, 0) leaves g's next state in cell (9, 9) exactly as it was; with
+    `dynamics_global_channels` the GlobalLayer's Dense carries it there. The layer's weights:
+    conv1x1 C -> G, norm, Dense (10·10·G)^2 + bias, conv1x1 G -> C, norm."""
+    tf.keras.utils.set_random_seed(0)
+    config = dataclasses.replace(cfg.minatar(), num_channels=8,
+                                 dynamics_global_channels=global_channels)
+    net = EfficientZeroNet(config, (10, 10, 4), 3)
+    latent = net.represent(net.preprocess(random_observations(np.random.default_rng(3), 2,
+                                                              (10, 10, 4))), training=False)
+    moved = latent.numpy().copy()
+    moved[:, 0, 0, :] += 1.0
+    nexts = [net.transition(state, tf.constant([1, 2]), training=False).numpy()
+             for state in (latent, tf.constant(moved))]
+    far = np.abs(nexts[1][:, 9, 9] - nexts[0][:, 9, 9]).max()
+    if global_channels:
+        assert far > 1e-3
+        layer = net.transition.tower[-1]
+        assert sum(int(np.prod(w.shape)) for w in layer.trainable_weights) == (
+            8 * 2 + 2 * 2 + (200 * 200 + 200) + 2 * 8 + 2 * 8)
+    else:
+        assert far == 0.0
+        assert np.abs(nexts[1][:, 3, 3] - nexts[0][:, 3, 3]).max() > 1e-3    # 3 cells: reached
+
+
 def test_minatar_parameter_counts_match_a_count_by_hand():
     """The minatar network (C=16, reduced 4, heads (32,), LSTM 64, 61 bins, projections 128/128/64,
     3 actions as one-hot planes, 4 input channels, 10x10 grid), layer by layer; a norm layer has 2
