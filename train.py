@@ -242,7 +242,8 @@ def record_machine(run_dir: str, env_steps: int, updates: int) -> None:
 # --- logging: TensorBoard scalars and metrics.csv, one place -------------------------------------
 
 class MetricsLogger:
-    """Writes every scalar to TensorBoard and to `metrics.csv` (updates, env_steps, key, value)."""
+    """Writes every scalar to TensorBoard and to `metrics.csv` (updates, env_steps, wall_seconds,
+    key, value)."""
 
     def __init__(self, run_dir: str, resumed_updates: int | None = None):
         import tensorflow as tf
