@@ -38,6 +38,9 @@ class EpisodeResults(NamedTuple):
     discounted_returns: list[float]   # Σ_t γ^t u_t of each game's training rewards u_t (clipped
                                       # where training clips): what an exact value would predict
                                       # at the first step, less what lies past a truncation
+    action_counts: list[list[int]]    # how often each game played each discrete action ([] for
+                                      # continuous actions): a greedy Breakout agent that never
+                                      # presses FIRE shows here
 
 
 def evaluation_config(config: Config, final: bool) -> Config:
@@ -73,6 +76,8 @@ def play_episodes(model, config: Config, env_id: str, num_episodes: int, seed: i
     lengths = [0] * num_episodes
     initial_values: list[float] = []
     discounted_returns = [0.0] * num_episodes
+    action_counts = [[0] * (0 if spec.action_dims else spec.num_actions)
+                     for _ in range(num_episodes)]
     running = list(range(num_episodes))
     while running:
         observations = stacker.observations()[running]
@@ -81,7 +86,11 @@ def play_episodes(model, config: Config, env_id: str, num_episodes: int, seed: i
             initial_values = [float(value) for value in searched.root_value]
         still_running = []
         for row, i in enumerate(running):
-            action = searched.action[row] if spec.action_dims else int(searched.action[row])
+            if spec.action_dims:
+                action = searched.action[row]
+            else:
+                action = int(searched.action[row])
+                action_counts[i][action] += 1
             frame, reward, terminated, truncated, info = games[i].step(action)
             discounted_returns[i] += (config.discount ** lengths[i]
                                       * envs.training_reward(reward, config.clip_rewards))
@@ -102,7 +111,8 @@ def play_episodes(model, config: Config, env_id: str, num_episodes: int, seed: i
         video.release()
     if physics_states is not None:
         film_control_suite(env_id, np.stack(physics_states), config.action_repeat, video_path)
-    return EpisodeResults([float(r) for r in returns], lengths, initial_values, discounted_returns)
+    return EpisodeResults([float(r) for r in returns], lengths, initial_values, discounted_returns,
+                          action_counts)
 
 
 def search_to_act(model, observations: np.ndarray, config: Config, rng: np.random.Generator,
@@ -277,13 +287,17 @@ def main(argv: list[str] | None = None) -> int:
     if "human_normalized" in summary:
         line += f"; human-normalised {summary['human_normalized']:.3f}"
     print(line)
+    if any(result.action_counts):
+        shares = np.sum(result.action_counts, axis=0) / np.sum(result.action_counts)
+        print("actions played: " + ", ".join(f"{a}: {share:.2f}" for a, share in enumerate(shares)))
     if video_path:
         print(f"video: {video_path}")
     if args.json:
         try:
             with open(args.json, "w") as file:
                 json.dump({"checkpoint": checkpoint.path, "env_id": env_id, **summary,
-                           "returns": result.returns, "lengths": result.lengths}, file, indent=1)
+                           "returns": result.returns, "lengths": result.lengths,
+                           "action_counts": result.action_counts}, file, indent=1)
         except OSError as error:
             print(f"error: cannot write '{args.json}': {error.strerror or error}", file=sys.stderr)
             return EXIT_USAGE

@@ -532,7 +532,8 @@ class Trainer:
             json.dump({"updates": updates, "env_steps": env_steps, **summary,
                        "returns": result.returns, "lengths": result.lengths,
                        "initial_values": result.initial_values,
-                       "discounted_returns": result.discounted_returns}, file, indent=1)
+                       "discounted_returns": result.discounted_returns,
+                       "action_counts": result.action_counts}, file, indent=1)
 
     def _after_update(self) -> None:
         if self.evaluator is not None:

@@ -78,6 +78,8 @@ def test_evaluate_plays_a_checkpoint_and_writes_json(smoke_run, tmp_path):
     scores = json.load(open(out))
     assert scores["episodes"] == 2 and len(scores["returns"]) == 2
     assert scores["mean"] == pytest.approx(np.mean(scores["returns"]))
+    assert [sum(counts) for counts in scores["action_counts"]] == scores["lengths"]
+    assert "actions played: 0: " in result.stdout
     evaluations = sorted(glob.glob(os.path.join(run_dir, "eval", "*.json")))
     during_training = json.load(open(evaluations[-1]))
     assert len(during_training["initial_values"]) == len(during_training["discounted_returns"]) \
@@ -101,6 +103,8 @@ def test_evaluation_reports_the_first_root_value_beside_the_discounted_return():
     expected = [(1 - gamma ** length) / (1 - gamma) for length in result.lengths]
     assert result.discounted_returns == pytest.approx(expected, rel=1e-9)
     assert result.lengths == [int(r) for r in result.returns]
+    assert [sum(counts) for counts in result.action_counts] == result.lengths
+    assert all(len(counts) == 2 for counts in result.action_counts)
     first = np.stack([envs.make_env("CartPole-v1", 7 + i, False, config).reset(seed=7 + i)[0]
                       for i in range(3)])
     roots = search_actions(model, first, config.search_options(), None, gumbel_scale=0.0)
