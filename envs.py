@@ -11,6 +11,9 @@ INTER_AREA, as the official code's WarpFrame). On top, `_Game` implements:
 - training: a lost life ends the episode (`terminated`), and the next `reset()` continues the same
   game (EpisodicLife semantics), so every state stays reachable; rewards are sign-clipped;
 - evaluation: lives never end an episode, rewards are raw;
+- with `fire_on_life_start` (a switch; off in the official code): FIRE is pressed by the env when a
+  game starts and after each lost life (its step counts in the game's length and return), so the
+  agent never faces a serve;
 - both: `info["raw_reward"]` is the unclipped reward of every step; when the game really ends (game
   over or the step cap) `info["game_return"]` (raw, summed over all lives) and `info["game_length"]`
   (agent steps) are set; the cap counts agent steps of a whole game (3,000 in training,
@@ -272,6 +275,9 @@ class _Game(gym.Wrapper):
         self._clip = training and config.clip_rewards
         self._cap = config.max_episode_steps if training else config.eval_max_episode_steps
         self._is_atari = is_atari
+        meanings = env.unwrapped.get_action_meanings() if is_atari else []
+        self._fire = (meanings.index("FIRE") if config.fire_on_life_start and "FIRE" in meanings
+                      else None)
         self._game_over = True
         self._lives = 0
         self._game_return = 0.0
@@ -282,8 +288,10 @@ class _Game(gym.Wrapper):
 
     def reset(self, *, seed=None, options=None):
         if not self._game_over:
-            # The previous episode ended with a lost life: continue the same game with one no-op.
-            frame, _, terminated, truncated, info = self.env.step(0)
+            # The previous episode ended with a lost life: continue the same game with one no-op
+            # (or FIRE, `fire_on_life_start`).
+            frame, _, terminated, truncated, info = self.env.step(
+                0 if self._fire is None else self._fire)
             self._lives = self._ale_lives()
             if not (terminated or truncated):
                 return frame, info
@@ -293,22 +301,33 @@ class _Game(gym.Wrapper):
         self._game_over = False
         self._lives = self._ale_lives()
         self._game_return, self._game_length = 0.0, 0
+        if self._fire is not None:
+            frame, reward, _, _, info = self.env.step(self._fire)
+            self._game_return += float(reward)
+            self._game_length += 1
         return frame, info
 
     def step(self, action):
         frame, reward, terminated, truncated, info = self.env.step(action)
         raw = float(reward)
+        lives = self._ale_lives()
+        if (self._fire is not None and not self._life_loss_ends_episode and not terminated
+                and 0 < lives < self._lives):
+            # A life was lost and the episode goes on (evaluation): the env serves, and the step
+            # returns both steps' rewards.
+            self._game_length += 1
+            frame, reward, terminated, truncated, info = self.env.step(self._fire)
+            raw += float(reward)
+            lives = self._ale_lives()
         self._game_return += raw
         self._game_length += 1
         info = dict(info, raw_reward=raw)
         if self._game_length >= self._cap and not terminated:
             truncated = True
         game_over = terminated or truncated
-        if not game_over and self._life_loss_ends_episode:
-            lives = self._ale_lives()
-            if 0 < lives < self._lives:
-                terminated = True            # a lost life ends the training episode, not the game
-            self._lives = lives
+        if not game_over and self._life_loss_ends_episode and 0 < lives < self._lives:
+            terminated = True                # a lost life ends the training episode, not the game
+        self._lives = lives
         if game_over:
             self._game_over = True
             info["game_return"] = self._game_return

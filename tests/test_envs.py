@@ -67,6 +67,29 @@ def test_life_loss_does_not_end_an_evaluation_episode():
     assert terminated and info["lives"] == 0 and "game_return" in info
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_fire_on_life_start_serves_every_life(training):
+    """Breakout needs FIRE to serve. Pressing no-op forever: with `fire_on_life_start` the env
+    serves at the game's start and after each lost life, so the ball is lost five times and the
+    game ends (in training as five episodes ended by a lost life, the last by game over);
+    without it the ball never comes into play and the game runs to the step cap."""
+    config = dataclasses.replace(cfg.atari100k(), max_episode_steps=2_000,
+                                 eval_max_episode_steps=2_000)
+    for fire, expected_episodes in ((True, 5), (False, 1)):
+        env = envs.make_env("Breakout", 0, training, dataclasses.replace(
+            config, fire_on_life_start=fire))
+        episodes, info, truncated = 0, {}, False
+        while "game_return" not in info:
+            env.reset()
+            episodes += 1
+            terminated = truncated = False
+            while not (terminated or truncated):
+                _, _, terminated, truncated, info = env.step(0)
+        assert episodes == (expected_episodes if training else 1)
+        assert truncated != fire and info["lives"] == (0 if fire else 5)
+        assert (info["game_length"] < 2_000) == fire
+
+
 class _FixedRewards(gym.Env):
     """A vector env paying rewards 3, -2, 0.5, 0 and then ending."""
 
