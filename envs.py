@@ -12,8 +12,9 @@ INTER_AREA, as the official code's WarpFrame). On top, `_Game` implements:
   game (EpisodicLife semantics), so every state stays reachable; rewards are sign-clipped;
 - evaluation: lives never end an episode, rewards are raw;
 - with `fire_on_life_start` (a switch; off in the official code): FIRE is pressed by the env when a
-  game starts and after each lost life (its step counts in the game's length and return), so the
-  agent never faces a serve;
+  game starts and after each lost life, so the agent never faces a serve (in training it replaces
+  the no-op that continues a game after a lost life; elsewhere its step counts in the game's length
+  and return);
 - both: `info["raw_reward"]` is the unclipped reward of every step; when the game really ends (game
   over or the step cap) `info["game_return"]` (raw, summed over all lives) and `info["game_length"]`
   (agent steps) are set; the cap counts agent steps of a whole game (3,000 in training,
