@@ -477,7 +477,7 @@ def preset_flops(config) -> dict:
     import envs
     from learner import Learner
     from networks import EfficientZeroNet
-    from targets import initial_inferences_per_sample
+    from targets import initial_inferences_per_sample, searched_samples
 
     spec = envs.env_spec(config.env_id, config)
     net = EfficientZeroNet(config, spec.observation_shape, spec.num_actions)
@@ -496,7 +496,7 @@ def preset_flops(config) -> dict:
     # Reanalysis infers the bootstraps and the roots of the reanalysed share of the samples, and
     # searches those roots; a search makes num_simulations recurrent steps per root.
     reanalysis = (B * initial_inferences_per_sample(config) * initial
-                  + config.num_simulations * config.reanalyze_ratio * B * (K + 1) * recurrent)
+                  + config.num_simulations * searched_samples(config, B) * (K + 1) * recurrent)
     selfplay = (initial + config.num_simulations * recurrent) / config.updates_per_env_step
     return {"initial_mflop_per_state": initial / 1e6,
             "recurrent_mflop_per_state": recurrent / 1e6,

@@ -132,25 +132,36 @@ def _one_window(config: Config) -> bool:
     return K + config.td_steps + 1 <= (K + 1) * (1.0 + config.reanalyze_ratio)
 
 
-def initial_inferences_per_sample(config: Config) -> float:
-    """How many positions of a sample reanalysis infers on average (`_inference_windows`): all
-    K+n+1 as one window, or K+1 bootstraps and, for the `reanalyze_ratio` share of the samples that
-    are searched, K+1 roots."""
-    K = config.unroll_steps
+def searched_samples(config: Config, batch_size: int) -> int:
+    """How many of a batch's samples reanalysis searches afresh: the `reanalyze_ratio` share."""
+    return int(round(config.reanalyze_ratio * batch_size))
+
+
+def _window_layout(config: Config) -> tuple[int, int]:
+    """(windows, positions per window) that `_inference_windows` makes of a `batch_size` batch: one
+    window of all K+n+1 positions per sample, or one of K+1 bootstraps per sample and one of K+1
+    roots per searched sample."""
+    K, B = config.unroll_steps, config.batch_size
     if _one_window(config):
-        return float(K + config.td_steps + 1)
-    return (K + 1) * (1.0 + config.reanalyze_ratio)
+        return B, K + config.td_steps + 1
+    return B + searched_samples(config, B), K + 1
+
+
+def _windows_per_call(config: Config, positions: int) -> int:
+    """How many inference windows of `positions` positions go to one representation call."""
+    return max(1, config.reanalysis_chunk_size // positions)
+
+
+def initial_inferences_per_sample(config: Config) -> float:
+    """How many positions of a sample reanalysis infers on average (`_inference_windows`)."""
+    windows, positions = _window_layout(config)
+    return windows * positions / config.batch_size
 
 
 def initial_inference_calls(config: Config) -> int:
-    """How many representation calls reanalysis makes a batch: its windows (`_inference_windows`)
-    go `reanalysis_chunk_size // positions` to a call."""
-    K, B = config.unroll_steps, config.batch_size
-    if _one_window(config):
-        windows, positions = B, K + config.td_steps + 1
-    else:
-        windows, positions = B + int(round(config.reanalyze_ratio * B)), K + 1
-    return math.ceil(windows / max(1, config.reanalysis_chunk_size // positions))
+    """How many representation calls reanalysis makes a batch."""
+    windows, positions = _window_layout(config)
+    return math.ceil(windows / _windows_per_call(config, positions))
 
 
 def _inference_windows(batch, config: Config, reanalysed: np.ndarray) -> InferenceWindows:
@@ -216,9 +227,9 @@ def reanalyze(batch, model, *, config: Config, updates: int, rng: np.random.Gene
     start = time.perf_counter()
     reanalysed = np.ones(B, bool)
     if config.reanalyze_ratio < 1.0:
-        reanalysed[rng.permutation(B)[int(round(config.reanalyze_ratio * B)):]] = False
+        reanalysed[rng.permutation(B)[searched_samples(config, B):]] = False
     windows = _inference_windows(batch, config, reanalysed)
-    rows_per_call = max(1, config.reanalysis_chunk_size // windows.positions)
+    rows_per_call = _windows_per_call(config, windows.positions)
     output = _concatenate([timed.initial_inference_sequence(windows.frames[i:i + rows_per_call])
                            for i in range(0, len(windows.frames), rows_per_call)])
     td_values = batch.td_rewards + batch.bootstrap_discounts * output.value[windows.bootstrap_rows]

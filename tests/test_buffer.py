@@ -11,6 +11,7 @@ from buffer import Batch, ReplayBuffer
 from networks import NetworkOutput, stack_frames
 from targets import (
     initial_inference_calls,
+    initial_inferences_per_sample,
     model_diagnostics,
     reanalyze,
     search_diagnostics,
@@ -216,6 +217,7 @@ def test_split_windows_give_the_one_windows_targets(monkeypatch, terminated):
     reanalyze(batch, chunked_model, config=three_windows, updates=10_000,
               rng=np.random.default_rng(2))
     assert len(chunked_model.rows) == initial_inference_calls(three_windows) == 7   # 20 windows
+    assert initial_inferences_per_sample(three_windows) == 20 * (K + 1) / 16
     monkeypatch.setattr(targets_module, "_one_window", lambda config: True)
     whole = reanalyze(batch, IndexModel(), config=config, updates=10_000,
                       rng=np.random.default_rng(2))
@@ -272,6 +274,7 @@ def test_reanalysis_in_chunks_gives_the_same_targets():
     sixteen = dataclasses.replace(config, batch_size=16)
     assert initial_inference_calls(dataclasses.replace(sixteen, reanalysis_chunk_size=20)) == 8
     assert initial_inference_calls(sixteen) == 1
+    assert initial_inferences_per_sample(sixteen) == P
     np.testing.assert_array_equal(chunked.values, whole.values)
     np.testing.assert_array_equal(chunked.policies, whole.policies)
 
