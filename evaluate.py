@@ -235,6 +235,12 @@ def summarize(env_id: str, returns: list[float]) -> dict:
     return summary
 
 
+def result_record(env_id: str, result: EpisodeResults) -> dict:
+    """`summarize`'s scores and every per-game field of `result`: what eval/eval-*.json (train.py)
+    and `--json` hold."""
+    return {**summarize(env_id, result.returns), **result._asdict()}
+
+
 def load_model(checkpoint: checkpoints.Checkpoint, env_id: str, config: Config,
                weights: str = "online"):
     """A network of a checkpoint (`weights`: "online", "selfplay" or "target"), checked against the
@@ -295,9 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         try:
             with open(args.json, "w") as file:
-                json.dump({"checkpoint": checkpoint.path, "env_id": env_id, **summary,
-                           "returns": result.returns, "lengths": result.lengths,
-                           "action_counts": result.action_counts}, file, indent=1)
+                json.dump({"checkpoint": checkpoint.path, "env_id": env_id,
+                           **result_record(env_id, result)}, file, indent=1)
         except OSError as error:
             print(f"error: cannot write '{args.json}': {error.strerror or error}", file=sys.stderr)
             return EXIT_USAGE

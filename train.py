@@ -41,7 +41,7 @@ import config as config_module  # noqa: E402
 import envs  # noqa: E402
 from buffer import ReplayBuffer  # noqa: E402
 from config import Config  # noqa: E402
-from evaluate import evaluation_config, play_episodes, summarize  # noqa: E402
+from evaluate import evaluation_config, play_episodes, result_record  # noqa: E402
 from learner import (  # noqa: E402
     Learner,
     configure_tensorflow,
@@ -515,11 +515,11 @@ class Trainer:
         """Log an evaluation at the update and env step of the weights it played; write
         eval/eval-<updates>.json."""
         result, updates, env_steps = evaluation.result, evaluation.updates, evaluation.env_steps
-        summary = summarize(self.config.env_id, result.returns)
-        self.last_eval = summary["mean"]
-        if self.best_eval is None or summary["mean"] > self.best_eval:
-            self.best_eval = summary["mean"]
-        scalars = {f"eval/{key}": value for key, value in summary.items()
+        record = result_record(self.config.env_id, result)
+        self.last_eval = record["mean"]
+        if self.best_eval is None or record["mean"] > self.best_eval:
+            self.best_eval = record["mean"]
+        scalars = {f"eval/{key}": value for key, value in record.items()
                    if isinstance(value, float)}
         scalars["eval/best_mean"] = self.best_eval
         scalars["eval/initial_value"] = float(np.mean(result.initial_values))
@@ -529,11 +529,7 @@ class Trainer:
         eval_dir = os.path.join(self.run_dir, "eval")
         os.makedirs(eval_dir, exist_ok=True)
         with open(os.path.join(eval_dir, f"eval-{updates:08d}.json"), "w") as file:
-            json.dump({"updates": updates, "env_steps": env_steps, **summary,
-                       "returns": result.returns, "lengths": result.lengths,
-                       "initial_values": result.initial_values,
-                       "discounted_returns": result.discounted_returns,
-                       "action_counts": result.action_counts}, file, indent=1)
+            json.dump({"updates": updates, "env_steps": env_steps, **record}, file, indent=1)
 
     def _after_update(self) -> None:
         if self.evaluator is not None:

@@ -84,6 +84,7 @@ def test_evaluate_plays_a_checkpoint_and_writes_json(smoke_run, tmp_path):
     during_training = json.load(open(evaluations[-1]))
     assert len(during_training["initial_values"]) == len(during_training["discounted_returns"]) \
         == cfg.smoke().eval_episodes
+    assert set(scores) - {"checkpoint", "env_id"} == set(during_training) - {"updates", "env_steps"}
     assert "human_normalized" in scores and "±" in result.stdout
     assert os.path.getsize(video) > 1000
 
