@@ -18,7 +18,7 @@ sys.path.insert(0, ROOT)
 
 import envs  # noqa: E402
 
-TASKS = ("CartPole-v1", "Acrobot-v1", "MinAtar/Breakout-v1", "MinAtar/Asterix-v1",
+TASKS = ("Breakout", "CartPole-v1", "Acrobot-v1", "MinAtar/Breakout-v1", "MinAtar/Asterix-v1",
          "MinAtar/Freeway-v1", "MinAtar/Seaquest-v1", "MinAtar/SpaceInvaders-v1", "Pendulum-v1",
          "dm_control/ball_in_cup-catch-v0", "dm_control/walker-stand-v0")
 GAMES = 30
