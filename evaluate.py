@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, checkpoints.CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    summary = summarize(env_id, result.returns)
+    summary = result_record(env_id, result)
     line = (f"{env_id}: {summary['mean']:.2f} ± {summary['std']:.2f} over {args.episodes} "
             f"episodes; median {summary['median']:.2f}, min {summary['min']:.2f}, "
             f"max {summary['max']:.2f}")
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with open(args.json, "w") as file:
                 json.dump({"checkpoint": checkpoint.path, "env_id": env_id,
-                           **result_record(env_id, result)}, file, indent=1)
+                           **summary}, file, indent=1)
         except OSError as error:
             print(f"error: cannot write '{args.json}': {error.strerror or error}", file=sys.stderr)
             return EXIT_USAGE
