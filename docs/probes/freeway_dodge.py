@@ -6,10 +6,14 @@ chicken's column of the row above, and *timed* when the car is about to move the
 on the car's move timer, not shown in a frame. It prints the games' scores beside those of always
 pressing up on the same seeds, how often the agent pressed up at danger steps and elsewhere, and the
 network's one-step Q gap Q(no-op) - Q(up), Q(a) = r(s, a) + γ v(g(s, a)), at both kinds of step.
+Without a checkpoint it plays two scripted players: always up, and a look-ahead player that asks a
+copy of the game whether up (then three no-ops) runs into a car, and if so waits or steps down.
 
     python docs/probes/freeway_dodge.py <run>/checkpoints/ckpt-<updates> [...] [--games 8]
-    python docs/probes/freeway_dodge.py --games 30 --seed 10000000   # always up, on the seeds of
-                                                                     # seed 0's evaluations
+    python docs/probes/freeway_dodge.py <checkpoint> --set q_normalization=node   # the same network
+                                                                     # under other search settings
+    python docs/probes/freeway_dodge.py --games 30 --seed 10000000   # the scripted players, on the
+                                                                     # seeds of seed 0's evaluations
 """
 
 import argparse
@@ -24,13 +28,15 @@ sys.path.insert(0, ROOT)                 # the project's modules, without PYTHON
 
 import checkpoints  # noqa: E402
 import envs  # noqa: E402
+from config import apply_overrides  # noqa: E402
 from evaluate import load_model  # noqa: E402
 from mcts import search_actions  # noqa: E402
 
-NOOP, UP = 0, 1                          # the minimal action set: no-op, up, down
-GAME_ACTION = {NOOP: 0, UP: 2}           # their indices in MinAtar's full action set
+NOOP, UP, DOWN = 0, 1, 2                 # the minimal action set
+GAME_ACTION = {NOOP: 0, UP: 2, DOWN: 4}  # their indices in MinAtar's full action set
 BOTTOM_ROW = 9
 CHICKEN_COLUMN = 4
+CHICKEN_PERIOD = 3                       # the chicken moves at most once in this many steps
 SEED = 10_000                            # the games' seeds are SEED, SEED + 1, ...
 
 
@@ -41,30 +47,49 @@ def freeway_game(env):
     return env.game.env
 
 
-def collides(game, action: int) -> bool:
-    """Whether `action` now sends the chicken back to the bottom without a crossing."""
+def collides(game, action: int, steps: int = 1) -> bool:
+    """Whether `action`, then no-ops up to `steps` steps in all, sends the chicken back to the
+    bottom without a crossing."""
     trial = copy.deepcopy(game)
-    reward, _ = trial.act(GAME_ACTION[action])
-    return reward == 0 and trial.pos == BOTTOM_ROW and game.pos != BOTTOM_ROW
+    for step in range(steps):
+        row = trial.pos
+        reward, _ = trial.act(GAME_ACTION[action if step == 0 else NOOP])
+        if reward:
+            return False
+        if trial.pos == BOTTOM_ROW and row != BOTTOM_ROW:
+            return True
+    return False
 
 
-def always_up(env_id: str, config, games: int, seed: int) -> list[float]:
-    """The scores of pressing up at every step, in the evaluation protocol."""
+def always_up(game) -> int:
+    return UP
+
+
+def look_ahead(game) -> int:
+    """Up unless up (then no-ops until the chicken may move again) runs into a car; then no-op
+    if that is safe, else down."""
+    if game.move_timer != 0 or not collides(game, UP, CHICKEN_PERIOD):
+        return UP
+    return NOOP if not collides(game, NOOP, CHICKEN_PERIOD) else DOWN
+
+
+def scripted_scores(player, env_id: str, config, games: int, seed: int) -> list[float]:
+    """The scores of a scripted player (game -> action), in the evaluation protocol."""
     scores = []
     for i in range(games):
         env = envs.make_env(env_id, seed + i, False, config)
         env.reset(seed=seed + i)
         total, done = 0.0, False
         while not done:
-            _, reward, terminated, truncated, _ = env.step(UP)
+            _, reward, terminated, truncated, _ = env.step(player(freeway_game(env)))
             total, done = total + reward, terminated or truncated
         scores.append(total)
     return scores
 
 
-def dodge(path: str, games: int, seed: int) -> None:
+def dodge(path: str, games: int, seed: int, overrides: list[str]) -> None:
     checkpoint = checkpoints.load_checkpoint(path)
-    config = checkpoint.config
+    config = apply_overrides(checkpoint.config, overrides)
     model = load_model(checkpoint, config.env_id, config)
     spec = envs.env_spec(config.env_id, config)
     players = [envs.make_env(config.env_id, seed + i, False, config) for i in range(games)]
@@ -101,9 +126,9 @@ def dodge(path: str, games: int, seed: int) -> None:
                 stacker.push(i, frame)
                 still_running.append(i)
         running = still_running
-    print(path)
+    print(" ".join([path, *overrides]))
     print(f"  scores {scores.tolist()} (mean {scores.mean():.2f}); always up on the same seeds "
-          f"{np.mean(always_up(config.env_id, config, games, seed)):.2f}")
+          f"{np.mean(scripted_scores(always_up, config.env_id, config, games, seed)):.2f}")
     for kind in kinds:
         print(f"  {kind:14s} steps {len(q_gap[kind]):6d}: pressed up "
               f"{np.mean(pressed_up[kind]):.3f}  Q(no-op) - Q(up) {np.mean(q_gap[kind]):+.4f} "
@@ -113,16 +138,20 @@ def dodge(path: str, games: int, seed: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("checkpoints", nargs="*",
-                        help="checkpoint folders of a Freeway run (none: always up alone)")
+                        help="checkpoint folders of a Freeway run (none: scripted players)")
     parser.add_argument("--games", type=int, default=8, help="evaluation games per checkpoint")
     parser.add_argument("--seed", type=int, default=SEED, help="the first game's seed")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting of config.py to change in the checkpoint's config (the "
+                             "search's, e.g. q_normalization=node); repeatable")
     args = parser.parse_args()
     if not args.checkpoints:
-        scores = always_up("MinAtar/Freeway-v1", None, args.games, args.seed)
-        print(f"always up: mean {np.mean(scores):.2f} (range {min(scores):.0f} to "
-              f"{max(scores):.0f}) over {args.games} games")
+        for player in (always_up, look_ahead):
+            scores = scripted_scores(player, "MinAtar/Freeway-v1", None, args.games, args.seed)
+            print(f"{player.__name__.replace('_', ' ')}: mean {np.mean(scores):.2f} (range "
+                  f"{min(scores):.0f} to {max(scores):.0f}) over {args.games} games")
     for path in args.checkpoints:
-        dodge(path, args.games, args.seed)
+        dodge(path, args.games, args.seed, args.set)
 
 
 if __name__ == "__main__":
