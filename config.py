@@ -201,8 +201,11 @@ class Config:
     lstm_hidden_size: int = _f("hidden size of the value-prefix LSTM", 512, _POSITIVE)
     lstm_horizon_len: int = _f("the value prefix and LSTM reset every this many steps (env steps)",
                                5, _POSITIVE)
-    support_size: int = _f("categorical support is the integers [-support_size, support_size]", 300,
-                           _POSITIVE)
+    support_size: int = _f("the image and classic networks' categorical supports span "
+                           "[-support_size, support_size] in h-space", 300, _POSITIVE)
+    support_scale: float = _f("their points lie this far apart in h-space, 2·support_size / "
+                              "support_scale + 1 of them (official `value_support.scale`; "
+                              "Atari 1: the integers)", 1.0, _POSITIVE)
     projection_hidden_size: int = _f("SimSiam projection hidden width", 1024, _POSITIVE)
     projection_output_size: int = _f("SimSiam projection output width", 1024, _POSITIVE)
     prediction_head_hidden_size: int = _f("SimSiam prediction head hidden width", 256, _POSITIVE)
@@ -380,6 +383,9 @@ class Config:
                  "a divisor of batch_size", self.learner_replicas)
         _require(self.ray_selfplay_actors <= self.num_envs, "ray_selfplay_actors",
                  "at most num_envs (each actor plays at least one env)", self.ray_selfplay_actors)
+        _require(abs(self.support_size / self.support_scale
+                     - round(self.support_size / self.support_scale)) < 1e-6, "support_scale",
+                 "a divisor of support_size (the support's ends are points)", self.support_scale)
         if self.ray_reanalysis_actors:
             _require(self.pipelined_reanalysis, "pipelined_reanalysis",
                      "true with ray_reanalysis_actors (the actors prepare batches ahead)",
@@ -437,6 +443,12 @@ class Config:
     def online_updates(self) -> int:
         """Updates during self-play: `updates_per_env_step` per env step past start_transitions."""
         return self.updates_due_at(self.env_steps)
+
+    @property
+    def support_bins(self) -> int:
+        """Points of the image and classic networks' supports: 2·support_size / support_scale
+        + 1."""
+        return 2 * round(self.support_size / self.support_scale) + 1
 
     @property
     def steps_per_transition(self) -> int:

@@ -9,11 +9,12 @@ layer layout follows the official `ez/agents/models/base_model.py` and `ez/confi
 - g (dynamics): (latent, action) -> next latent, plus the value-prefix head: an LSTM carried along
   the unroll that predicts the sum of rewards since its last reset (EfficientZero's "value prefix"),
   or a plain per-step reward head when `value_prefix` is off.
-- f (prediction): latent -> value logits [B, 2S+1] and policy logits [B, A].
+- f (prediction): latent -> value logits [B, N] and policy logits [B, A].
 - SimSiam projection P1 and prediction head P2 for the temporal consistency loss (blog topic ②).
 
-Shapes: `B` batch, `A` actions, `C` channels, `S` support_size; images are channels-last. Scalars
-(value, value prefix, reward) are categorical over the integers [-S, S] after the invertible
+Shapes: `B` batch, `A` actions, `C` channels, `S` support_size, `N` = 2S/support_scale + 1 support
+points; images are channels-last. Scalars (value, value prefix, reward) are categorical over the
+points of [-S, S] spaced `support_scale` apart (Atari: the integers) after the invertible
 transform h(x) = sign(x)(sqrt(|x| + 1) - 1) + εx (MuZero Appendix F); `scalar_to_two_hot` and
 `logits_to_scalar` convert between the two. The last layer of every reward/value/policy head starts
 at zero, so a fresh network predicts value 0, reward 0 and a uniform policy. Normalisation is
@@ -138,24 +139,26 @@ def support_size_for(max_abs_value: float) -> int:
     return max(1, math.ceil(float(scalar_transform(max_abs_value))))
 
 
-def scalar_to_two_hot(x, support_size: int):
-    """Transform x, clip to [-S, S], split between the two nearest integers:
-    [...] -> [..., 2S+1]."""
-    y = tf.clip_by_value(scalar_transform(x), -float(support_size), float(support_size))
+def scalar_to_two_hot(x, support_size: int, scale: float = 1.0):
+    """Transform x, clip to [-S, S], split between the two nearest support points (the multiples
+    of `scale`): [...] -> [..., 2S/scale + 1]."""
+    half = round(support_size / scale)
+    y = tf.clip_by_value(scalar_transform(x), -float(support_size), float(support_size)) / scale
     low = tf.floor(y)
     upper_weight = (y - low)[..., None]
-    index = tf.cast(low, tf.int32) + support_size
-    depth = 2 * support_size + 1
+    index = tf.cast(low, tf.int32) + half
+    depth = 2 * half + 1
     # At y = S the upper index is out of range; tf.one_hot gives zeros there, and its weight is 0.
     return (tf.one_hot(index, depth) * (1.0 - upper_weight)
             + tf.one_hot(index + 1, depth) * upper_weight)
 
 
-def logits_to_scalar(logits, support_size: int):
-    """Softmax expectation over the support [-S, S], then the inverse transform:
-    [..., 2S+1] -> [...]."""
+def logits_to_scalar(logits, support_size: int, scale: float = 1.0):
+    """Softmax expectation over the support's points (the multiples of `scale` in [-S, S]), then
+    the inverse transform: [..., 2S/scale + 1] -> [...]."""
+    half = round(support_size / scale)
     probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
-    support = tf.range(-support_size, support_size + 1, dtype=tf.float32)
+    support = tf.range(-half, half + 1, dtype=tf.float32) * scale
     return inverse_scalar_transform(tf.reduce_sum(probabilities * support, axis=-1))
 
 
@@ -193,11 +196,12 @@ class Support(NamedTuple):
     to_scalar: Callable        # logits [..., bins] -> x [...]
 
 
-def integer_support(support_size: int) -> Support:
-    """The Atari support: the 2S+1 integers of h-space, [-S, S] (MuZero Appendix F)."""
+def grid_support(support_size: int, scale: float = 1.0) -> Support:
+    """The Atari support: the multiples of `scale` in [-S, S] of h-space, with scale 1 the 2S+1
+    integers (MuZero Appendix F; the official `value_support.scale`)."""
     return Support(float(inverse_scalar_transform(float(support_size))),
-                   lambda x: scalar_to_two_hot(x, support_size),
-                   lambda logits: logits_to_scalar(logits, support_size))
+                   lambda x: scalar_to_two_hot(x, support_size, scale),
+                   lambda logits: logits_to_scalar(logits, support_size, scale))
 
 
 def h_space_support(bound: float, bins: int, nonnegative: bool = False) -> Support:
@@ -560,9 +564,9 @@ class MLPDynamics(_Block):
 
 
 class RewardHead(_Block):
-    """Value-prefix head (official SupportLSTMNetwork): reduce, LSTM step, norm, ReLU, MLP -> 2S+1
+    """Value-prefix head (official SupportLSTMNetwork): reduce, LSTM step, norm, ReLU, MLP -> N
     logits, with the LSTM state (h, c) [B, lstm_hidden_size] carried by the caller. With
-    value_prefix=False a plain reward head (official SupportNetwork): reduce, MLP -> 2S+1 logits."""
+    value_prefix=False a plain reward head (official SupportNetwork): reduce, MLP -> N logits."""
 
     def __init__(self, config: Config, **kwargs):
         super().__init__(**kwargs)
@@ -571,7 +575,7 @@ class RewardHead(_Block):
         if self.value_prefix:
             self.lstm = keras.layers.LSTMCell(config.lstm_hidden_size)
             self.norm = _normalization(config, config.lstm_hidden_size)
-        self.mlp = MLPHead(config, 2 * config.support_size + 1)
+        self.mlp = MLPHead(config, config.support_bins)
 
     def call(self, state, lstm_state, training=False):
         x = self.reduce(state, training=training)
@@ -584,7 +588,7 @@ class RewardHead(_Block):
 
 
 class Prediction(_Block):
-    """f: latent -> (value logits [B, 2S+1], policy logits [B, A]) (official ValuePolicyNetwork,
+    """f: latent -> (value logits [B, N], policy logits [B, A]) (official ValuePolicyNetwork,
     v_num=1): num_blocks residual blocks (conv only), then a value and a policy head, each
     reduce + MLP."""
 
@@ -593,7 +597,7 @@ class Prediction(_Block):
         self.tower = ([ResidualBlock(config, config.num_channels) for _ in range(config.num_blocks)]
                       if config.network == "conv" else [])
         self.value_reduce = Reduce(config)
-        self.value_mlp = MLPHead(config, 2 * config.support_size + 1)
+        self.value_mlp = MLPHead(config, config.support_bins)
         self.policy_reduce = Reduce(config)
         self.policy_mlp = MLPHead(config, num_actions)
 
@@ -711,7 +715,8 @@ class EfficientZeroNet(_Weights):
         self.num_actions = num_actions
         self.is_image = len(self.observation_shape) == 3
         self.action_dims = 0                             # discrete actions
-        self.value_support = self.reward_support = integer_support(config.support_size)
+        self.value_support = self.reward_support = grid_support(config.support_size,
+                                                                 config.support_scale)
         conv = config.network == "conv"
         self.representation = ConvRepresentation(config) if conv else MLPRepresentation(config)
         self.transition = (ConvDynamics(config, num_actions) if conv
@@ -789,7 +794,7 @@ class EfficientZeroNet(_Weights):
 
     def dynamics(self, latent, actions, lstm_state, training, state_gradient_scale=1.0):
         """g: (latent [B, ...], actions [B] int32, lstm_state) -> (next latent, reward logits
-        [B, 2S+1] float32 (the value prefix since the last LSTM reset, or the reward), lstm_state).
+        [B, N] float32 (the value prefix since the last LSTM reset, or the reward), lstm_state).
 
         `state_gradient_scale` scales the gradient flowing back into the next latent from all its
         readers, the reward head included (the forward value is unchanged)."""
@@ -799,7 +804,7 @@ class EfficientZeroNet(_Weights):
         return next_latent, tf.cast(reward_logits, tf.float32), lstm_state
 
     def predict(self, latent, training):
-        """f: latent -> (value logits [B, 2S+1], policy logits [B, A]), both float32."""
+        """f: latent -> (value logits [B, N], policy logits [B, A]), both float32."""
         value_logits, policy_logits = self.prediction(latent, training=training)
         return tf.cast(value_logits, tf.float32), tf.cast(policy_logits, tf.float32)
 
@@ -833,19 +838,18 @@ class EfficientZeroNet(_Weights):
         if self.config.value_prefix:
             state += self.initial_lstm_state(batch) + (tf.zeros([batch], tf.float32),
                                                         tf.zeros([batch], tf.int32))
-        value = logits_to_scalar(value_logits, self.config.support_size)
+        value = self.value_support.to_scalar(value_logits)
         return state, tf.zeros_like(value), value, policy_logits
 
     def recurrent_graph(self, state, actions):
         """The graph `recurrent_inference` traces: (state, actions [B]) -> (next state, reward,
         value, policy logits), scalars decoded."""
         self.trace_counts["recurrent_inference"] += 1
-        support_size = self.config.support_size
         if self.config.value_prefix:
             latent, hidden, cell, parent_prefix, steps = state
             latent, logits, (hidden, cell) = self.dynamics(latent, actions, (hidden, cell),
                                                            training=False)
-            prefix = logits_to_scalar(logits, support_size)
+            prefix = self.reward_support.to_scalar(logits)
             reward = prefix - parent_prefix
             steps = steps + 1
             # The LSTM and the prefix restart every lstm_horizon_len steps, as in training.
@@ -856,10 +860,10 @@ class EfficientZeroNet(_Weights):
                           tf.where(reset, tf.zeros_like(steps), steps))
         else:
             latent, logits, _ = self.dynamics(state[0], actions, (), training=False)
-            reward = logits_to_scalar(logits, support_size)
+            reward = self.reward_support.to_scalar(logits)
             next_state = (tf.cast(latent, tf.float32),)
         value_logits, policy_logits = self.predict(latent, training=False)
-        return next_state, reward, logits_to_scalar(value_logits, support_size), policy_logits
+        return next_state, reward, self.value_support.to_scalar(value_logits), policy_logits
 
     @staticmethod
     def _to_numpy(state, reward, value, policy_logits) -> NetworkOutput:

@@ -100,6 +100,37 @@ def test_logits_of_a_two_hot_decode_to_the_scalar():
     np.testing.assert_allclose(logits_to_scalar(logits, S).numpy(), x, rtol=1e-4, atol=1e-6)
 
 
+def test_a_finer_support_splits_h_between_the_nearest_multiples_of_its_scale():
+    # support_size 2, scale 0.25: 17 points -2, -1.75, ..., 2 of h-space. A MinAtar crossing's
+    # reward 1 has h(1) = sqrt(2) - 1 + 0.001 = 0.415...: 0.34 of its mass on 0.5, 0.66 on 0.25.
+    h_of_one = np.sqrt(2.0) - 1.0 + 1e-3
+    two_hot = scalar_to_two_hot(np.float32(1.0), 2, 0.25).numpy()
+    assert two_hot.shape == (17,)
+    upper = (h_of_one - 0.25) / 0.25
+    expected = np.zeros(17)
+    expected[[9, 10]] = [1.0 - upper, upper]
+    np.testing.assert_allclose(two_hot, expected, atol=1e-6)
+    beyond = scalar_to_two_hot(np.array([100.0, -100.0], np.float32), 2, 0.25).numpy()  # h > 2
+    np.testing.assert_array_equal(beyond, np.eye(17)[[16, 0]])
+    x = np.array([0.0, 0.3, -0.7, 3.0, 7.0], np.float32)       # |h(x)| <= 2
+    decoded = logits_to_scalar(tf.math.log(scalar_to_two_hot(x, 2, 0.25)), 2, 0.25).numpy()
+    np.testing.assert_allclose(decoded, x, rtol=1e-4, atol=1e-6)
+
+
+def test_the_support_scale_sets_the_heads_widths_and_scale_one_is_the_integers():
+    config = dataclasses.replace(cfg.minatar(), support_size=3, support_scale=0.5)
+    assert config.support_bins == 13
+    net = EfficientZeroNet(config, (10, 10, 4), 3)
+    out = net.initial_inference(np.zeros((2, 10, 10, 4), np.uint8))
+    assert net.prediction.value_mlp.out.units == 13 and net.reward_head.mlp.out.units == 13
+    np.testing.assert_array_equal(out.value, 0.0)           # zero logits: the mean point, h = 0
+    x = np.array([0.3, -2.7, 55.0], np.float32)
+    np.testing.assert_array_equal(scalar_to_two_hot(x, S, 1.0).numpy(),
+                                  scalar_to_two_hot(x, S).numpy())
+    with pytest.raises(ValueError, match="support_scale"):
+        dataclasses.replace(cfg.minatar(), support_size=3, support_scale=0.4)
+
+
 # --- shapes ---------------------------------------------------------------------------------------
 
 def test_atari_network_shapes_and_parameter_counts():

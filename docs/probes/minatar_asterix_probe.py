@@ -198,7 +198,8 @@ def supervised(overrides: list[str], updates: int, danger_only: bool) -> None:
             next_latent, _, _ = net.dynamics(latent, action, net.initial_lstm_state(len(action)),
                                              training=True)
             value_logits, _ = net.predict(next_latent, training=True)
-            target = scalar_to_two_hot(scalar_transform(survives), config.support_size)
+            target = scalar_to_two_hot(scalar_transform(survives), config.support_size,
+                                       config.support_scale)
             loss = tf.reduce_mean(-tf.reduce_sum(target * tf.nn.log_softmax(value_logits), -1))
         gradients = tape.gradient(loss, net.trainable_variables)
         gradients, _ = tf.clip_by_global_norm(gradients, config.max_grad_norm)

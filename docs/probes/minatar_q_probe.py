@@ -126,7 +126,8 @@ def main(argv=None) -> int:
                                              training=True, state_gradient_scale=1.0)
             value_logits, _ = net.predict(next_latent, training=True)
             loss = args.value_coeff * tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(
-                scalar_to_two_hot(targets, config.support_size), value_logits))
+                scalar_to_two_hot(targets, config.support_size, config.support_scale),
+                value_logits))
             if args.consistency_coeff > 0:
                 prediction = net.predict_projection(net.project(next_latent, training=True),
                                                     training=True)
