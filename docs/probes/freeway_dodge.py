@@ -6,6 +6,9 @@ chicken's column of the row above, and *timed* when the car is about to move the
 on the car's move timer, not shown in a frame. It prints the games' scores beside those of always
 pressing up on the same seeds, how often the agent pressed up at danger steps and elsewhere, and the
 network's one-step Q gap Q(no-op) - Q(up), Q(a) = r(s, a) + γ v(g(s, a)), at both kinds of step.
+Then, on two games of always pressing up, the value v(h(o)) by the chicken's row beside the run's
+own n-step TD target there (Σ γ^i u over td_steps plus γ^n v(h(o_{t+n}))): how far the value
+tells a chicken near its crossing from one at the bottom.
 Without a checkpoint it plays two scripted players: always up, and a look-ahead player that asks a
 copy of the game whether up (then three no-ops) runs into a car, and if so waits or steps down.
 
@@ -87,6 +90,38 @@ def scripted_scores(player, env_id: str, config, games: int, seed: int) -> list[
     return scores
 
 
+def value_by_row(model, config, games: int, seed: int) -> None:
+    """Prints v(h(o)) and the n-step TD target by the chicken's row over `games` always-up games."""
+    rows, values, targets = [], [], []
+    n, discount = config.td_steps, config.discount
+    for i in range(games):
+        env = envs.make_env(config.env_id, seed + i, False, config)
+        frame, _ = env.reset(seed=seed + i)
+        stacker = envs.FrameStacker(1, frame.shape, config.frame_stack, frame.dtype)
+        stacker.reset(0, frame)
+        game_rows, observations, rewards, done = [], [stacker.observations()[0]], [], False
+        while not done:
+            game_rows.append(freeway_game(env).pos)
+            frame, reward, terminated, truncated, _ = env.step(UP)
+            stacker.push(0, frame)
+            observations.append(stacker.observations()[0])
+            rewards.append(reward)
+            done = terminated or truncated
+        value = np.concatenate([model.initial_inference(np.stack(observations[j:j + 512])).value
+                                for j in range(0, len(observations), 512)])
+        powers = discount ** np.arange(n)
+        for t in range(len(rewards) - n):        # positions whose n steps lie inside the game
+            rows.append(game_rows[t])
+            values.append(value[t])
+            targets.append(np.dot(powers, rewards[t:t + n]) + discount ** n * value[t + n])
+    rows, values, targets = np.array(rows), np.array(values), np.array(targets)
+    print(f"  value by the chicken's row ({games} always-up games): row, steps, v(h(o)), "
+          f"{n}-step TD target")
+    for row in range(1, BOTTOM_ROW + 1):
+        at = rows == row
+        print(f"    {row}  {at.sum():5d}  {values[at].mean():.3f}  {targets[at].mean():.3f}")
+
+
 def dodge(path: str, games: int, seed: int, overrides: list[str]) -> None:
     checkpoint = checkpoints.load_checkpoint(path)
     config = apply_overrides(checkpoint.config, overrides)
@@ -133,6 +168,7 @@ def dodge(path: str, games: int, seed: int, overrides: list[str]) -> None:
         print(f"  {kind:14s} steps {len(q_gap[kind]):6d}: pressed up "
               f"{np.mean(pressed_up[kind]):.3f}  Q(no-op) - Q(up) {np.mean(q_gap[kind]):+.4f} "
               f"(sd {np.std(q_gap[kind]):.4f})")
+    value_by_row(model, config, 2, seed)
 
 
 def main() -> None:
