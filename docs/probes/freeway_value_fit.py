@@ -1,0 +1,108 @@
+"""MinAtar Freeway: does the value head fit its own training targets? From a checkpoint and the
+replay buffer saved with it, it samples positions uniformly (the distribution the importance
+weights correct prioritized replay to), forms their value targets as the learner does
+(targets.reanalyze, with the checkpoint's network as the target network) and prints, by the
+chicken's row, the mean target beside the mean value v(h(o)) the network predicts. Then it trains
+the value head alone (the MLP after the value head's reduction, everything before it frozen) on
+those positions and targets with the learner's loss (cross-entropy to the two-hot target) and
+prints its per-row values again: if the head can fit the targets on frozen features, what keeps
+the trained network from it lies in how the run trains, not in the head's reach.
+
+    python docs/probes/freeway_value_fit.py <run>/checkpoints/ckpt-<updates> [--samples 10240]
+                                             [--steps 3000] [--batch 256] [--learning-rate 1e-3]
+"""
+
+import argparse
+import dataclasses
+import os
+import sys
+
+import numpy as np
+import tensorflow as tf
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)                 # the project's modules, without PYTHONPATH
+
+import checkpoints  # noqa: E402
+import targets  # noqa: E402
+from buffer import ReplayBuffer  # noqa: E402
+from evaluate import load_model  # noqa: E402
+
+CHICKEN_CHANNEL = 0
+BATCH = 256
+ROWS = range(1, 10)                      # row 0 is the crossing itself: the chicken never stays
+
+
+def chicken_rows(frames: np.ndarray) -> np.ndarray:
+    """The chicken's row in each frame [B, 10, 10, C] (-1 where it is not shown)."""
+    chicken = frames[..., CHICKEN_CHANNEL] > 0
+    return np.where(chicken.any(axis=(1, 2)), chicken.any(axis=2).argmax(axis=1), -1)
+
+
+def positions(checkpoint, net, samples: int, seed: int):
+    """Uniformly sampled positions: value-head features [N, F], targets [N], values [N], rows."""
+    config = checkpoint.config
+    buffer = ReplayBuffer.load(os.path.join(checkpoint.path, "buffer"),
+                               dataclasses.replace(config, use_priority=False))
+    rng = np.random.default_rng(seed)
+    stack = config.frame_stack
+    features, value_targets, values, rows = [], [], [], []
+    for _ in range(samples // BATCH):
+        batch = buffer.sample(BATCH, rng)
+        fresh = targets.reanalyze(batch, net, config=config, updates=checkpoint.state["updates"],
+                                  rng=rng)
+        observations = np.concatenate([batch.frames[:, s] for s in range(stack)], axis=-1)
+        latent = net.represent(net.preprocess(observations), training=False)
+        value_logits, _ = net.predict(latent, training=False)
+        for block in net.prediction.tower:
+            latent = block(latent, training=False)
+        features.append(net.prediction.value_reduce(latent, training=False).numpy())
+        value_targets.append(fresh.values[:, 0])
+        values.append(net.value_support.to_scalar(value_logits).numpy())
+        rows.append(chicken_rows(batch.frames[:, stack - 1]))
+    features = np.concatenate(features).reshape(len(np.concatenate(rows)), -1)
+    return features, np.concatenate(value_targets), np.concatenate(values), np.concatenate(rows)
+
+
+def fit_head(net, features: np.ndarray, value_targets: np.ndarray, steps: int, batch: int,
+             learning_rate: float, seed: int) -> np.ndarray:
+    """Trains the value MLP alone on frozen features; returns its values on all positions."""
+    head, support = net.prediction.value_mlp, net.value_support
+    optimizer = tf.keras.optimizers.Adam(learning_rate)
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        rows = rng.integers(0, len(features), batch)
+        with tf.GradientTape() as tape:
+            logits = head(features[rows], training=True)
+            loss = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(
+                support.two_hot(value_targets[rows]), logits))
+        optimizer.apply_gradients(zip(tape.gradient(loss, head.trainable_variables),
+                                      head.trainable_variables))
+    return support.to_scalar(head(features, training=False)).numpy()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("checkpoint", help="a checkpoint folder of a MinAtar Freeway run")
+    parser.add_argument("--samples", type=int, default=10_240, help="positions sampled")
+    parser.add_argument("--steps", type=int, default=3_000, help="steps of the head's refit")
+    parser.add_argument("--batch", type=int, default=BATCH, help="the refit's batch size")
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="the refit's Adam rate")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    checkpoint = checkpoints.load_checkpoint(args.checkpoint)
+    net = load_model(checkpoint, checkpoint.config.env_id, checkpoint.config)
+    features, value_targets, values, rows = positions(checkpoint, net, args.samples, args.seed)
+    refit = fit_head(net, features, value_targets, args.steps, args.batch,
+                     args.learning_rate, args.seed)
+    print(f"{args.checkpoint}: {len(rows)} positions sampled uniformly; by the chicken's row: "
+          f"positions, mean target, mean v(h(o)), mean v after {args.steps} steps of the head "
+          f"alone")
+    for row in ROWS:
+        at = rows == row
+        print(f"  {row}  {at.sum():5d}  {value_targets[at].mean():.3f}  {values[at].mean():.3f}  "
+              f"{refit[at].mean():.3f}")
+
+
+if __name__ == "__main__":
+    main()
