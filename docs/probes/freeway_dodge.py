@@ -107,8 +107,7 @@ def value_by_row(model, config, games: int, seed: int) -> None:
             observations.append(stacker.observations()[0])
             rewards.append(reward)
             done = terminated or truncated
-        value = np.concatenate([model.initial_inference(np.stack(observations[j:j + 512])).value
-                                for j in range(0, len(observations), 512)])
+        value = model.initial_inference(np.stack(observations)).value
         powers = discount ** np.arange(n)
         for t in range(len(rewards) - n):        # positions whose n steps lie inside the game
             rows.append(game_rows[t])

@@ -53,12 +53,13 @@ def positions(checkpoint, net, samples: int, seed: int):
                                   rng=rng)
         observations = np.concatenate([batch.frames[:, s] for s in range(stack)], axis=-1)
         latent = net.represent(net.preprocess(observations), training=False)
-        value_logits, _ = net.predict(latent, training=False)
         for block in net.prediction.tower:
             latent = block(latent, training=False)
-        features.append(net.prediction.value_reduce(latent, training=False).numpy())
+        reduced = net.prediction.value_reduce(latent, training=False)      # f's value path
+        features.append(reduced.numpy())
         value_targets.append(fresh.values[:, 0])
-        values.append(net.value_support.to_scalar(value_logits).numpy())
+        values.append(net.value_support.to_scalar(
+            net.prediction.value_mlp(reduced, training=False)).numpy())
         rows.append(chicken_rows(batch.frames[:, stack - 1]))
     features = np.concatenate(features).reshape(len(np.concatenate(rows)), -1)
     return features, np.concatenate(value_targets), np.concatenate(values), np.concatenate(rows)
