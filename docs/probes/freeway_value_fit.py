@@ -10,6 +10,11 @@ the trained network from it lies in how the run trains, not in the head's reach.
 
     python docs/probes/freeway_value_fit.py <run>/checkpoints/ckpt-<updates> [--samples 10240]
                                              [--steps 3000] [--batch 256] [--learning-rate 1e-3]
+                                             [--unrolled]
+
+With --unrolled it prints instead, by the chicken's row at t+k, the value the learner's unrolled
+states g^k(h(o_t)) predict (the actions taken) beside the mean target: whether g's states carry
+what the value loss asks of them at positions 1..K.
 """
 
 import argparse
@@ -65,6 +70,37 @@ def positions(checkpoint, net, samples: int, seed: int):
     return features, np.concatenate(value_targets), np.concatenate(values), np.concatenate(rows)
 
 
+def unrolled(checkpoint, net, samples: int, seed: int):
+    """Uniformly sampled positions unrolled K steps by g with the actions taken: for k = 1..K the
+    value v(g^k(h(o_t))) [N, K], its target [N, K], its mask [N, K] and the chicken's row in
+    frame t+k [N, K]."""
+    config = checkpoint.config
+    buffer = ReplayBuffer.load(os.path.join(checkpoint.path, "buffer"),
+                               dataclasses.replace(config, use_priority=False))
+    rng = np.random.default_rng(seed)
+    stack, K = config.frame_stack, config.unroll_steps
+    values, value_targets, masks, rows = [], [], [], []
+    for _ in range(samples // BATCH):
+        batch = buffer.sample(BATCH, rng)
+        fresh = targets.reanalyze(batch, net, config=config, updates=checkpoint.state["updates"],
+                                  rng=rng)
+        observations = np.concatenate([batch.frames[:, s] for s in range(stack)], axis=-1)
+        latent = net.represent(net.preprocess(observations), training=False)
+        lstm_state = net.initial_lstm_state(BATCH)
+        step_values = []
+        for k in range(1, K + 1):
+            latent, _, lstm_state = net.dynamics(latent, batch.actions[:, k - 1], lstm_state,
+                                                 training=False)
+            step_values.append(net.value_support.to_scalar(
+                net.predict(latent, training=False)[0]).numpy())
+        values.append(np.stack(step_values, axis=1))
+        value_targets.append(fresh.values[:, 1:])
+        masks.append(batch.value_masks[:, 1:])
+        rows.append(np.stack([chicken_rows(batch.frames[:, stack - 1 + k])
+                              for k in range(1, K + 1)], axis=1))
+    return tuple(np.concatenate(x) for x in (values, value_targets, masks, rows))
+
+
 def fit_head(net, features: np.ndarray, value_targets: np.ndarray, steps: int, batch: int,
              learning_rate: float, seed: int) -> np.ndarray:
     """Trains the value MLP alone on frozen features; returns its values on all positions."""
@@ -90,9 +126,22 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=BATCH, help="the refit's batch size")
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="the refit's Adam rate")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--unrolled", action="store_true",
+                        help="print v(g^k(h(o_t))) by the chicken's row at t+k instead")
     args = parser.parse_args()
     checkpoint = checkpoints.load_checkpoint(args.checkpoint)
     net = load_model(checkpoint, checkpoint.config.env_id, checkpoint.config)
+    if args.unrolled:
+        values, value_targets, masks, rows = unrolled(checkpoint, net, args.samples, args.seed)
+        K = values.shape[1]
+        print(f"{args.checkpoint}: {len(rows)} positions sampled uniformly, unrolled by g with "
+              f"the actions taken; by the chicken's row at t+k: mean target, then mean "
+              f"v(g^k(h(o_t))) for k = 1..{K}")
+        for row in ROWS:
+            at = (rows == row) & (masks > 0)
+            unrolled_means = "  ".join(f"{values[:, k][at[:, k]].mean():.3f}" for k in range(K))
+            print(f"  {row}  {value_targets[at].mean():.3f}  {unrolled_means}")
+        return
     features, value_targets, values, rows = positions(checkpoint, net, args.samples, args.seed)
     refit = fit_head(net, features, value_targets, args.steps, args.batch,
                      args.learning_rate, args.seed)
