@@ -255,8 +255,9 @@ class Config:
                                         "gaps",
                                         0.0, _FRACTION, kind=SWITCH)
     value_loss_coeff: float = _f("weight of the value cross-entropy", 0.25, _NON_NEGATIVE)
-    unrolled_value_loss: bool = _f("the value loss also fits g's unrolled states, positions 1..K "
-                                   "(the paper); false: at the root only", True, kind=SWITCH)
+    unrolled_value_weight: float = _f("weight of the value cross-entropy on g's unrolled states, "
+                                      "positions 1..K, beside the root's 1 (1 = the paper; 0 = "
+                                      "the root only)", 1.0, _FRACTION, kind=SWITCH)
     consistency_loss_coeff: float = _f("weight of the SimSiam consistency loss (paper: 2.0)", 2.0,
                                        _NON_NEGATIVE)
     entropy_loss_coeff: float = _f("weight of the policy-entropy bonus subtracted from the loss; "

@@ -9,7 +9,7 @@ sample
   + value cross-entropy (positions 0..K)        x value_loss_coeff
   + SimSiam negative cosine (steps 1..K)        x consistency_loss_coeff
   - policy entropy (positions 0..K)             x entropy_loss_coeff,
-(the value term at position 0 alone when unrolled_value_loss is false), masked at episode ends,
+(the value terms at positions 1..K weighted by unrolled_value_weight), masked at episode ends,
 weighted by the importance weights, averaged over the batch and divided by K; then gradient
 clipping, weight decay, SGD with momentum (or Adam), the learning-rate schedule, and the dynamic
 loss scale of float16 training. Also here: the Keras precision policy (float32, or
@@ -480,10 +480,9 @@ class Learner:
                 reward_loss += cross_entropy(reward_logits,
                                              reward_support.two_hot(reward_targets[:, k - 1])) \
                     * step_is_real
-                if config.unrolled_value_loss:
-                    value_loss += cross_entropy(value_logits,
-                                                value_support.two_hot(value_targets[:, k])) \
-                        * value_masks[:, k]
+                value_loss += cross_entropy(value_logits,
+                                            value_support.two_hot(value_targets[:, k])) \
+                    * value_masks[:, k] * config.unrolled_value_weight
                 step_policy_loss, step_entropy = self._policy_terms(policy_logits,
                                                                     policy_targets, k,
                                                                     draws.entropy)

@@ -571,8 +571,9 @@ def test_every_loss_term_equals_a_plain_numpy_computation():
     assert float(scalars["losses/consistency"]) == pytest.approx(consistency.mean() / K, rel=1e-4)
     assert float(scalars["losses/policy_entropy"]) == pytest.approx(entropy.mean() / K, rel=1e-4)
     assert float(scalars["losses/total"]) == pytest.approx(total, rel=1e-4)
-    # unrolled_value_loss=False: the value loss is the root's term alone; the rest is unchanged.
-    learner.config = dataclasses.replace(config, unrolled_value_loss=False)
+    # unrolled_value_weight 0.25: the value terms at positions 1..K count a quarter; the rest is
+    # unchanged.
+    learner.config = dataclasses.replace(config, unrolled_value_weight=0.25)
     learner.gradients = tf.function(learner._compute_gradients)
     for variable, saved in zip(learner._statistics, statistics):
         variable.assign(saved)
@@ -581,9 +582,11 @@ def test_every_loss_term_equals_a_plain_numpy_computation():
         transition, value, weights)
     root_value_loss = cross_entropy(values[0].numpy(),
                                     _numpy_two_hot(targets.values[:, 0], S)) * value[:, 0]
-    assert float(scalars["losses/value"]) == pytest.approx(root_value_loss.mean() / K, rel=1e-4)
+    weighted_value_loss = root_value_loss + 0.25 * (value_loss - root_value_loss)
+    assert float(scalars["losses/value"]) == pytest.approx(weighted_value_loss.mean() / K,
+                                                           rel=1e-4)
     assert float(scalars["losses/total"]) == pytest.approx(
-        total + np.mean(weights * (root_value_loss - value_loss)) / K, rel=1e-4)
+        total + np.mean(weights * (weighted_value_loss - value_loss)) / K, rel=1e-4)
     # The SimSiam targets are stop-gradient: the representation's gradient from the consistency
     # term alone equals the reference gradient taken with constant targets.
     only_consistency = dataclasses.replace(config, reward_loss_coeff=0.0, policy_loss_coeff=0.0,
