@@ -5,7 +5,9 @@ back to the bottom row) and no-op does not. Danger is *in view* when the car alr
 chicken's column of the row above, and *timed* when the car is about to move there, which depends
 on the car's move timer, not shown in a frame. It prints the games' scores beside those of always
 pressing up on the same seeds, how often the agent pressed up at danger steps and elsewhere, and the
-network's one-step Q gap Q(no-op) - Q(up), Q(a) = r(s, a) + γ v(g(s, a)), at both kinds of step.
+network's one-step Q gap Q(no-op) - Q(up), Q(a) = r(s, a) + γ v(g(s, a)), at both kinds of step,
+and, at danger steps, v(g(s, a)) beside the value v(h(o'_a)) of the real next observation after
+up and after no-op: whether the dynamics foresee the collision that the representation sees.
 Then, on two games of always pressing up, the value v(h(o)) by the chicken's row beside the run's
 own n-step TD target there (Σ γ^i u over td_steps plus γ^n v(h(o_{t+n}))): how far the value
 tells a chicken near its crossing from one at the bottom.
@@ -62,6 +64,13 @@ def collides(game, action: int, steps: int = 1) -> bool:
         if trial.pos == BOTTOM_ROW and row != BOTTOM_ROW:
             return True
     return False
+
+
+def frame_after(game, action: int) -> np.ndarray:
+    """The frame [10, 10, C] uint8 0/255 that `action` leads to, on a copy of the game."""
+    trial = copy.deepcopy(game)
+    trial.act(GAME_ACTION[action])
+    return trial.state().astype(np.uint8) * 255
 
 
 def always_up(game) -> int:
@@ -135,6 +144,10 @@ def dodge(path: str, games: int, seed: int, overrides: list[str]) -> None:
     kinds = ("danger in view", "danger timed", "other")
     pressed_up = {kind: [] for kind in kinds}
     q_gap = {kind: [] for kind in kinds}
+    # At danger steps: v(g(s, a)) and the real next observation o'_a of up and no-op.
+    danger_values = {UP: [], NOOP: []}
+    danger_observations = {UP: [], NOOP: []}
+    channels = spec.frame_shape[-1]
     running = list(range(games))
     while running:
         observations = stacker.observations()[running]
@@ -152,6 +165,10 @@ def dodge(path: str, games: int, seed: int, overrides: list[str]) -> None:
                     in_view = any(car[0] == CHICKEN_COLUMN and car[1] == game.pos - 1
                                   for car in game.cars)
                     kind = "danger in view" if in_view else "danger timed"
+                    for action, step in ((NOOP, q[0]), (UP, q[1])):
+                        danger_values[action].append(float(step.value[row]))
+                        danger_observations[action].append(np.concatenate(
+                            [observations[row][..., channels:], frame_after(game, action)], -1))
                 pressed_up[kind].append(int(searched.action[row]) == UP)
                 q_gap[kind].append(float(gap[0][row] - gap[1][row]))
             frame, reward, terminated, truncated, _ = players[i].step(int(searched.action[row]))
@@ -167,6 +184,12 @@ def dodge(path: str, games: int, seed: int, overrides: list[str]) -> None:
         print(f"  {kind:14s} steps {len(q_gap[kind]):6d}: pressed up "
               f"{np.mean(pressed_up[kind]):.3f}  Q(no-op) - Q(up) {np.mean(q_gap[kind]):+.4f} "
               f"(sd {np.std(q_gap[kind]):.4f})")
+    print("  at danger steps, does g see the collision? mean v(g(s, a)) beside v(h(o'_a)) of the "
+          "real next observation")
+    for action, name in ((UP, "up"), (NOOP, "no-op")):
+        real = model.initial_inference(np.stack(danger_observations[action])).value
+        print(f"    {name:5s}  v(g(s, a)) {np.mean(danger_values[action]):.3f}  "
+              f"v(h(o'_a)) {np.mean(real):.3f}")
     value_by_row(model, config, 2, seed)
 
 
