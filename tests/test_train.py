@@ -560,11 +560,18 @@ def test_every_loss_term_equals_a_plain_numpy_computation():
     total = np.mean(weights * (reward_loss + policy_loss + 1.0 * value_loss + 2.0 * consistency
                                - 0.05 * entropy)) / K
 
-    for variable, saved in zip(learner._statistics, statistics):
-        variable.assign(saved)
-    gradients, _, scalars = learner.gradients(
-        batch.frames, batch.actions, batch.reward_targets, targets.values, (targets.policies,),
-        transition, value, weights)
+    def update_terms(update_config):
+        """The update's (gradients, grad norm, scalars) under `update_config`, from the saved
+        moving statistics."""
+        learner.config = update_config
+        learner.gradients = tf.function(learner._compute_gradients)
+        for variable, saved in zip(learner._statistics, statistics):
+            variable.assign(saved)
+        return learner.gradients(
+            batch.frames, batch.actions, batch.reward_targets, targets.values,
+            (targets.policies,), transition, value, weights)
+
+    gradients, _, scalars = update_terms(config)
     assert float(scalars["losses/value"]) == pytest.approx(value_loss.mean() / K, rel=1e-4)
     assert float(scalars["losses/policy"]) == pytest.approx(policy_loss.mean() / K, rel=1e-4)
     assert float(scalars["losses/reward"]) == pytest.approx(reward_loss.mean() / K, rel=1e-4)
@@ -573,13 +580,7 @@ def test_every_loss_term_equals_a_plain_numpy_computation():
     assert float(scalars["losses/total"]) == pytest.approx(total, rel=1e-4)
     # unrolled_value_weight 0.25: the value terms at positions 1..K count a quarter; the rest is
     # unchanged.
-    learner.config = dataclasses.replace(config, unrolled_value_weight=0.25)
-    learner.gradients = tf.function(learner._compute_gradients)
-    for variable, saved in zip(learner._statistics, statistics):
-        variable.assign(saved)
-    _, _, scalars = learner.gradients(
-        batch.frames, batch.actions, batch.reward_targets, targets.values, (targets.policies,),
-        transition, value, weights)
+    _, _, scalars = update_terms(dataclasses.replace(config, unrolled_value_weight=0.25))
     root_value_loss = cross_entropy(values[0].numpy(),
                                     _numpy_two_hot(targets.values[:, 0], S)) * value[:, 0]
     weighted_value_loss = root_value_loss + 0.25 * (value_loss - root_value_loss)
@@ -592,13 +593,7 @@ def test_every_loss_term_equals_a_plain_numpy_computation():
     only_consistency = dataclasses.replace(config, reward_loss_coeff=0.0, policy_loss_coeff=0.0,
                                            value_loss_coeff=0.0, entropy_loss_coeff=0.0,
                                            weight_decay=0.0)
-    learner.config = only_consistency
-    learner.gradients = tf.function(learner._compute_gradients)
-    for variable, saved in zip(learner._statistics, statistics):
-        variable.assign(saved)
-    gradients, _, _ = learner.gradients(
-        batch.frames, batch.actions, batch.reward_targets, targets.values, (targets.policies,),
-        transition, value, weights)
+    gradients, _, _ = update_terms(only_consistency)
     reference = tape.gradient(reference_objective, net.trainable_variables)
     reference, _ = tf.clip_by_global_norm([r if r is not None else tf.zeros_like(v) for r, v in
                                            zip(reference, net.trainable_variables)],

@@ -44,20 +44,27 @@ def chicken_rows(frames: np.ndarray) -> np.ndarray:
     return np.where(chicken.any(axis=(1, 2)), chicken.any(axis=2).argmax(axis=1), -1)
 
 
-def positions(checkpoint, net, samples: int, seed: int):
-    """Uniformly sampled positions: value-head features [N, F], targets [N], values [N], rows."""
+def sampled(checkpoint, net, samples: int, seed: int):
+    """Batches of uniformly sampled positions, each with its reanalysed targets (targets.Targets)
+    and the representation h(o_t) of its root."""
     config = checkpoint.config
     buffer = ReplayBuffer.load(os.path.join(checkpoint.path, "buffer"),
                                dataclasses.replace(config, use_priority=False))
     rng = np.random.default_rng(seed)
-    stack = config.frame_stack
-    features, value_targets, values, rows = [], [], [], []
     for _ in range(samples // BATCH):
         batch = buffer.sample(BATCH, rng)
         fresh = targets.reanalyze(batch, net, config=config, updates=checkpoint.state["updates"],
                                   rng=rng)
-        observations = np.concatenate([batch.frames[:, s] for s in range(stack)], axis=-1)
-        latent = net.represent(net.preprocess(observations), training=False)
+        observations = np.concatenate([batch.frames[:, s] for s in range(config.frame_stack)],
+                                      axis=-1)
+        yield batch, fresh, net.represent(net.preprocess(observations), training=False)
+
+
+def positions(checkpoint, net, samples: int, seed: int):
+    """Uniformly sampled positions: value-head features [N, F], targets [N], values [N], rows."""
+    stack = checkpoint.config.frame_stack
+    features, value_targets, values, rows = [], [], [], []
+    for batch, fresh, latent in sampled(checkpoint, net, samples, seed):
         for block in net.prediction.tower:
             latent = block(latent, training=False)
         reduced = net.prediction.value_reduce(latent, training=False)      # f's value path
@@ -74,18 +81,9 @@ def unrolled(checkpoint, net, samples: int, seed: int):
     """Uniformly sampled positions unrolled K steps by g with the actions taken: for k = 1..K the
     value v(g^k(h(o_t))) [N, K], its target [N, K], its mask [N, K] and the chicken's row in
     frame t+k [N, K]."""
-    config = checkpoint.config
-    buffer = ReplayBuffer.load(os.path.join(checkpoint.path, "buffer"),
-                               dataclasses.replace(config, use_priority=False))
-    rng = np.random.default_rng(seed)
-    stack, K = config.frame_stack, config.unroll_steps
+    stack, K = checkpoint.config.frame_stack, checkpoint.config.unroll_steps
     values, value_targets, masks, rows = [], [], [], []
-    for _ in range(samples // BATCH):
-        batch = buffer.sample(BATCH, rng)
-        fresh = targets.reanalyze(batch, net, config=config, updates=checkpoint.state["updates"],
-                                  rng=rng)
-        observations = np.concatenate([batch.frames[:, s] for s in range(stack)], axis=-1)
-        latent = net.represent(net.preprocess(observations), training=False)
+    for batch, fresh, latent in sampled(checkpoint, net, samples, seed):
         lstm_state = net.initial_lstm_state(BATCH)
         step_values = []
         for k in range(1, K + 1):
