@@ -298,7 +298,7 @@ class Config:
     ray_reanalysis_actors: int = _f("W: Ray actors that reanalyse the coming batches, each with "
                                     "its own target model (0: reanalysis in this process, in a "
                                     "second thread with pipelined_reanalysis). Batch k "
-                                    "then draws its noise from the stream (seed, k)",
+                                    "then draws its noise from the stream (seed, 1, k)",
                                     0, _NON_NEGATIVE, kind=SWITCH)
     ray_pipeline_depth: int = _f("batches sampled and in reanalysis ahead of the learner with Ray "
                                  "actors (0: one per actor); batch k is drawn during update "
@@ -306,7 +306,7 @@ class Config:
     ray_selfplay_actors: int = _f("A: Ray actors that play the self-play games, each a contiguous "
                                   "A-th of the num_envs envs with its own self-play model (0: in "
                                   "this process). Actor a's search at decision d then draws its "
-                                  "noise from the stream (seed, a, d)", 0, _NON_NEGATIVE,
+                                  "noise from the stream (seed, 2, a, d)", 0, _NON_NEGATIVE,
                                   kind=SWITCH)
     ray_eval_actor: bool = _f("play the evaluation games on a Ray actor, off the learner's path, "
                               "from a snapshot of the weights logged at its update", False,

@@ -15,8 +15,8 @@ reanalysis and the mixed value rule.
   bootstraps t+n..t+K+n of all, as one window of K+n+1 positions when they overlap, as separate
   windows of K+1 when n > K+1; the frames are stacked inside the graph), one batched Gumbel search
   (mcts.py, with Gumbel noise as in the official code) over the (K+1) roots of each reanalysed
-  sample (a random `reanalyze_ratio` share of the batch: 0.1 in the `minatar` preset, 1.0 in the
-  others and in the official Atari config):
+  sample (a random `reanalyze_ratio` share of the batch: 0.1 in the `minatar` and `atari_cpu`
+  presets, 1.0 in the others and in the official Atari config):
   policy targets are the improved policies, search-based value estimates (SVE) the search
   root values; samples not reanalysed keep the stored acting policies.
 - Mixed value rule (`search_value_mask`): the TD target while fewer than
