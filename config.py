@@ -196,6 +196,9 @@ class Config:
                             "statistics (Batch Renormalization), so inference computes what "
                             "training computes (false: plain BatchNorm, the paper)", True,
                             kind=SWITCH)
+    state_norm: bool = _f("min-max scale every hidden state (h's and each step of g's) to [0, 1] "
+                          "per sample: MuZero's scaling, the official `model.state_norm` (off in "
+                          "its EZ V2 configs)", False, kind=SWITCH)
     value_prefix: bool = _f("predict value prefixes with an LSTM (EZ) instead of per-step rewards",
                             True, kind=SWITCH)
     lstm_hidden_size: int = _f("hidden size of the value-prefix LSTM", 512, _POSITIVE)

@@ -47,6 +47,8 @@ TRANSFORM_EPSILON = 0.001
 # with weight 0.1 on the new batch (Keras counts the other way: momentum 0.9), epsilon 1e-5.
 NORM_MOMENTUM = 0.9
 NORM_EPSILON = 1e-5
+# The smallest range `min_max_scale` divides by: a constant latent becomes zeros, not NaN.
+STATE_RANGE_FLOOR = 1e-5
 
 
 def compiled_call(function, private_api: bool = True):
@@ -680,6 +682,18 @@ def _uniform(variable, bound: float) -> None:
 
 # --- the network ----------------------------------------------------------------------------------
 
+def min_max_scale(latent):
+    """MuZero's hidden-state scaling (Appendix G; official `normalize_state`, `model.state_norm`):
+    each sample's latent shifted and divided to span [0, 1], [B, ...] -> [B, ...], the range floored
+    at STATE_RANGE_FLOOR. With it g's states keep the root's scale at every depth, so the BatchNorm
+    statistics f's layers share across the unroll fit each depth (docs/design.md, "BatchNorm in a
+    recurrent unroll")."""
+    axes = list(range(1, len(latent.shape)))
+    low = tf.reduce_min(latent, axis=axes, keepdims=True)
+    high = tf.reduce_max(latent, axis=axes, keepdims=True)
+    return (latent - low) / tf.maximum(high - low, tf.cast(STATE_RANGE_FLOOR, latent.dtype))
+
+
 def scale_gradient(x, scale: float):
     """x in the forward pass; its gradient times `scale` in the backward pass."""
     if scale == 1.0:
@@ -782,8 +796,10 @@ class EfficientZeroNet(_Weights):
         return tf.cast(observations, tf.float32)
 
     def represent(self, inputs, training):
-        """h: preprocessed observations [B, *obs] -> latent [B, 6, 6, C] or [B, mlp_state_size]."""
-        return self.representation(inputs, training=training)
+        """h: preprocessed observations [B, *obs] -> latent [B, 6, 6, C] or [B, mlp_state_size]
+        (min-max scaled with `state_norm`)."""
+        latent = self.representation(inputs, training=training)
+        return min_max_scale(latent) if self.config.state_norm else latent
 
     def initial_lstm_state(self, batch):
         """Zero LSTM state (h, c), each [B, lstm_hidden_size]; () without value_prefix."""
@@ -797,8 +813,11 @@ class EfficientZeroNet(_Weights):
         [B, N] float32 (the value prefix since the last LSTM reset, or the reward), lstm_state).
 
         `state_gradient_scale` scales the gradient flowing back into the next latent from all its
-        readers, the reward head included (the forward value is unchanged)."""
+        readers, the reward head included (the forward value is unchanged); with `state_norm` the
+        next latent is min-max scaled first, as the official `do_dynamics`."""
         next_latent = self.transition(latent, actions, training=training)
+        if self.config.state_norm:
+            next_latent = min_max_scale(next_latent)
         next_latent = scale_gradient(next_latent, state_gradient_scale)
         reward_logits, lstm_state = self.reward_head(next_latent, lstm_state, training=training)
         return next_latent, tf.cast(reward_logits, tf.float32), lstm_state
@@ -1106,16 +1125,20 @@ class StateNet(_Weights):
         return tf.cast(tf.convert_to_tensor(observations), tf.float32)
 
     def represent(self, inputs, training):
-        """h: [B, D] -> [B, S]; a training call also updates the observation normaliser."""
-        return self.representation(inputs, training=training)
+        """h: [B, D] -> [B, S] (min-max scaled with `state_norm`); a training call also updates
+        the observation normaliser."""
+        latent = self.representation(inputs, training=training)
+        return min_max_scale(latent) if self.config.state_norm else latent
 
     def initial_lstm_state(self, batch):
         return ()
 
     def dynamics(self, latent, actions, lstm_state, training, state_gradient_scale=1.0):
         """g: (latent [B, S], actions [B, A], ()) -> (next latent, reward logits [B, bins], ()); the
-        gradient into the next latent scaled as EfficientZeroNet.dynamics does."""
+        next latent min-max scaled and its gradient scaled as EfficientZeroNet.dynamics does."""
         next_latent = self.transition(latent, actions, training=training)
+        if self.config.state_norm:
+            next_latent = min_max_scale(next_latent)
         next_latent = scale_gradient(next_latent, state_gradient_scale)
         reward_logits = self.reward_head(next_latent, training=training)
         return next_latent, tf.cast(reward_logits, tf.float32), ()

@@ -16,6 +16,7 @@ from networks import (
     compiled_call,
     inverse_scalar_transform,
     logits_to_scalar,
+    min_max_scale,
     scalar_to_two_hot,
     scalar_transform,
     stack_frames,
@@ -655,6 +656,46 @@ def test_xla_inference_computes_what_the_graph_computes(preset, shape):
             assert attributes["_XlaMustCompile"].b == compiled
 
 
+def test_min_max_scale_spans_zero_to_one_per_sample_and_zeroes_a_constant_latent():
+    latent = tf.constant([[[[1.0], [3.0]], [[2.0], [5.0]]],
+                          [[[4.0], [4.0]], [[4.0], [4.0]]]])                # [2, 2, 2, 1]
+    scaled = min_max_scale(latent).numpy()
+    np.testing.assert_allclose(scaled[0, ..., 0], [[0.0, 0.5], [0.25, 1.0]])
+    np.testing.assert_array_equal(scaled[1], np.zeros((2, 2, 1)))
+
+
+@pytest.mark.parametrize("preset, shape, num_actions", [("smoke", ATARI_SHAPE, 4),
+                                                        ("classic", (4,), 2)])
+def test_state_norm_scales_the_root_and_every_step_of_g_to_span_zero_to_one(preset, shape,
+                                                                             num_actions):
+    config = dataclasses.replace(cfg.get_config(preset), state_norm=True)
+    net = EfficientZeroNet(config, shape, num_actions)
+    randomize(net, seed=5)
+    plain = EfficientZeroNet(dataclasses.replace(config, state_norm=False), shape, num_actions)
+    plain.set_weights(net.get_weights())
+    rng = np.random.default_rng(0)
+    observations = (random_observations(rng, 3, shape) if len(shape) == 3
+                    else rng.standard_normal((3, *shape)).astype(np.float32))
+    actions = [rng.integers(0, num_actions, 3) for _ in range(3)]
+    output = net.initial_inference(observations)
+    latents = [output.state[0]]
+    for step_actions in actions:
+        output = net.recurrent_inference(output.state, step_actions)
+        latents.append(output.state[0])
+    for latent in latents:
+        flat = latent.reshape(3, -1)
+        np.testing.assert_allclose(flat.min(axis=1), 0.0, atol=1e-6)
+        np.testing.assert_allclose(flat.max(axis=1), 1.0, atol=1e-6)
+    # The scaling sits after h and after each step of g: the unscaled network's outputs, scaled.
+    inputs = plain.preprocess(observations)
+    np.testing.assert_allclose(latents[0], min_max_scale(plain.represent(inputs, False)),
+                               atol=1e-6)
+    for k, step_actions in enumerate(actions):
+        unscaled, _, _ = plain.dynamics(latents[k], step_actions, plain.initial_lstm_state(3),
+                                        training=False)
+        np.testing.assert_allclose(latents[k + 1], min_max_scale(unscaled), atol=1e-5)
+
+
 # --- the continuous-control StateNet (official ez/agents/ez_dmc_state.py) -------------------------
 
 def dmc_state_config():
@@ -688,6 +729,20 @@ def test_state_net_has_the_official_parameter_count():
         "projection_head": dense(128, 512) + norm(512) + dense(512, 128)}
     assert counts == expected
     assert sum(counts.values()) == 1_307_950                   # the official network: about 1.31 M
+
+
+def test_state_norm_scales_the_state_net_of_continuous_control():
+    from networks import StateNet
+
+    config = dataclasses.replace(dmc_state_config(), state_norm=True)
+    net = StateNet(config, (8,), 2)
+    rng = np.random.default_rng(0)
+    latent = net.represent(rng.standard_normal((4, 8)).astype(np.float32), training=False)
+    next_latent, _, _ = net.dynamics(latent, rng.uniform(-1, 1, (4, 2)).astype(np.float32), (),
+                                     training=False)
+    for state in (latent.numpy(), next_latent.numpy()):
+        np.testing.assert_allclose(state.min(axis=1), 0.0, atol=1e-6)
+        np.testing.assert_allclose(state.max(axis=1), 1.0, atol=1e-6)
 
 
 def test_a_fresh_policy_head_gives_the_official_initial_gaussian():
