@@ -47,7 +47,7 @@ ADDED_LATER = {"sampled_prior": "uniform", "ray_reanalysis_actors": 0, "ray_pipe
                "ray_eval_actor": False, "learner_replicas": 1,
                "ray_selfplay_actors": 0, "interim_eval_max_episode_steps": 0,
                "dynamics_global_channels": 0, "fire_on_life_start": False,
-               "support_scale": 1.0, "unrolled_value_weight": 1.0}
+               "support_scale": 1.0, "unrolled_value_weight": 1.0, "state_norm": False}
 
 
 def todays_preset(run_config: dict) -> bool:
