@@ -308,12 +308,14 @@ def test_a_run_joins_a_cluster_started_by_ray_start(tmp_path):
         start_new_session=True)
     try:
         run_dir = tmp_path / "run"
+        # The smoke run cut to 120 env steps (56 online and 8 offline updates) and two evaluations
         result = run_script("train.py", "--config", "smoke", "--run-dir", str(run_dir),
+                            "--set", "env_steps=120", "--set", "eval_interval=32",
                             "--set", "ray_reanalysis_actors=2", "--set", "ray_eval_actor=true",
                             "--set", f"ray_address=127.0.0.1:{port}")
         assert result.returncode == 0, result.stderr[-3000:]
-        assert sorted(os.listdir(run_dir / "eval")) == ["eval-00000100.json",
-                                                         "eval-00000184.json"]
+        assert sorted(os.listdir(run_dir / "eval")) == ["eval-00000032.json",
+                                                         "eval-00000064.json"]
         assert head.poll() is None
     finally:
         os.killpg(head.pid, signal.SIGTERM)

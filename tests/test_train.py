@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -37,18 +38,44 @@ def assert_one_line_usage_error(result):
     return errors[0]
 
 
+class SmokeRun(NamedTuple):
+    """The smoke preset's run, killed (SIGKILL) once its first checkpoint is written and resumed
+    with `train.py --resume` to the end: what the kill left, and the resumed process's output."""
+    run_dir: str
+    killed_at: checkpoints.Checkpoint     # the newest checkpoint when the run was killed
+    killed_buffer_size: int               # transitions in that checkpoint's replay buffer
+    resumed: subprocess.CompletedProcess
+
+
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
+def smoke_run(tmp_path_factory) -> SmokeRun:
+    """One smoke run serves every test of a finished run: resuming one is what a user does after a
+    crash, and a whole second run would cost CI minutes."""
+    from buffer import ReplayBuffer
+
     run_dir = str(tmp_path_factory.mktemp("smoke") / "run")
-    start = time.time()
-    result = run_script("train.py", "--config", "smoke", "--run-dir", run_dir)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run_dir, time.time() - start, result
+    process = subprocess.Popen([sys.executable, "train.py", "--config", "smoke",
+                                "--run-dir", run_dir],
+                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + HUNG_RUN_SECONDS
+    try:
+        while not checkpoints.list_checkpoints(os.path.join(run_dir, "checkpoints")):
+            assert process.poll() is None, "the run ended before its first checkpoint"
+            assert time.time() < deadline, "no checkpoint was written"
+            time.sleep(0.2)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    killed_at = checkpoints.load_checkpoint(run_dir)
+    killed_buffer_size = len(ReplayBuffer.load(killed_at.buffer_path, killed_at.config))
+    resumed = run_script("train.py", "--resume", run_dir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return SmokeRun(run_dir, killed_at, killed_buffer_size, resumed)
 
 
 @pytest.mark.slow
 def test_smoke_run_writes_everything_a_user_relies_on(smoke_run):
-    run_dir, _, result = smoke_run          # its speed is bench.py's business, not a test's
+    run_dir, result = smoke_run.run_dir, smoke_run.resumed
     assert cfg.Config.from_json(open(os.path.join(run_dir, "config.json")).read()) == cfg.smoke()
     assert glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))
     with open(os.path.join(run_dir, "metrics.csv")) as file:
@@ -67,14 +94,17 @@ def test_smoke_run_writes_everything_a_user_relies_on(smoke_run):
     assert "done:" in result.stdout
     assert "differs from the paper's settings (atari100k): max_episode_steps=50, " in result.stdout
     with open(os.path.join(run_dir, "machine.json")) as file:
-        (machine,) = json.load(file)
-    assert machine["env_steps"] == 0 and "cores" in machine["machine"]
-    assert machine["code"] == "unknown" or len(machine["code"].split("+")[0]) >= 7
+        started, resumed = json.load(file)            # one entry per process that ran it
+    assert started["env_steps"] == 0
+    assert resumed["env_steps"] == smoke_run.killed_at.state["env_steps"]
+    for machine in (started, resumed):
+        assert "cores" in machine["machine"]
+        assert machine["code"] == "unknown" or len(machine["code"].split("+")[0]) >= 7
 
 
 @pytest.mark.slow
 def test_evaluate_plays_a_checkpoint_and_writes_json(smoke_run, tmp_path):
-    run_dir, _, _ = smoke_run
+    run_dir = smoke_run.run_dir
     out = str(tmp_path / "scores.json")
     video = str(tmp_path / "game.mp4")
     result = run_script("evaluate.py", "--checkpoint", run_dir, "--episodes", "2", "--json", out,
@@ -152,33 +182,14 @@ def test_a_short_minatar_run_trains_evaluates_and_films_in_colour(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_killed_run_resumes_with_counters_and_buffer(tmp_path):
-    run_dir = str(tmp_path / "run")
-    process = subprocess.Popen([sys.executable, "train.py", "--config", "smoke",
-                                "--run-dir", run_dir],
-                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + HUNG_RUN_SECONDS
-    try:
-        while not checkpoints.list_checkpoints(os.path.join(run_dir, "checkpoints")):
-            assert process.poll() is None, "the run ended before its first checkpoint"
-            assert time.time() < deadline, "no checkpoint was written"
-            time.sleep(0.2)
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    first = checkpoints.load_checkpoint(run_dir)
-    saved_updates, saved_env_steps = first.state["updates"], first.state["env_steps"]
-    assert 0 < saved_updates < cfg.smoke().total_updates
-    from buffer import ReplayBuffer
-    saved_buffer_size = len(ReplayBuffer.load(first.buffer_path, first.config))
-
-    result = run_script("train.py", "--resume", run_dir)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"resumed at {saved_env_steps} env steps, {saved_updates} updates, " \
-           f"{saved_buffer_size} transitions" in result.stdout
-    final = checkpoints.load_checkpoint(run_dir)
+def test_a_killed_run_resumes_with_counters_and_buffer(smoke_run):
+    saved = smoke_run.killed_at.state
+    assert 0 < saved["updates"] < cfg.smoke().total_updates
+    assert f"resumed at {saved['env_steps']} env steps, {saved['updates']} updates, " \
+           f"{smoke_run.killed_buffer_size} transitions" in smoke_run.resumed.stdout
+    final = checkpoints.load_checkpoint(smoke_run.run_dir)
     assert final.state["updates"] == cfg.smoke().total_updates
-    with open(os.path.join(run_dir, "metrics.csv")) as file:
+    with open(os.path.join(smoke_run.run_dir, "metrics.csv")) as file:
         updates = [int(row["updates"]) for row in csv.DictReader(file)
                    if row["key"] == "losses/total"]
     total, interval = cfg.smoke().total_updates, cfg.smoke().log_interval
